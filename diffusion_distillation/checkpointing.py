@@ -1,0 +1,81 @@
+"""Orbax checkpoints: one `CheckpointManager` per stage under the workdir.
+
+Layout (paths may be local or `gs://`):
+
+    WORKDIR/checkpoints/base/<step>/            teacher training
+    WORKDIR/checkpoints/distill_<N>/<step>/     student that samples in N steps
+
+Each checkpoint is a Composite of the `TrainState` (StandardSave) and a small
+JSON `meta` record (stage name, sampler steps, stage length, last loss). Orbax
+writes to a temporary directory and renames it when complete, so a run killed
+mid-save leaves the previous checkpoint intact. The last checkpoint of a stage
+is its final one and is never deleted, so any step count can be sampled later.
+"""
+
+from typing import Any, Optional
+
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+
+def stage_dir(workdir, stage_name: str) -> epath.Path:
+  return epath.Path(workdir) / 'checkpoints' / stage_name
+
+
+def distill_stage_name(num_steps: int) -> str:
+  return f'distill_{num_steps}'
+
+
+class StageCheckpoints:
+  """Saves and restores the checkpoints of one stage."""
+
+  def __init__(self, directory, *, keep: int = 2, read_only: bool = False):
+    self.directory = epath.Path(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=False))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, state, meta: dict):
+    """Writes `state` at its own step (blocking; atomic through orbax)."""
+    step = int(jax.device_get(state.step))
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                meta=ocp.args.JsonSave(meta)),
+        force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state, step: Optional[int] = None):
+    """(state, meta) at `step` (default: latest), shaped like `abstract_state`."""
+    step = self.latest_step() if step is None else step
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def meta(self, step: Optional[int] = None) -> dict[str, Any]:
+    step = self.latest_step() if step is None else step
+    return self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+  def close(self):
+    self._manager.close()
+
+
+def stage_is_complete(workdir, stage_name: str, num_updates: int) -> bool:
+  """True when the stage's final checkpoint (step >= num_updates) exists."""
+  directory = stage_dir(workdir, stage_name)
+  if not directory.exists():
+    return False
+  manager = StageCheckpoints(directory, read_only=True)
+  latest = manager.latest_step()
+  manager.close()
+  return latest is not None and latest >= num_updates

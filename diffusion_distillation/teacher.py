@@ -1,0 +1,73 @@
+"""Where a distillation run's first teacher comes from when it is not trained here.
+
+`distillation.teacher_checkpoint_path` may name
+  * a released official checkpoint (flax msgpack, file or directory), or
+  * one of our workdirs (its base model is the teacher), or
+  * one stage directory of ours (`WORKDIR/checkpoints/<stage>`).
+"""
+
+from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from diffusion_distillation import checkpointing
+from diffusion_distillation import official_checkpoint
+from diffusion_distillation.config_validation import ConfigError
+
+FIELD = 'config.distillation.teacher_checkpoint_path'
+
+
+def check_teacher_path(config):
+  """Fails early (before the workdir is touched) if the path does not exist."""
+  distill = config.get('distillation')
+  if not distill or not distill.teacher_checkpoint_path:
+    return
+  if not epath.Path(distill.teacher_checkpoint_path).exists():
+    raise ConfigError(
+        f'{FIELD}: {distill.teacher_checkpoint_path!r} does not exist')
+
+
+def _own_stage_dir(path: epath.Path) -> epath.Path:
+  """Resolves a workdir to its base stage; a stage directory stays as is."""
+  if (path / 'checkpoints' / 'base').exists():
+    return path / 'checkpoints' / 'base'
+  return path
+
+
+def _load_own(path: epath.Path, abstract_params):
+  """EMA parameters and sampler steps from one of our stage directories."""
+  directory = _own_stage_dir(path)
+  manager = checkpointing.StageCheckpoints(directory, read_only=True)
+  step = manager.latest_step()
+  if step is None:
+    manager.close()
+    raise ConfigError(f'{FIELD}: no checkpoint found in {str(path)!r}')
+  restored = manager._manager.restore(  # pylint: disable=protected-access
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                    meta=ocp.args.JsonRestore()))
+  manager.close()
+  params = official_checkpoint.map_onto(
+      restored.state['ema_params'], abstract_params, source=str(directory))
+  return params, restored.meta.get('num_sample_steps') or None
+
+
+def load_external_teacher(ctx, config):
+  """The teacher's parameters, checked against the config's architecture."""
+  path = epath.Path(config.distillation.teacher_checkpoint_path)
+  abstract = jax.eval_shape(ctx.base_model.init_params, jax.random.PRNGKey(0))
+  try:
+    if official_checkpoint.is_official_checkpoint(path):
+      params, num_steps = official_checkpoint.load_official_checkpoint(
+          path, abstract)
+    else:
+      params, num_steps = _load_own(path, abstract)
+  except ValueError as e:
+    raise ConfigError(f'{FIELD}: {e}') from None
+  start = config.distillation.start_num_steps
+  if num_steps and num_steps != start:
+    raise ConfigError(
+        f'{FIELD}: the teacher samples in {num_steps} steps but '
+        f'config.distillation.start_num_steps is {start}; set '
+        f'--config.distillation.start_num_steps={num_steps}')
+  return jax.tree.map(lambda x: np.asarray(x, np.float32), params)

@@ -1,0 +1,86 @@
+"""Opens a finished (or partly finished) workdir for sampling and evaluation.
+
+Everything is rebuilt from `WORKDIR/config.json` and the checkpoints' meta
+records, so no data set needs to be loaded to sample.
+"""
+
+import dataclasses
+import json
+
+from etils import epath
+import ml_collections
+
+from diffusion_distillation import checkpointing
+from diffusion_distillation import model as model_lib
+from diffusion_distillation import parallel
+from diffusion_distillation import teacher as teacher_lib
+from diffusion_distillation import train
+
+
+class WorkdirError(ValueError):
+  """The workdir is missing, or lacks the requested model."""
+
+
+@dataclasses.dataclass
+class LoadedWorkdir:
+  """A workdir's config, model and finished stages."""
+  ctx: train.Context
+  stages: list  # finished stages, in pipeline order
+
+  @property
+  def config(self):
+    return self.ctx.config
+
+  @property
+  def model(self) -> model_lib.DiffusionModel:
+    return self.ctx.base_model
+
+  @property
+  def mesh(self):
+    return self.ctx.mesh
+
+  def student_steps(self) -> list[int]:
+    """Step counts of the finished distilled students, ascending."""
+    return sorted(s.num_sample_steps for s in self.stages if s.is_distillation)
+
+  def student_params(self, num_steps: int):
+    for stage in self.stages:
+      if stage.is_distillation and stage.num_sample_steps == num_steps:
+        return train.final_params(self.ctx, stage)
+    available = ', '.join(map(str, self.student_steps())) or 'none yet'
+    raise WorkdirError(
+        f'no student distilled for {num_steps} steps in '
+        f'{self.ctx.workdir}; available step counts: {available} '
+        '(or use --model=teacher for the teacher with any step count)')
+
+  def teacher_params(self):
+    for stage in self.stages:
+      if not stage.is_distillation:
+        return train.final_params(self.ctx, stage)
+    distill = self.config.get('distillation')
+    if distill and distill.teacher_checkpoint_path:
+      return teacher_lib.load_external_teacher(self.ctx, self.config)
+    raise WorkdirError(f'the teacher of {self.ctx.workdir} has not finished '
+                       'training yet')
+
+
+def open_workdir(workdir) -> LoadedWorkdir:
+  """Loads config and finished stages; raises WorkdirError when there are none."""
+  if not workdir:
+    raise WorkdirError('--workdir is required')
+  workdir = epath.Path(workdir)
+  config_path = workdir / 'config.json'
+  if not config_path.exists():
+    raise WorkdirError(f'{workdir} is not a training workdir (no config.json)')
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  finished, meta = [], None
+  for stage in train.plan_stages(config):
+    if checkpointing.stage_is_complete(workdir, stage.name, stage.num_updates):
+      finished.append(stage)
+      meta = meta or train.final_meta(workdir, stage)
+  if meta is None:
+    raise WorkdirError(f'{workdir} has no finished stage yet')
+  model = model_lib.DiffusionModel.from_config(
+      config, tuple(meta['data_shape']), meta['num_classes'])
+  ctx = train.Context(config, workdir, parallel.make_mesh(), None, model)
+  return LoadedWorkdir(ctx, finished)

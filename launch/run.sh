@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Sets up a virtualenv with the right JAX build, then runs
+# `python -m diffusion_distillation.main "$@"`.
+#
+# Safe to run again and again, and on every host of a multi-host TPU slice:
+# the venv is created once, and packages are (re)installed only when setup.cfg
+# / pyproject.toml or the accelerator changed since the last install.
+#
+#   launch/run.sh --config=configs/cifar10_distill.py --workdir=gs://b/run
+#
+# Environment:
+#   DD_ACCELERATOR  tpu | cuda | cpu. Default: detected -- tpu if /dev/accel*
+#                   or /dev/vfio/<n> exists or TPU_NAME / TPU_ACCELERATOR_TYPE
+#                   / TPU_WORKER_HOSTNAMES is set; else cuda if `nvidia-smi`
+#                   runs; else cpu. Installs ".[tpu]" (jax[tpu]),
+#                   ".[cuda]" (jax[cuda12]) or "." (CPU jax).
+#   DD_VENV         virtualenv directory (default: <repo>/.venv).
+#   DD_PYTHON       interpreter used to create the venv (default: python3).
+#   DD_DRY_RUN=1    print the commands instead of running them (nothing is
+#                   created or installed).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${DD_VENV:-$REPO/.venv}"
+BASE_PYTHON="${DD_PYTHON:-python3}"
+DRY_RUN="${DD_DRY_RUN:-0}"
+# Where device nodes are looked up; only overridden by the tests.
+DEVFS="${DD_DEVFS:-/dev}"
+STAMP="$VENV/.dd_install_stamp"
+
+say() { echo "[run.sh] $*" >&2; }
+die() { echo "[run.sh] error: $*" >&2; exit 1; }
+
+is_dry_run() {
+  case "$DRY_RUN" in 1|true|True|TRUE|yes) return 0 ;; *) return 1 ;; esac
+}
+
+# Runs a command, or prints it (shell-quoted, prefixed by '+') in a dry run.
+run() {
+  if is_dry_run; then
+    printf '+'
+    printf ' %q' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+detect_accelerator() {
+  local dev
+  for dev in "$DEVFS"/accel* "$DEVFS"/vfio/[0-9]*; do
+    if [[ -e "$dev" ]]; then echo tpu; return; fi
+  done
+  if [[ -n "${TPU_NAME:-}${TPU_ACCELERATOR_TYPE:-}${TPU_WORKER_HOSTNAMES:-}" ]]
+  then
+    echo tpu; return
+  fi
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    echo cuda; return
+  fi
+  echo cpu
+}
+
+hash_stdin() {
+  if command -v sha256sum >/dev/null 2>&1; then
+    sha256sum | cut -d' ' -f1
+  elif command -v shasum >/dev/null 2>&1; then
+    shasum -a 256 | cut -d' ' -f1
+  else
+    cksum | cut -d' ' -f1
+  fi
+}
+
+# Identifies what an install depends on: the accelerator and the package
+# metadata files.
+install_fingerprint() {
+  {
+    echo "accelerator=$ACCELERATOR"
+    local f
+    for f in setup.cfg pyproject.toml setup.py; do
+      if [[ -f "$REPO/$f" ]]; then
+        echo "== $f"
+        cat "$REPO/$f"
+      fi
+    done
+  } | hash_stdin
+}
+
+# --- accelerator -------------------------------------------------------------
+if [[ -n "${DD_ACCELERATOR:-}" ]]; then
+  ACCELERATOR="$DD_ACCELERATOR"
+  source_note="from DD_ACCELERATOR"
+else
+  ACCELERATOR="$(detect_accelerator)"
+  source_note="detected"
+fi
+case "$ACCELERATOR" in
+  tpu) SPEC="$REPO[tpu]" ;;
+  cuda) SPEC="$REPO[cuda]" ;;
+  cpu) SPEC="$REPO" ;;
+  *) die "DD_ACCELERATOR must be tpu, cuda or cpu (got '$ACCELERATOR')" ;;
+esac
+say "accelerator: $ACCELERATOR ($source_note)"
+
+# --- virtualenv --------------------------------------------------------------
+PY="$VENV/bin/python"
+if [[ -x "$PY" && -e "$VENV/bin/pip" ]]; then
+  say "venv: $VENV (exists)"
+else
+  say "venv: creating $VENV"
+  if is_dry_run; then
+    run "$BASE_PYTHON" -m venv "$VENV"
+  elif ! "$BASE_PYTHON" -m venv "$VENV" >/dev/null; then
+    # Ubuntu ships the venv module separately (e.g. on TPU VM images).
+    if command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      say "venv: installing python3-venv with apt-get"
+      sudo -n apt-get install -y -qq python3-venv >/dev/null
+      "$BASE_PYTHON" -m venv "$VENV" >/dev/null
+    else
+      die "'$BASE_PYTHON -m venv' failed; install the venv module" \
+          "(e.g. 'sudo apt-get install python3-venv') or set DD_PYTHON"
+    fi
+  fi
+fi
+
+# --- packages ----------------------------------------------------------------
+FINGERPRINT="$(install_fingerprint)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FINGERPRINT" ]]; then
+  say "install: up to date ($ACCELERATOR)"
+else
+  say "install: pip install -e $SPEC"
+  run "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  run "$PY" -m pip install --quiet --disable-pip-version-check -e "$SPEC"
+  if is_dry_run; then
+    echo "+ write $STAMP $FINGERPRINT"
+  else
+    echo "$FINGERPRINT" > "$STAMP"
+  fi
+fi
+
+# --- launch ------------------------------------------------------------------
+say "launch: python -m diffusion_distillation.main $*"
+if is_dry_run; then
+  run "$PY" -m diffusion_distillation.main "$@"
+  exit 0
+fi
+exec "$PY" -m diffusion_distillation.main "$@"
