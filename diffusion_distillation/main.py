@@ -6,6 +6,7 @@ r"""Train a teacher and progressively distill it, as the config describes.
 Rerunning the same command resumes from the workdir.
 """
 
+import re
 import sys
 
 from absl import app
@@ -15,7 +16,6 @@ from ml_collections import config_flags
 
 from diffusion_distillation import config_validation
 from diffusion_distillation import distributed
-from diffusion_distillation import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
@@ -31,11 +31,46 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None,
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _unknown_override(argv, error) -> str:
+  """Names the `--config.<path>` override whose field the config lacks."""
+  missing = str(error.args[0] if error.args else error).strip('\'"')
+  overrides = [arg.split('=', 1)[0] for arg in argv[1:]
+               if re.match(r'--?(no)?config\.', arg)]
+  named = [o for o in overrides if missing in re.split(r'[.\[\]]', o)]
+  if named:
+    return f'error: {named[0]}: the config has no field {missing!r}'
+  return f'error: {" ".join(overrides)}: {missing}'
+
+
+def parse_flags(argv):
+  """absl's flag parsing, plus one-line errors where ml_collections has none.
+
+  An override of a field the config does not have raises a bare
+  AttributeError / KeyError (not an absl flags error), and a config file that
+  cannot be loaded only fails when the config is first read; both would
+  otherwise end in a traceback.
+  """
+  try:
+    remaining = app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, IndexError) as e:
+    sys.exit(_unknown_override(argv, e))
+  try:
+    _CONFIG.value.get('seed')
+  except OSError as e:
+    path = config_flags.get_config_filename(flags.FLAGS['config'])
+    reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
+    sys.exit(f'error: --config={path}: cannot load the config file: {reason}')
+  return remaining
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value)
+  # Imported here, after the flags are checked: it loads TensorFlow (via
+  # clu), which takes seconds that a mistyped flag should not cost.
+  from diffusion_distillation import train  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   try:
     summary = train.run(config, _WORKDIR.value)
@@ -46,4 +81,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

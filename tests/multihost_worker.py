@@ -1,0 +1,42 @@
+r"""`diffusion_distillation.main`, recording which training data it reads.
+
+    python tests/multihost_worker.py --config=configs/digits.py --workdir=... \
+        [--coordinator_address=... --num_processes=... --process_id=...]
+
+Exactly the training CLI, except that every call of the digits dataset's
+`train_batches` appends one JSON line to $DD_SHARD_LOG: the arguments the
+pipeline passed (process index and count, seed, start step, global batch size)
+and the first batch it got. tests/test_multihost.py checks from these that each
+process of a multi-process run read its own share of every global batch.
+"""
+
+import itertools
+import json
+import os
+
+from absl import app
+
+from diffusion_distillation import datasets
+from diffusion_distillation import main as main_lib
+
+
+def _record_train_batches(log_path):
+  original = datasets.Digits.train_batches
+
+  def train_batches(self, **kwargs):
+    batches = original(self, **kwargs)
+    first = next(batches)
+    record = dict(kwargs, pid=os.getpid(),
+                  first_images=first['image'].tolist(),
+                  first_labels=first['label'].tolist())
+    with open(log_path, 'a') as f:  # a local test log, never the workdir
+      f.write(json.dumps(record) + '\n')
+    return itertools.chain([first], batches)
+
+  datasets.Digits.train_batches = train_batches
+
+
+if __name__ == '__main__':
+  if os.environ.get('DD_SHARD_LOG'):
+    _record_train_batches(os.environ['DD_SHARD_LOG'])
+  app.run(main_lib.main)

@@ -1,0 +1,142 @@
+"""Bad command lines fail with one readable line, and touch nothing.
+
+Each case runs `python -m diffusion_distillation.main` (or `.sample`) in a
+subprocess and checks: a non-zero exit status, no Python traceback, a short
+message naming the offending flag or field in the last lines of stderr, and
+that the workdir is exactly as before (or, if it did not exist, still does not
+exist). No case gets as far as building a model or compiling anything.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(REPO, 'configs', 'digits.py')
+
+
+def run_module(module, *args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+  return subprocess.run(
+      [sys.executable, '-m', f'diffusion_distillation.{module}', *args],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def snapshot(path):
+  """Every directory and file under `path`, with file contents (None: absent)."""
+  if not os.path.exists(path):
+    return None
+  tree = {}
+  for root, dirs, files in os.walk(path):
+    for d in dirs:
+      tree[os.path.relpath(os.path.join(root, d), path)] = 'dir'
+    for f in files:
+      with open(os.path.join(root, f), 'rb') as fh:
+        tree[os.path.relpath(os.path.join(root, f), path)] = fh.read()
+  return tree
+
+
+def assert_rejected(result, *expected):
+  """Non-zero exit, no traceback, and `expected` in the last stderr lines."""
+  assert result.returncode != 0, result.stdout + result.stderr
+  assert 'Traceback' not in result.stderr, result.stderr
+  tail = '\n'.join(result.stderr.strip().splitlines()[-3:])
+  for text in expected:
+    assert text in tail, f'{text!r} not in the last lines of stderr:\n{tail}'
+
+
+def digits_config_dict(**changes):
+  """configs/digits.py as a workdir's config.json would hold it."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
+      'digits_config', DIGITS).get_config()
+  for field, value in changes.items():
+    *parents, leaf = field.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config.to_json_best_effort(indent=2)
+
+
+@pytest.fixture
+def existing_workdir(tmp_path):
+  """A workdir created by an earlier (digits) run: its config.json and a log."""
+  workdir = tmp_path / 'existing'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  (workdir / 'config.json').write_text(digits_config_dict())
+  (workdir / 'checkpoints' / 'note.txt').write_text('left by an earlier run')
+  return workdir
+
+
+def flag_case(case, tmp_path, workdir):
+  """(arguments for `main`, texts its error must contain) for one case."""
+  config, wd = f'--config={DIGITS}', f'--workdir={workdir}'
+  if case == 'unknown_field':
+    return [config, wd, '--config.train.nope=1'], ['--config.train.nope']
+  if case == 'wrong_type':
+    return ([config, wd, '--config.train.batch_size=abc'],
+            ['--config.train.batch_size', 'abc'])
+  if case == 'no_workdir':
+    return [config], ['--workdir']
+  if case == 'missing_config_file':
+    return ([f'--config={tmp_path / "missing.py"}', wd],
+            ['--config=', 'missing.py'])
+  if case == 'missing_teacher':
+    teacher = tmp_path / 'no_teacher_here'
+    return ([config, wd,
+             f'--config.distillation.teacher_checkpoint_path={teacher}'],
+            ['config.distillation.teacher_checkpoint_path', str(teacher)])
+  raise ValueError(case)
+
+
+@pytest.mark.parametrize('case', ['unknown_field', 'wrong_type', 'no_workdir',
+                                  'missing_config_file', 'missing_teacher'])
+def test_main_rejects_bad_flags_before_creating_the_workdir(case, tmp_path):
+  workdir = tmp_path / 'new_workdir'
+  args, expected = flag_case(case, tmp_path, workdir)
+  assert_rejected(run_module('main', *args), *expected)
+  assert not workdir.exists()
+
+
+def test_main_rejects_an_invalid_value_and_leaves_the_workdir_alone(
+    existing_workdir):
+  before = snapshot(existing_workdir)
+  result = run_module('main', f'--config={DIGITS}',
+                      f'--workdir={existing_workdir}',
+                      '--config.distillation.start_num_steps=6')
+  assert_rejected(result, 'config.distillation.start_num_steps', '6')
+  assert snapshot(existing_workdir) == before
+
+
+def test_main_refuses_a_workdir_of_another_architecture(existing_workdir):
+  (existing_workdir / 'config.json').write_text(
+      digits_config_dict(**{'model.args.ch': 64}))
+  assert json.loads((existing_workdir / 'config.json').read_text())[
+      'model']['args']['ch'] == 64
+  before = snapshot(existing_workdir)
+  result = run_module('main', f'--config={DIGITS}',
+                      f'--workdir={existing_workdir}')
+  assert_rejected(result, 'config.model.args', "'ch': 64", 'new --workdir')
+  assert snapshot(existing_workdir) == before
+
+
+def test_sample_rejects_a_directory_that_is_not_a_workdir(tmp_path):
+  workdir = tmp_path / 'not_a_workdir'
+  result = run_module('sample', f'--workdir={workdir}', '--num_steps=4',
+                      f'--output={workdir / "samples.npz"}')
+  assert_rejected(result, str(workdir), 'not a training workdir')
+  assert not workdir.exists()
+
+
+def test_sample_rejects_zero_steps(existing_workdir, tmp_path):
+  before = snapshot(existing_workdir)
+  output = tmp_path / 'out' / 'samples.npz'
+  result = run_module('sample', f'--workdir={existing_workdir}',
+                      '--num_steps=0', f'--output={output}')
+  assert_rejected(result, '--num_steps', '0')
+  assert snapshot(existing_workdir) == before
+  assert not output.parent.exists()

@@ -1,0 +1,274 @@
+"""The shipped configs: they load, validate, and keep the official values.
+
+Nothing here compiles or runs a model: configs are loaded the way
+`--config=configs/X.py` loads them and checked with `validate_config`.
+"""
+
+import os
+import re
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+from diffusion_distillation import config_validation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, 'configs')
+CONFIG_NAMES = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
+                      if f.endswith('.py') and not f.startswith('_'))
+PAPER_CONFIGS = ('cifar10', 'imagenet64', 'lsun_church128', 'lsun_bedroom128')
+
+# ml_collections loads config files with the deprecated `load_module()`.
+pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
+
+
+def config_path(name):
+  return os.path.join(CONFIG_DIR, f'{name}.py')
+
+
+def load(name):
+  """`get_config()` of configs/<name>.py, loaded as `--config=` loads it."""
+  module = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
+      f'{name}_config', config_path(name))
+  return module.get_config()
+
+
+def load_with_flags(name, *overrides):
+  """The config as `main` sees it: locked, with command-line overrides."""
+  flag_values = flags.FlagValues()
+  argv = ['main', f'--config={config_path(name)}', *overrides]
+  config_flags.DEFINE_config_file('config', None, flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def validate(config, device_count=1):
+  config_validation.validate_config(config, device_count=device_count,
+                                    process_count=1)
+
+
+def test_every_paper_dataset_has_a_base_and_a_distill_config():
+  expected = {f'{d}_{kind}' for d in PAPER_CONFIGS for kind in ('base',
+                                                               'distill')}
+  assert expected <= set(CONFIG_NAMES)
+
+
+@pytest.mark.parametrize('name', CONFIG_NAMES)
+def test_config_loads_and_validates(name):
+  config = load(name)
+  validate(config)
+  # The docstring opens with what the file is and gives its run command.
+  with open(config_path(name)) as f:
+    source = f.read()
+  assert re.search(rf'--config=configs/{name}\.py', source)
+
+
+@pytest.mark.parametrize('name', [n for n in CONFIG_NAMES if n != 'digits'])
+def test_paper_configs_validate_on_their_hardware_and_need_no_extra_step(name):
+  config = load(name)
+  # The paper used 8 TPUv4 chips for CIFAR-10 and 64 for the other data sets.
+  validate(config, device_count=8 if name.startswith('cifar10') else 64)
+  assert config.eval.run_after_training is False  # hours of sampling
+  assert config.eval.metric == 'inception'
+  assert config.eval.num_samples == 50_000
+  assert config.dataset.data_dir == ''
+  assert config.model.dtype == 'float32'
+  if name.endswith('_base'):
+    assert 'distillation' not in config
+    assert config.train.num_train_steps > 0
+    assert config.eval.teacher_max_steps == config.model.eval_sampling_num_steps
+  else:
+    assert config.train.num_train_steps == 0
+    assert config.distillation.teacher_checkpoint_path.startswith(
+        'gs://gresearch/diffusion-distillation/')
+    assert config.eval.teacher_max_steps == config.distillation.start_num_steps
+
+
+@pytest.mark.parametrize('dataset', PAPER_CONFIGS)
+def test_base_and_distill_configs_describe_the_same_teacher(dataset):
+  base, distill = load(f'{dataset}_base'), load(f'{dataset}_distill')
+  for field in ('dataset', 'model.args', 'model.mean_type',
+                'model.logvar_type', 'model.mean_loss_weight_type',
+                'model.train_num_steps', 'model.train_logsnr_schedule',
+                'model.eval_logsnr_schedule', 'train.batch_size',
+                'train.substeps', 'train.grad_clip'):
+    node_b, node_d = base, distill
+    for part in field.split('.'):
+      node_b, node_d = node_b[part], node_d[part]
+    assert node_b == node_d, field
+  # The official students train without dropout.
+  assert distill.distillation.dropout == 0.
+
+
+# Values from the official google-research/diffusion_distillation configs
+# (cifar_*.py, imagenet64_*.py, church128_*.py, bedroom128_*.py).
+OFFICIAL = {
+    'cifar10_base': {
+        'dataset.args.class_conditional': False,
+        'model.args.ch': 256, 'model.args.emb_ch': 1024,
+        'model.args.ch_mult': (1, 1, 1), 'model.args.num_res_blocks': 3,
+        'model.args.attn_resolutions': (8, 16), 'model.args.num_heads': 1,
+        'model.args.dropout': 0.2, 'model.args.resblock_resample': True,
+        'model.mean_type': 'x', 'model.eval_sampling_num_steps': 1024,
+        'train.batch_size': 128, 'train.learning_rate': 2e-4,
+        'train.learning_rate_warmup_steps': 1000, 'train.weight_decay': 0.001,
+        'train.ema_decay': 0.9999, 'train.grad_clip': 1.0,
+        'train.substeps': 10, 'train.enable_update_skip': False,
+    },
+    'cifar10_distill': {
+        'distillation.teacher_checkpoint_path':
+            'gs://gresearch/diffusion-distillation/cifar_original',
+        'distillation.start_num_steps': 8192,
+        'distillation.end_num_steps': 1,
+        'distillation.steps_per_iter': 50_000,
+        'distillation.learning_rate': 5e-5,
+        'distillation.learning_rate_anneal_type': 'linear',
+        'distillation.weight_decay': 0., 'distillation.ema_decay': 0.,
+        'distillation.dropout': 0., 'train.learning_rate_warmup_steps': 0,
+        'train.batch_size': 128, 'model.mean_type': 'x',
+    },
+    'imagenet64_base': {
+        'dataset.args.class_conditional': True,
+        'model.args.ch': 192, 'model.args.emb_ch': 768,
+        'model.args.ch_mult': (1, 2, 3, 4),
+        'model.args.attn_resolutions': (8, 16, 32),
+        'model.args.num_heads': None, 'model.args.head_dim': 64,
+        'model.args.dropout': 0.1, 'model.mean_type': 'both',
+        'train.batch_size': 2048, 'train.learning_rate': 3e-4,
+        'train.weight_decay': 0., 'train.ema_decay': 0.9999,
+    },
+    'imagenet64_distill': {
+        'dataset.args.class_conditional': True,
+        'distillation.teacher_checkpoint_path':
+            'gs://gresearch/diffusion-distillation/imagenet_original',
+        'distillation.start_num_steps': 1024,
+        'distillation.end_num_steps': 1,
+        'distillation.steps_per_iter': 50_000,
+        'distillation.learning_rate': 1e-4,
+        'train.batch_size': 2048, 'train.checkpoint_every_secs': 1500,
+    },
+    'lsun_church128_distill': {
+        'model.args.ch': 64, 'model.args.ch_mult': (1, 2, 4, 6, 8),
+        'model.args.head_dim': 64, 'model.mean_type': 'both',
+        'distillation.teacher_checkpoint_path':
+            'gs://gresearch/diffusion-distillation/church_original',
+        'distillation.start_num_steps': 1024,
+        'distillation.learning_rate': 1e-4,
+    },
+    'lsun_bedroom128_distill': {
+        'distillation.teacher_checkpoint_path':
+            'gs://gresearch/diffusion-distillation/bedroom_original',
+    },
+}
+
+
+@pytest.mark.parametrize('name', sorted(OFFICIAL))
+def test_official_values(name):
+  config = load(name)
+  for field, value in OFFICIAL[name].items():
+    node = config
+    for part in field.split('.'):
+      node = node[part]
+    assert node == value, field
+
+
+@pytest.mark.parametrize('name', [n for n in CONFIG_NAMES
+                                  if n.endswith('_distill')])
+def test_distillation_learning_rate_follows_train_learning_rate(name):
+  default = load(name)
+  assert default.distillation.learning_rate == default.train.learning_rate
+  config = load_with_flags(name, '--config.train.learning_rate=0.001')
+  assert config.train.learning_rate == 0.001
+  assert config.distillation.learning_rate == 0.001
+  # An explicit override wins, in either order, and leaves train's alone.
+  for overrides in (('--config.train.learning_rate=0.001',
+                     '--config.distillation.learning_rate=3e-05'),
+                    ('--config.distillation.learning_rate=3e-05',
+                     '--config.train.learning_rate=0.001')):
+    config = load_with_flags(name, *overrides)
+    assert config.distillation.learning_rate == 3e-5
+    assert config.train.learning_rate == 0.001
+
+
+def test_distill_steps_follow_start_num_steps():
+  config = load_with_flags('cifar10_distill',
+                           '--config.distillation.start_num_steps=1024')
+  assert config.eval.teacher_max_steps == 1024
+  assert config.model.eval_sampling_num_steps == 1024
+  config = load_with_flags('cifar10_distill', '--config.eval.teacher_max_steps=8')
+  assert config.distillation.start_num_steps == 8192
+
+
+def test_base_teacher_max_steps_follows_eval_sampling_num_steps():
+  config = load_with_flags('cifar10_base',
+                           '--config.model.eval_sampling_num_steps=256')
+  assert config.eval.teacher_max_steps == 256
+
+
+def test_digits_teacher_max_steps_follows_start_num_steps():
+  config = load_with_flags('digits', '--config.distillation.start_num_steps=64')
+  assert config.eval.teacher_max_steps == 64
+  assert load('digits').eval.teacher_max_steps == 128
+
+
+def test_imagenet64_network_builds_with_heads_of_64_channels():
+  """Traces (does not compile) the init of the official ImageNet 64 UNet."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation import model as model_lib  # pylint: disable=g-import-not-at-top
+  model = model_lib.DiffusionModel.from_config(
+      load('imagenet64_distill'), (64, 64, 3), num_classes=1000)
+  params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
+  assert params['class_emb']['kernel'].shape == (1000, 768)
+  assert params['conv_out']['kernel'].shape[-1] == 6  # 'both': x and eps
+  # 768 channels at 8x8 in heads of 64 channels: 12 heads.
+  assert params['mid.attn_1']['q']['kernel'].shape == (768, 12, 64)
+
+
+def test_num_heads_placeholder_can_be_overridden():
+  config = load_with_flags('imagenet64_base', '--config.model.args.num_heads=4')
+  assert config.model.args.num_heads == 4
+
+
+@pytest.mark.parametrize('field,value,named', [
+    ('distillation.start_num_steps', 6, 'distillation.start_num_steps'),
+    ('distillation.start_num_steps', 1, 'distillation.start_num_steps'),
+    ('model.mean_type', 'z', 'model.mean_type'),
+    ('dataset.name', 'mnist', 'dataset.name'),
+    ('model.logvar_type', 'fixed_huge', 'model.logvar_type'),
+    ('model.args.dropout', 1.0, 'model.args.dropout'),
+    ('distillation.dropout', -0.1, 'distillation.dropout'),
+    ('model.mean_loss_weight_type', 'snr_max', 'model.mean_loss_weight_type'),
+    ('train.substeps', 0, 'train.substeps'),
+    ('eval.samplers', ('ddim', 'heun'), 'eval.samplers'),
+])
+def test_validation_names_the_field(field, value, named):
+  config = load('digits')
+  *parents, leaf = field.split('.')
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(config_validation.ConfigError, match=re.escape(named)):
+    validate(config)
+
+
+def test_validation_rejects_a_batch_the_devices_cannot_split():
+  config = load('digits')
+  assert config.train.batch_size % 3
+  with pytest.raises(config_validation.ConfigError, match='train.batch_size'):
+    validate(config, device_count=3)
+
+
+def test_validation_rejects_distillation_without_a_teacher():
+  config = load('cifar10_distill')
+  config.distillation.teacher_checkpoint_path = ''
+  with pytest.raises(config_validation.ConfigError,
+                     match='distillation.teacher_checkpoint_path'):
+    validate(config)
+  config = load('cifar10_base')
+  config.train.num_train_steps = 0
+  with pytest.raises(config_validation.ConfigError,
+                     match='train.num_train_steps'):
+    validate(config)

@@ -1,0 +1,270 @@
+"""Multi-process training on one machine: 2 processes x 2 CPU devices.
+
+The tiny digits pipeline (teacher, then distillation 4 -> 2 -> 1 sampler
+steps) runs as two processes joined through `jax.distributed` (the CLI's
+--coordinator_address / --num_processes / --process_id flags, gloo collectives
+on CPU), each with 2 host-simulated devices, and is compared with one process
+with 4 devices and the same global batch:
+
+* both processes exit 0, and each read its own half of every global batch;
+* the workdir holds one coherent tree: one config.json, one TensorBoard stream
+  per stage, one grid per stage, orbax checkpoints finalized once per step;
+* a rerun resumes: the first 2-process run stops after distill_2 (a shorter
+  distillation schedule), the second skips base and distill_2 and trains
+  distill_1 from distill_2's final checkpoint; a third run has nothing to do;
+* the final parameters of every stage equal the single-process run's up to
+  float rounding.
+
+Each process group runs under a deadline; if any process fails, the others
+(which would wait in a collective) are killed at once.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from conftest import PYTHON, REPO
+
+WORKER = os.path.join(REPO, 'tests', 'multihost_worker.py')
+GLOBAL_BATCH = 8
+
+# The brief's tiny pipeline: base (4 updates), distill_2 and distill_1 (2 each).
+FLAGS = {
+    'model.args.ch': 32,
+    'model.args.emb_ch': 32,
+    'model.args.ch_mult': '(1,)',
+    'model.args.num_res_blocks': 1,
+    'model.args.attn_resolutions': '()',
+    'model.eval_sampling_num_steps': 8,  # the teacher's sample grid
+    'train.num_train_steps': 4,
+    'train.batch_size': GLOBAL_BATCH,
+    'train.checkpoint_every_steps': 2,
+    'train.log_loss_every_steps': 2,
+    'distillation.start_num_steps': 4,
+    'distillation.steps_per_iter': 2,
+    'eval.run_after_training': False,
+    'eval.grid_samples': 8,
+    'eval.batch_size': 8,
+}
+STAGES = {'base': 4, 'distill_2': 2, 'distill_1': 2}  # name -> final step
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(num_devices, shard_log):
+  env = dict(os.environ)
+  env.update(
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}',
+      JAX_PLATFORMS='cpu',
+      PYTHONUNBUFFERED='1',
+      DD_SHARD_LOG=str(shard_log),
+      # The processes of one machine compile each program once, in process 0.
+      JAX_SHARE_BINARY_BETWEEN_HOSTS='1',
+  )
+  return env
+
+
+def _command(workdir, overrides=None):
+  flags = dict(FLAGS, **(overrides or {}))
+  return [PYTHON, WORKER, f'--config={REPO}/configs/digits.py',
+          f'--workdir={workdir}'] + [f'--config.{k}={v}'
+                                      for k, v in flags.items()]
+
+
+class _Group:
+  """Processes started together, waited for together, killed together."""
+
+  def __init__(self, name, logdir):
+    self.name, self.logdir, self.procs = name, logdir, []
+
+  def start(self, args, env):
+    i = len(self.procs)
+    log = open(self.logdir / f'{self.name}.{i}.log', 'w')
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    proc.log_path, proc.log = log.name, log
+    self.procs.append(proc)
+
+  def kill(self):
+    for proc in self.procs:
+      if proc.poll() is None:
+        proc.kill()
+    for proc in self.procs:
+      proc.wait()
+      proc.log.close()
+
+  def tails(self, n=30):
+    out = []
+    for proc in self.procs:
+      with open(proc.log_path) as f:
+        lines = f.read().splitlines()
+      out.append(f'--- {proc.log_path} (exit {proc.returncode}) ---\n' +
+                 '\n'.join(lines[-n:]))
+    return '\n'.join(out)
+
+  def logs(self):
+    return [open(p.log_path).read() for p in self.procs]
+
+
+def _wait(groups, deadline):
+  """Waits for all processes; on a failure or past `deadline`, kills all."""
+  procs = [p for g in groups for p in g.procs]
+  try:
+    while any(p.poll() is None for p in procs):
+      failed = [p for p in procs if p.poll() not in (None, 0)]
+      if failed or time.time() > deadline:
+        for g in groups:
+          g.kill()
+        reason = 'a process failed' if failed else 'timed out'
+        raise AssertionError(f'{reason}:\n' +
+                             '\n'.join(g.tails() for g in groups))
+      time.sleep(0.2)
+  finally:
+    for g in groups:
+      g.kill()  # no-op for exited processes; closes the logs
+  for g in groups:
+    for p in g.procs:
+      assert p.returncode == 0, g.tails()
+
+
+def _start_multiprocess(group, workdir, shard_log, overrides=None, n=2):
+  address = f'127.0.0.1:{_free_port()}'
+  for i in range(n):
+    group.start(_command(workdir, overrides) +
+                [f'--coordinator_address={address}', f'--num_processes={n}',
+                 f'--process_id={i}'], _env(2, shard_log))
+
+
+def _read_shard_log(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def _check_shards(multi_records, single_records):
+  """Each process asked for its own share, and got its half of the batch."""
+  from diffusion_distillation import datasets  # pylint: disable=g-import-not-at-top
+  reference = {(r['seed'], r['start_step']): r for r in single_records}
+  assert all(r['process_count'] == 1 for r in single_records)
+  by_call = {}
+  for r in multi_records:
+    assert r['process_count'] == 2 and r['global_batch_size'] == GLOBAL_BATCH
+    by_call.setdefault((r['seed'], r['start_step']), {})[r['process_index']] = r
+  assert set(by_call) == set(reference), (sorted(by_call), sorted(reference))
+  digits = datasets.get_dataset('digits', randflip=False)
+  for key, shares in by_call.items():
+    assert sorted(shares) == [0, 1], f'{key}: process indices {sorted(shares)}'
+    assert shares[0]['pid'] != shares[1]['pid']
+    whole = np.asarray(reference[key]['first_images'])
+    halves = [np.asarray(shares[p]['first_images']) for p in (0, 1)]
+    half = GLOBAL_BATCH // 2
+    np.testing.assert_array_equal(halves[0], whole[:half])
+    np.testing.assert_array_equal(halves[1], whole[half:])
+    # The same as the datasets API gives (what the pipeline asked for).
+    for p in (0, 1):
+      expected = next(digits.train_batches(
+          global_batch_size=GLOBAL_BATCH, seed=key[0], start_step=key[1],
+          process_index=p, process_count=2))
+      np.testing.assert_array_equal(halves[p], expected['image'])
+
+
+def _check_tree(workdir):
+  """One config, one event stream and one grid per stage, finalized steps."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  files = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*')
+                 if p.is_file())
+  assert [f for f in files if 'orbax-checkpoint-tmp' in f] == []
+  assert files.count('config.json') == 1
+  assert sorted(f for f in files if f.startswith('samples/')) == [
+      'samples/base_8steps.png', 'samples/distill_1_1steps.png',
+      'samples/distill_2_2steps.png']
+  for stage, final in STAGES.items():
+    events = [f for f in files if f.startswith(f'tensorboard/{stage}/')]
+    assert len(events) == 1, events  # process 0 only
+    directory = workdir / 'checkpoints' / stage
+    steps = sorted(ocp.utils.checkpoint_steps(directory))
+    assert steps == list(range(2, final + 1, 2)), (stage, steps)
+    for step in steps:
+      step_dir = directory / str(step)
+      for name in ('_CHECKPOINT_METADATA', 'state/_METADATA',
+                   'state/manifest.ocdbt', 'meta/metadata'):
+        assert (step_dir / name).exists(), f'{step_dir}/{name} missing'
+      meta = json.loads((step_dir / 'meta' / 'metadata').read_text())
+      assert meta['stage'] == stage, meta
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == sorted(
+      STAGES)
+
+
+def _final_params(workdir):
+  """Every stage's final EMA parameters, loaded as a user would."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation import workdir_models  # pylint: disable=g-import-not-at-top
+  loaded = workdir_models.open_workdir(str(workdir))
+  assert [s.name for s in loaded.stages] == list(STAGES)
+  params = {'base': loaded.teacher_params(),
+            'distill_2': loaded.student_params(2),
+            'distill_1': loaded.student_params(1)}
+  return {stage: jax.tree_util.tree_flatten_with_path(jax.device_get(p))[0]
+          for stage, p in params.items()}
+
+
+def _step_dirs(workdir):
+  return sorted(str(p.relative_to(workdir))
+                for p in (workdir / 'checkpoints').glob('*/*'))
+
+
+def test_two_processes_match_one(tmp_path):
+  multi, single = tmp_path / 'multi', tmp_path / 'single'
+  multi_log, single_log = tmp_path / 'multi.jsonl', tmp_path / 'single.jsonl'
+  start = time.time()
+
+  # 2 processes x 2 devices, stopping after distill_2; meanwhile the
+  # reference: 1 process x 4 devices, the whole pipeline in one go.
+  first, ref = _Group('first', tmp_path), _Group('single', tmp_path)
+  _start_multiprocess(first, multi, multi_log,
+                      overrides={'distillation.end_num_steps': 2})
+  ref.start(_command(single), _env(4, single_log))
+  _wait([first, ref], deadline=time.time() + 420)
+  assert _step_dirs(multi) == ['checkpoints/base/2', 'checkpoints/base/4',
+                               'checkpoints/distill_2/2']
+  for log in first.logs():
+    assert 'process 0 of 2' in log or 'process 1 of 2' in log
+
+  # Resume with the whole schedule: base and distill_2 are finished.
+  second = _Group('second', tmp_path)
+  _start_multiprocess(second, multi, multi_log)
+  _wait([second], deadline=time.time() + 300)
+  for log in second.logs():
+    assert 'base: resuming' not in log and 'base: 4 updates' not in log
+    assert 'distill_2: 2 updates' not in log
+    assert 'distill_1: 2 updates' in log
+  assert 'distill_1' in second.logs()[0].split('Finished.')[-1]
+
+  # Everything is finished: a rerun trains nothing and writes no checkpoint.
+  before = _step_dirs(multi)
+  third = _Group('third', tmp_path)
+  _start_multiprocess(third, multi, multi_log)
+  _wait([third], deadline=time.time() + 300)
+  assert _step_dirs(multi) == before
+  for log in third.logs():
+    assert ' updates, sampler steps ' not in log
+
+  _check_shards(_read_shard_log(multi_log), _read_shard_log(single_log))
+  _check_tree(multi)
+  _check_tree(single)
+
+  got, want = _final_params(multi), _final_params(single)
+  for stage in STAGES:
+    assert [k for k, _ in got[stage]] == [k for k, _ in want[stage]]
+    for (path, a), (_, b) in zip(got[stage], want[stage]):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5,
+                                 err_msg=f'{stage} {path}')
+  print(f'multihost test: {time.time() - start:.0f}s', file=sys.stderr)

@@ -1,0 +1,184 @@
+"""The whole pipeline on a tiny config: stages, resume, devices, sampling."""
+
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import PYTHON, REPO, override_flags, subprocess_env, tiny_config
+from diffusion_distillation import checkpointing
+from diffusion_distillation import sample
+from diffusion_distillation import train
+from diffusion_distillation import train_state
+from diffusion_distillation import workdir_models
+
+
+def _main_cmd(workdir, extra=()):
+  return [PYTHON, '-m', 'diffusion_distillation.main',
+          f'--config={os.path.join(REPO, "configs", "digits.py")}',
+          f'--workdir={workdir}', *override_flags(), *extra]
+
+
+def _final_params(workdir, steps=None):
+  """The finished students' parameters (those for `steps`, default all)."""
+  loaded = workdir_models.open_workdir(str(workdir))
+  return {n: loaded.student_params(n) for n in steps or loaded.student_steps()}
+
+
+def _assert_same_params(a, b, **tol):
+  assert sorted(a) == sorted(b)
+  for n in a:
+    for x, y in zip(jax.tree.leaves(a[n]), jax.tree.leaves(b[n])):
+      if tol:
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+      else:
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_plan_halves_from_start_to_end():
+  stages = train.plan_stages(tiny_config())
+  assert [s.name for s in stages] == ['base', 'distill_4', 'distill_2',
+                                      'distill_1']
+  assert [s.num_sample_steps for s in stages[1:]] == [4, 2, 1]
+  assert all(s.num_updates == 4 for s in stages)
+  with_teacher = tiny_config(distillation__teacher_checkpoint_path='/x')
+  assert [s.name for s in train.plan_stages(with_teacher)][0] == 'distill_4'
+
+
+def test_pipeline_trains_teacher_and_three_stages(finished_workdir):
+  workdir, summary = finished_workdir
+  assert [m['stage'] for m in summary] == ['base', 'distill_4', 'distill_2',
+                                           'distill_1']
+  for meta in summary:
+    assert np.isfinite(meta['loss'])
+    assert os.path.exists(meta['grid'])
+    assert checkpointing.stage_is_complete(workdir, meta['stage'], 4)
+  assert (workdir / 'config.json').exists()
+  assert list((workdir / 'tensorboard' / 'distill_1').iterdir())
+  text = train.format_summary(summary, workdir)
+  assert 'distill_1' in text and 'final loss' in text
+
+
+def test_students_start_from_teacher_and_then_move(finished_workdir):
+  workdir, _ = finished_workdir
+  loaded = workdir_models.open_workdir(str(workdir))
+  teacher = jax.tree.leaves(loaded.teacher_params())
+  student = jax.tree.leaves(loaded.student_params(4))
+  assert any(not np.array_equal(t, s) for t, s in zip(teacher, student))
+
+
+def test_rerun_of_finished_workdir_changes_nothing(finished_workdir):
+  workdir, _ = finished_workdir
+  before = _final_params(workdir)
+  summary = train.run(tiny_config(), str(workdir))
+  assert [m['stage'] for m in summary][-1] == 'distill_1'
+  _assert_same_params(before, _final_params(workdir))
+
+
+def test_resume_after_sigkill_and_sigterm_is_exact(finished_workdir, tmp_path):
+  """Killed twice (SIGKILL mid-stage, then SIGTERM), the run still ends with
+  exactly the parameters of the uninterrupted run."""
+  reference, _ = finished_workdir
+  workdir = tmp_path / 'killed'
+  env = subprocess_env()
+
+  def run_until(marker, sig):
+    proc = subprocess.Popen(cmd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 480
+    while not marker.exists():
+      assert proc.poll() is None, proc.stderr.read()[-3000:]
+      assert time.time() < deadline, 'marker never appeared'
+      time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+  # Two stages are enough; they equal the first two of the reference run.
+  cmd = _main_cmd(workdir, ['--config.distillation.end_num_steps=2'])
+  code, _ = run_until(workdir / 'checkpoints' / 'distill_4' / '2',
+                      signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  code, err = run_until(workdir / 'checkpoints' / 'distill_2' / '2',
+                        signal.SIGTERM)
+  assert code != 0 and 'rerun the same command to resume' in err
+  assert 'Traceback' not in err
+  done = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'distill_2' in done.stdout
+  _assert_same_params(_final_params(reference, [4, 2]), _final_params(workdir))
+
+
+def test_four_devices_match_one_device(finished_workdir, tmp_path):
+  """Data parallelism: 4 devices, same global batch, same updates."""
+  reference, _ = finished_workdir
+  workdir = tmp_path / 'four'
+  done = subprocess.run(
+      _main_cmd(workdir, ['--config.distillation.end_num_steps=4']),
+      env=subprocess_env(4), capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  _assert_same_params(_final_params(reference, [4]), _final_params(workdir),
+                      rtol=2e-3, atol=2e-5)
+
+
+def test_sample_writes_npz_and_grid(finished_workdir, tmp_path):
+  workdir, _ = finished_workdir
+  out = tmp_path / 'samples.npz'
+  npz, grid = sample.run(str(workdir), num_steps=2, num_samples=5, seed=3,
+                         output=str(out))
+  with np.load(npz) as f:
+    images = f['images']
+    assert 'labels' not in f  # unconditional
+  assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8
+  assert os.path.exists(grid)
+  loaded = workdir_models.open_workdir(str(workdir))
+  again, _ = sample.generate(loaded.model, loaded.student_params(2),
+                             mesh=loaded.mesh, num_samples=5, num_steps=2,
+                             seed=3)
+  np.testing.assert_array_equal(images, again)  # seeded
+
+
+def test_teacher_samples_with_any_step_count(finished_workdir, tmp_path):
+  workdir, _ = finished_workdir
+  npz, _ = sample.run(str(workdir), num_steps=3, num_samples=4, seed=0,
+                      output=str(tmp_path / 't.npz'), model='teacher',
+                      sampler='ancestral')
+  with np.load(npz) as f:
+    assert f['images'].shape == (4, 8, 8, 1)
+
+
+def test_missing_student_lists_available_steps(finished_workdir, tmp_path):
+  workdir, _ = finished_workdir
+  with pytest.raises(workdir_models.WorkdirError, match='1, 2, 4'):
+    sample.run(str(workdir), num_steps=3, num_samples=4, seed=0,
+               output=str(tmp_path / 'x.npz'))
+
+
+def test_substeps_in_one_call_equal_single_steps(finished_workdir):
+  """`train.substeps` updates per compiled call (lax.scan) are the same
+  updates as one call per step."""
+  workdir, _ = finished_workdir
+  config = tiny_config()
+  ctx = train.make_context(config, workdir)
+  stage = train.plan_stages(config)[1]
+  opt = train.optimization_for(config, stage)
+  teacher = workdir_models.open_workdir(str(workdir)).teacher_params()
+  steps = train.make_train_steps(train._stage_model(ctx, opt), opt,  # pylint: disable=protected-access
+                                 jax.random.PRNGKey(0), distill=True)
+  state = train_state.create(teacher, opt.tx, stage.num_sample_steps)
+  data = ctx.dataset.train_batches(global_batch_size=8, seed=0)
+  batches = train._stack([next(data), next(data)])  # pylint: disable=protected-access
+  together, metrics = jax.jit(steps)(state, batches, teacher)
+  one = state
+  for k in range(2):
+    one, _ = jax.jit(steps)(one, jax.tree.map(lambda b: b[k:k + 1], batches),
+                            teacher)
+  assert metrics['loss'].shape == (2,)
+  for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(one)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
