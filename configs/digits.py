@@ -86,7 +86,7 @@ def get_config():
       num_samples=500,
       batch_size=500,
       samplers=('ddim', 'ancestral'),
-      teacher_max_steps=config.distillation.get_ref('start_num_steps'),
+      teacher_max_steps=config.distillation.get_ref('start_num_steps').identity(),
       inception_path='',
       grid_samples=64,
   )

@@ -45,7 +45,6 @@ directory).
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 
 def get_config():
@@ -66,7 +65,7 @@ def get_config():
           ch_mult=(1, 2, 4, 6, 8),
           num_res_blocks=3,
           attn_resolutions=(8, 16, 32),
-          num_heads=config_dict.placeholder(int),  # None: heads of head_dim
+          num_heads=None,  # heads of head_dim channels instead
           head_dim=64,
           dropout=0.1,
           logsnr_input_type='inv_cos',

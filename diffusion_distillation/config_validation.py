@@ -76,6 +76,12 @@ def validate_model(config):
     _require(schedule.logsnr_min < schedule.logsnr_max, f'model.{name}',
              'needs logsnr_min < logsnr_max')
   args = config.model.args
+  _require((args.get('num_heads') is None) != (args.get('head_dim') is None),
+           'model.args.num_heads',
+           'set exactly one of num_heads and head_dim (the other to None)')
+  _require(not (config.dataset.name.startswith('lsun') and
+                config.dataset.args.class_conditional),
+           'dataset.args.class_conditional', 'LSUN has no class labels')
   _require(args.ch % 32 == 0, 'model.args.ch',
            f'must be a multiple of 32 (GroupNorm groups), got {args.ch}')
   _require(0. <= args.dropout < 1., 'model.args.dropout',
@@ -147,9 +153,14 @@ def validate_config(config, device_count=None, process_count=None):
            'is empty and train.num_train_steps is 0: there is no teacher')
 
 
-# Fields that fix the shapes of the checkpoints in a workdir.
+# Fields that fix the shapes of the checkpoints in a workdir (dropout and
+# the other training settings may change between runs).
 _ARCHITECTURE_FIELDS = ('dataset.name', 'dataset.args.class_conditional',
-                        'model.mean_type', 'model.args')
+                        'model.mean_type', 'model.args.ch', 'model.args.emb_ch',
+                        'model.args.ch_mult', 'model.args.num_res_blocks',
+                        'model.args.attn_resolutions', 'model.args.num_heads',
+                        'model.args.head_dim', 'model.args.resblock_resample',
+                        'model.args.logsnr_input_type')
 
 
 def check_compatible(saved: dict, config):
@@ -157,7 +168,7 @@ def check_compatible(saved: dict, config):
   for field in _ARCHITECTURE_FIELDS:
     old, new = saved, config.to_dict()
     for part in field.split('.'):
-      old, new = old.get(part, {}), new.get(part, {})
+      old, new = (old or {}).get(part), (new or {}).get(part)
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
     if old != new:
       raise ConfigError(

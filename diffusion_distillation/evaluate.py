@@ -46,6 +46,7 @@ cross-process communication.
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -250,23 +251,31 @@ def digits_metric(cache_dir: str) -> Metric:
       reference_num_examples=reference[2]))
 
 
-def _local_inception(module, params, batch_size: int):
-  """Images (uint8 or float in [0, 255]) -> numpy outputs, over local devices.
-
-  Batches are padded to one fixed size (a multiple of the local device
-  count), so the network compiles once per input resolution.
-  """
+@functools.lru_cache(maxsize=None)
+def _inception_apply(module):
+  """One jitted network per module, data-parallel over this host's devices."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  devices = jax.local_devices()
-  mesh = Mesh(np.asarray(devices), ('data',))
+  mesh = Mesh(np.asarray(jax.local_devices()), ('data',))
   rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  params = jax.device_put(params, rep)
   apply = jax.jit(lambda p, x: module.apply({'params': p}, x),
                   in_shardings=(rep, split), out_shardings=rep)
+  return apply, rep, split
+
+
+def local_inception(module, params, batch_size: int):
+  """Images (uint8 or float in [0, 255]) -> dict of numpy outputs.
+
+  Every call of the network sees exactly `batch_size` images (rounded up to a
+  multiple of the local device count; the last chunk is zero-padded), so
+  samples and real data of one resolution share one compiled program.
+  """
+  apply, rep, split = _inception_apply(module)
+  devices = len(jax.local_devices())
+  size = -(-batch_size // devices) * devices
+  params = jax.device_put(params, rep)
 
   def features(images) -> dict[str, np.ndarray]:
     images = np.asarray(images)
-    size = -(-min(batch_size, len(images)) // len(devices)) * len(devices)
     outs = []
     for start in range(0, len(images), size):
       batch = images[start:start + size]
@@ -357,15 +366,15 @@ def inception_reference_stats(config, features, fingerprint: str,
       name, data_dir=config.dataset.get('data_dir') or None,
       **dict(config.dataset.get('args') or {}))
   acc = frechet.StatsAccumulator()
-  for batch in dataset.eval_batches(batch_size=batch_size, split=split):
+  batches = dataset.eval_batches(batch_size=batch_size, split=split)
+  for i, batch in enumerate(batches):
     real = images_lib.to_uint8(batch['image'])
     if limit:
       real = real[:limit - acc.num_examples]
     if len(real):
       acc.update(features(real)['pool3'])
-      if acc.num_examples // batch_size % 20 == 0:
-        logging.info('  %d examples (%.0fs)', acc.num_examples,
-                     time.time() - t0)
+    if i % 20 == 19:
+      logging.info('  %d examples (%.0fs)', acc.num_examples, time.time() - t0)
     if limit and acc.num_examples >= limit:
       break
   if acc.num_examples < 2:
@@ -383,12 +392,12 @@ def inception_metric(config, settings: Settings, divisor: int = 1) -> Metric:
   from diffusion_distillation.metrics import frechet  # pylint: disable=g-import-not-at-top
   net = load_inception_or_fail(settings.inception_path, settings.cache_dir,
                                divisor)
-  features = _local_inception(net.module, net.params, _INCEPTION_BATCH)
+  features = local_inception(net.module, net.params,
+                             min(_INCEPTION_BATCH, settings.num_samples))
   fingerprint = _fingerprint(net.params)
   limit = (config.get('eval') or {}).get('reference_num_examples') or None
   mu_ref, sigma_ref, n_ref, path = inception_reference_stats(
-      config, features, fingerprint, settings.cache_dir, limit=limit,
-      batch_size=max(settings.batch_size, _INCEPTION_BATCH))
+      config, features, fingerprint, settings.cache_dir, limit=limit)
 
   def compute(samples):
     out = features(samples)
@@ -532,15 +541,17 @@ def plot_png(results: dict) -> bytes:
   return buf.getvalue()
 
 
-def write_results(workdir, results: dict) -> dict[str, epath.Path]:
-  """results.json, results.md and the plot under WORKDIR/eval."""
+def write_results(workdir, results: dict,
+                  plot: bool = True) -> dict[str, epath.Path]:
+  """results.json, results.md and (with `plot`) the plot under WORKDIR/eval."""
   out = epath.Path(workdir) / 'eval'
   out.mkdir(parents=True, exist_ok=True)
   paths = dict(json=out / RESULTS_JSON, markdown=out / RESULTS_MD,
                plot=out / PLOT_PNG)
   paths['json'].write_text(json.dumps(results, indent=2) + '\n')
   paths['markdown'].write_text(format_markdown(results))
-  paths['plot'].write_bytes(plot_png(results))
+  if plot:
+    paths['plot'].write_bytes(plot_png(results))
   return paths
 
 
@@ -578,6 +589,11 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
   check_arguments(num_samples=num_samples, samplers=samplers,
                   teacher_steps=teacher_steps, metric=metric,
                   batch_size=batch_size)
+  if not workdir:
+    raise EvalError('--workdir is required')
+  if not (epath.Path(workdir) / 'config.json').exists():
+    # Checked here too, so a mistyped path fails before the slow imports.
+    raise EvalError(f'{workdir} is not a training workdir (no config.json)')
   from diffusion_distillation import workdir_models  # pylint: disable=g-import-not-at-top
   t_start = time.time()
   loaded = workdir_models.open_workdir(workdir)
@@ -591,11 +607,11 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
   if not specs:
     raise EvalError('nothing to evaluate: no finished student and no teacher '
                     'step counts')
-  teacher = (loaded.teacher_params()
-             if any(s.model == 'teacher' for s in specs) else None)
   t0 = time.time()
   scorer = make_metric(config, settings, inception_divisor)
   logging.info('metric %s ready in %.1fs', settings.metric, time.time() - t0)
+  teacher = (loaded.teacher_params()
+             if any(s.model == 'teacher' for s in specs) else None)
 
   results = dict(
       workdir=str(workdir), dataset=config.dataset.name,
@@ -634,10 +650,11 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
         i + 1, len(specs), spec.model, spec.sampler, spec.steps,
         ' '.join(f'{k}={_fmt(row[k])}' for k in scorer.value_names),
         t1 - t0, t2 - t1)
-    if i + 1 == len(specs):
+    last = i + 1 == len(specs)
+    if last:
       results.update(complete=True, seconds=round(time.time() - t_start, 1))
-    if write:
-      write_results(workdir, results)
+    if write:  # after every row: an interrupted run keeps what it measured
+      write_results(workdir, results, plot=last)
   if write:
     logging.info('wrote %s', epath.Path(workdir) / 'eval')
     if print_table:
@@ -686,18 +703,19 @@ def main(argv):
     check_arguments(num_samples=FLAGS.num_samples, samplers=FLAGS.samplers,
                     teacher_steps=teacher_steps, metric=FLAGS.metric,
                     batch_size=FLAGS.batch_size)
-    from diffusion_distillation import workdir_models  # pylint: disable=g-import-not-at-top
-    try:
-      run_evaluation(
-          FLAGS.workdir, num_samples=FLAGS.num_samples,
-          samplers=FLAGS.samplers, teacher_steps=teacher_steps,
-          metric=FLAGS.metric, inception_path=FLAGS.inception_path,
-          seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-          cache_dir=FLAGS.cache_dir)
-    except (workdir_models.WorkdirError, sample_lib.SampleError) as e:
-      sys.exit(f'error: {e}')
+    run_evaluation(
+        FLAGS.workdir, num_samples=FLAGS.num_samples, samplers=FLAGS.samplers,
+        teacher_steps=teacher_steps, metric=FLAGS.metric,
+        inception_path=FLAGS.inception_path, seed=FLAGS.seed,
+        batch_size=FLAGS.batch_size, cache_dir=FLAGS.cache_dir)
   except EvalError as e:
     sys.exit(f'error: {e}')
+  except ValueError as e:
+    # Imported only now: run_evaluation has imported it if it got this far.
+    from diffusion_distillation import workdir_models  # pylint: disable=g-import-not-at-top
+    if isinstance(e, (workdir_models.WorkdirError, sample_lib.SampleError)):
+      sys.exit(f'error: {e}')
+    raise
 
 
 if __name__ == '__main__':

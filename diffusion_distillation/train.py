@@ -16,8 +16,6 @@ import time
 from typing import Any, Optional
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 from etils import epath
 import jax
 import jax.numpy as jnp
@@ -267,6 +265,10 @@ def run_stage(ctx: Context, stage: Stage, teacher_params) -> dict[str, Any]:
       seed=config.seed * 1000 + stage.index, start_step=step,
       process_index=jax.process_index(), process_count=jax.process_count())
 
+  # Imported here: clu's writers pull in TensorFlow (seconds), which sampling,
+  # evaluation and argument checking do not need.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   writer = metric_writers.create_default_writer(
       str(ctx.workdir / 'tensorboard' / stage.name),
       just_logging=jax.process_index() > 0)

@@ -17,6 +17,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(REPO, 'configs', 'digits.py')
 
+# ml_collections loads config files with the deprecated `load_module()`.
+pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
+
 
 def run_module(module, *args):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
@@ -26,7 +29,7 @@ def run_module(module, *args):
 
 
 def snapshot(path):
-  """Every directory and file under `path`, with file contents (None: absent)."""
+  """Every directory and file under `path` with file contents; None: absent."""
   if not os.path.exists(path):
     return None
   tree = {}
