@@ -134,9 +134,9 @@ def _peak_memory() -> Optional[int]:
   return max(peaks) if peaks else None
 
 
-def _compile(jitted, *args):
+def _compile(jitted, *args, options=None):
   t0 = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
+  compiled = jitted.lower(*args).compile(options)
   return compiled, time.perf_counter() - t0
 
 
@@ -225,7 +225,7 @@ def _distill_stage(config):
 
 
 def _update_program(ctx, stage, opt, init_params, batches, teacher, *,
-                    distill: bool, key):
+                    distill: bool, key, options):
   """Compiles one training program; returns (compiled, compile_s, state, flops).
 
   FLOPs are per update, from a single-update program: the timed one when
@@ -239,28 +239,31 @@ def _update_program(ctx, stage, opt, init_params, batches, teacher, *,
   state = parallel.replicate(
       train_state.create(init_params, opt.tx, stage.num_sample_steps),
       ctx.mesh)
-  compiled, compile_s = _compile(jitted, state, batches, teacher)
+  compiled, compile_s = _compile(jitted, state, batches, teacher,
+                                 options=options)
   substeps = jax.tree.leaves(batches)[0].shape[0]
   if substeps == 1:
     flops = _flops(compiled)
   else:  # XLA counts a scan body once: analyse a loop-free single update.
     one = jax.tree.map(lambda b: b[:1], batches)
-    flops = _flops(jitted.lower(state, one, teacher).compile())
+    flops = _flops(jitted.lower(state, one, teacher).compile(options))
   return compiled, compile_s, state, flops
 
 
 def benchmark(config, *, repeats: int = 5, warmup: int = 1,
               sample_steps: Optional[int] = None, data: str = 'synthetic',
               config_name: Optional[str] = None,
-              emit: Optional[Callable[[dict], None]] = None) -> list[dict]:
+              emit: Optional[Callable[[dict], None]] = None,
+              compiler_options: Optional[dict[str, Any]] = None) -> list[dict]:
   """Measures every program; returns the records (the summary last).
 
   `emit` is called with each record as soon as it is measured (the CLI prints
-  it as a JSON line).
+  it as a JSON line). `compiler_options` go to every XLA compile (e.g.
+  `{'xla_backend_optimization_level': 0}` for quick, slower code in tests).
   """
   if repeats < 1 or warmup < 0:
-    raise BenchmarkError(f'need repeats >= 1 and warmup >= 0, got {repeats}, '
-                     f'{warmup}')
+    raise BenchmarkError(
+        f'need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}')
   if data not in ('synthetic', 'dataset'):
     raise BenchmarkError(f"data must be 'synthetic' or 'dataset', got {data!r}")
   config_validation.validate_config(config)
@@ -281,15 +284,18 @@ def benchmark(config, *, repeats: int = 5, warmup: int = 1,
     emit(record)
     return record
 
-  params = parallel.replicate(
-      model.init_params(jax.random.PRNGKey(config.seed)), ctx.mesh)
+  # One compiled init: cheaper than flax's initializers op by op.
+  rep = parallel.replicated(ctx.mesh)
+  init_key = jax.random.PRNGKey(config.seed)
+  params = jax.jit(model.init_params, out_shardings=rep).lower(
+      init_key).compile(compiler_options)(init_key)
   teacher = jax.tree.map(jnp.array, params)  # a copy: states are donated
   batches = parallel.global_batch(_train_batches(config, dataset, data),
                                   ctx.mesh, batch_axis=1)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
 
   # --- forward: one network pass on the training batch, no gradients.
-  rep, split = parallel.replicated(ctx.mesh), parallel.batch_sharding(ctx.mesh)
+  split = parallel.batch_sharding(ctx.mesh)
   x = jax.tree.map(lambda b: b[0], batches)
   logsnr = jax.device_put(
       jnp.linspace(-10., 10., batch_size, dtype=jnp.float32), split)
@@ -298,7 +304,8 @@ def benchmark(config, *, repeats: int = 5, warmup: int = 1,
                                              train=False),
       in_shardings=(rep, split, split, split), out_shardings=split)
   z = jax.jit(model_lib.normalize_images, out_shardings=split)(x['image'])
-  compiled, compile_s = _compile(forward, params, z, logsnr, x['label'])
+  compiled, compile_s = _compile(forward, params, z, logsnr, x['label'],
+                                 options=compiler_options)
   times = _time_calls(lambda: compiled(params, z, logsnr, x['label']),
                       repeats=repeats, warmup=warmup)
   flops = _flops(compiled)
@@ -320,7 +327,8 @@ def benchmark(config, *, repeats: int = 5, warmup: int = 1,
     opt = train.optimization_for(config, stage)
     compiled, compile_s, state, flops = _update_program(
         ctx, stage, opt, teacher if distill else params, batches,
-        teacher if distill else None, distill=distill, key=key)
+        teacher if distill else None, distill=distill, key=key,
+        options=compiler_options)
     holder = {'state': state}
 
     def call(compiled=compiled, holder=holder, distill=distill):
@@ -365,7 +373,8 @@ def benchmark(config, *, repeats: int = 5, warmup: int = 1,
   sampler_fn = sample_lib._sampler_fn(model, config.sampler, ctx.mesh)  # pylint: disable=protected-access
   rng = jax.random.PRNGKey(config.seed)
   compiled, compile_s = _compile(sampler_fn, params, rng, labels,
-                                 jnp.int32(num_steps))
+                                 jnp.int32(num_steps),
+                                 options=compiler_options)
   # The step count is data, so XLA sees the loop body (one forward and one
   # sampler step) once: FLOPs per image scale with the steps taken.
   body_flops = _flops(compiled)
@@ -418,6 +427,7 @@ def benchmark(config, *, repeats: int = 5, warmup: int = 1,
       dtype=config.model.dtype,
       data=data,
       config=config_name or config.dataset.name,
+      compiler_options=compiler_options or None,
       repeats=repeats,
       warmup=warmup,
       jax_version=jax.__version__,
@@ -464,7 +474,10 @@ def main(argv):
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   path = config_flags.get_config_filename(FLAGS['config'])
   name = os.path.splitext(os.path.basename(path.split(':')[0]))[0]
-  emit = lambda record: print(to_json(record), flush=True)
+  def emit(record):
+    if jax.process_index() == 0:
+      print(to_json(record), flush=True)
+
   try:
     benchmark(FLAGS.config, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
               sample_steps=FLAGS.sample_steps, data=FLAGS.data,

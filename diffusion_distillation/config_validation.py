@@ -124,8 +124,18 @@ def validate_config(config, device_count=None, process_count=None):
     for sampler in config.eval.samplers:
       _require(sampler in sampling.SAMPLERS, 'eval.samplers',
                f'unknown sampler {sampler!r}; known: {sampling.SAMPLERS}')
-    _positive_int(config, 'eval.num_samples')
+    _require(isinstance(config.eval.num_samples, int) and
+             config.eval.num_samples >= 2, 'eval.num_samples',
+             f'must be an integer >= 2 (a covariance needs two samples), got '
+             f'{config.eval.num_samples!r}')
     _positive_int(config, 'eval.batch_size')
+    _require(not (config.eval.run_after_training and
+                  config.eval.metric == 'inception' and
+                  not config.eval.inception_path),
+             'eval.inception_path',
+             'is empty but eval.run_after_training needs the Inception '
+             'weights for the inception metric; set it or set '
+             'eval.run_after_training=False')
 
   distill = config.get('distillation')
   if distill is None:

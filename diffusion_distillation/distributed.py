@@ -20,6 +20,7 @@ import os
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 CPU_COLLECTIVES = 'gloo'
@@ -67,6 +68,31 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
   logging.info('process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+  if jax.default_backend() == 'cpu' and jax.process_count() > 1:
+    _connect_cpu_collectives()
+
+
+def _connect_cpu_collectives():
+  """Opens the gloo connections while the processes are still in step.
+
+  XLA:CPU connects the processes of a group of devices on that group's first
+  collective, and gives up when one process arrives more than 30 seconds after
+  another ("Gloo context initialization failed: DEADLINE_EXCEEDED:
+  GetKeyValue() timed out"); once connected, a collective waits as long as
+  needed. The processes have just met in `jax.distributed.initialize`, so
+  running each kind of collective the pipeline uses now, over all devices,
+  makes later skews (one process compiling slower, process 0 writing files)
+  harmless.
+  """
+  mesh = jax.make_mesh((jax.device_count(),), ('all',))
+  ones = jax.make_array_from_process_local_data(
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('all')),
+      np.ones(jax.local_device_count(), np.float32))
+  total = jax.jit(jnp.sum, out_shardings=jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec()))(ones)
+  assert float(total.addressable_data(0)) == jax.device_count()
+  barrier('distributed.initialize')  # process_allgather, orbax's barriers
+  agree(True)  # broadcast_one_to_all
 
 
 def is_primary() -> bool:

@@ -49,6 +49,7 @@ import datetime
 import functools
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -309,7 +310,8 @@ def _local_weights(path: str, cache_dir: str) -> str:
     return path
   if not p.exists():
     return path  # load_inception raises the usual message
-  local = os.path.join(cache_dir, 'inception', p.name)
+  tag = hashlib.sha256(path.encode()).hexdigest()[:8]
+  local = os.path.join(cache_dir, 'inception', f'{tag}_{p.name}')
   if not os.path.exists(local):
     os.makedirs(os.path.dirname(local), exist_ok=True)
     tmp = f'{local}.tmp-{os.getpid()}'
@@ -362,11 +364,20 @@ def inception_reference_stats(config, features, fingerprint: str,
   logging.info('computing Inception statistics of %s/%s (%s examples) -> %s',
                name, split, count, path)
   t0 = time.time()
-  dataset = datasets.get_dataset(
-      name, data_dir=config.dataset.get('data_dir') or None,
-      **dict(config.dataset.get('args') or {}))
+  try:
+    dataset = datasets.get_dataset(
+        name, data_dir=config.dataset.get('data_dir') or None,
+        **dict(config.dataset.get('args') or {}))
+    batches = dataset.eval_batches(batch_size=batch_size, split=split)
+    first = next(batches, None)
+  except Exception as e:  # pylint: disable=broad-except
+    # Usually the data set is not prepared (or not reachable) here.
+    message = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise EvalError(f'cannot read {name}/{split} for the FID reference '
+                    f'statistics: {type(e).__name__}: {message}') from e
   acc = frechet.StatsAccumulator()
-  batches = dataset.eval_batches(batch_size=batch_size, split=split)
+  if first is not None:
+    batches = itertools.chain([first], batches)
   for i, batch in enumerate(batches):
     real = images_lib.to_uint8(batch['image'])
     if limit:
@@ -504,7 +515,7 @@ def plot_png(results: dict) -> bytes:
   """Main metric vs. sampler steps (log2 x), one line per (model, sampler)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  from matplotlib.ticker import FixedLocator, NullLocator  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import NullLocator  # pylint: disable=g-import-not-at-top
   main = results['metric_names'][0]
   fig = Figure(figsize=(6.4, 4.4), dpi=120)
   FigureCanvasAgg(fig)
@@ -524,8 +535,7 @@ def plot_png(results: dict) -> bytes:
   ax.set_xscale('log', base=2)
   if steps:
     ticks = sorted(steps)
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xticks(ticks, labels=[str(t) for t in ticks])
     ax.xaxis.set_minor_locator(NullLocator())
   if values and min(values) > 0 and max(values) / min(values) > _LOG_Y_SPREAD:
     ax.set_yscale('log')
@@ -623,6 +633,8 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
       devices=f'{jax.device_count()} x {jax.devices()[0].device_kind}',
       metric_info=scorer.info, complete=False, seconds=None, rows=[])
   write = jax.process_index() == 0
+  logging.info('%d rows, %d samples each; the first row of each sampler '
+               'includes compiling it', len(specs), settings.num_samples)
   for i, spec in enumerate(specs):
     params = (loaded.student_params(spec.steps) if spec.model == 'distilled'
               else teacher)

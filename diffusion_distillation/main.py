@@ -11,7 +11,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from diffusion_distillation import config_validation
@@ -76,8 +75,13 @@ def main(argv):
     summary = train.run(config, _WORKDIR.value)
   except config_validation.ConfigError as e:
     sys.exit(f'error: {e}')
-  logging.info('\n%s', train.format_summary(summary, _WORKDIR.value))
   print(train.format_summary(summary, _WORKDIR.value), flush=True)
+  if config.get('eval') and config.eval.run_after_training:
+    from diffusion_distillation import evaluate  # pylint: disable=g-import-not-at-top
+    try:  # every process samples its share; process 0 writes the table
+      evaluate.run_evaluation(_WORKDIR.value)
+    except evaluate.EvalError as e:
+      sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -123,7 +123,7 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
                                               num_steps, teacher_params)
     updates, opt_state = opt.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': opt.schedule(state.step)}
     return state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,

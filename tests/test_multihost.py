@@ -60,8 +60,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env(num_devices, shard_log):
+def _env(num_devices, shard_log, **extra):
   env = dict(os.environ)
+  env.pop('DD_DELAY_PROCESS', None)
   env.update(
       XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}',
       JAX_PLATFORMS='cpu',
@@ -69,7 +70,7 @@ def _env(num_devices, shard_log):
       DD_SHARD_LOG=str(shard_log),
       # The processes of one machine compile each program once, in process 0.
       JAX_SHARE_BINARY_BETWEEN_HOSTS='1',
-  )
+      **extra)
   return env
 
 
@@ -136,12 +137,13 @@ def _wait(groups, deadline):
       assert p.returncode == 0, g.tails()
 
 
-def _start_multiprocess(group, workdir, shard_log, overrides=None, n=2):
+def _start_multiprocess(group, workdir, shard_log, overrides=None, n=2,
+                        **env):
   address = f'127.0.0.1:{_free_port()}'
   for i in range(n):
     group.start(_command(workdir, overrides) +
                 [f'--coordinator_address={address}', f'--num_processes={n}',
-                 f'--process_id={i}'], _env(2, shard_log))
+                 f'--process_id={i}'], _env(2, shard_log, **env))
 
 
 def _read_shard_log(path):
@@ -226,11 +228,13 @@ def test_two_processes_match_one(tmp_path):
   multi_log, single_log = tmp_path / 'multi.jsonl', tmp_path / 'single.jsonl'
   start = time.time()
 
-  # 2 processes x 2 devices, stopping after distill_2; meanwhile the
-  # reference: 1 process x 4 devices, the whole pipeline in one go.
+  # 2 processes x 2 devices, stopping after distill_2; process 1 comes to
+  # the first training step 35 s late (beyond gloo's 30 s connect timeout).
+  # Meanwhile the reference: 1 process x 4 devices, the whole pipeline.
   first, ref = _Group('first', tmp_path), _Group('single', tmp_path)
   _start_multiprocess(first, multi, multi_log,
-                      overrides={'distillation.end_num_steps': 2})
+                      overrides={'distillation.end_num_steps': 2},
+                      DD_DELAY_PROCESS='1:35')
   ref.start(_command(single), _env(4, single_log))
   _wait([first, ref], deadline=time.time() + 420)
   assert _step_dirs(multi) == ['checkpoints/base/2', 'checkpoints/base/4',
