@@ -50,7 +50,7 @@ def get_config():
   config.sampler = 'ddim'
 
   config.train = dict(
-      num_train_steps=2000,
+      num_train_steps=1500,
       batch_size=64,
       optimizer='adam',
       learning_rate=2e-3,
@@ -63,7 +63,7 @@ def get_config():
       substeps=1,  # XLA:CPU runs gradients inside loops slowly (see train.py)
       enable_update_skip=False,
       log_loss_every_steps=100,
-      checkpoint_every_steps=500,
+      checkpoint_every_steps=1000,
       checkpoint_every_secs=600,
       keep_checkpoints=2,
   )
@@ -72,7 +72,7 @@ def get_config():
       teacher_checkpoint_path='',
       start_num_steps=128,
       end_num_steps=1,
-      steps_per_iter=200,
+      steps_per_iter=150,
       learning_rate=1e-3,
       learning_rate_anneal_type='linear',
       weight_decay=0.,
@@ -83,7 +83,7 @@ def get_config():
   config.eval = dict(
       run_after_training=True,
       metric='digits',
-      num_samples=500,
+      num_samples=400,
       batch_size=500,
       samplers=('ddim', 'ancestral'),
       teacher_max_steps=config.distillation.get_ref('start_num_steps').identity(),

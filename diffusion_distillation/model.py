@@ -94,13 +94,18 @@ class DiffusionModel:
 
     return model_fn
 
-  def generate(self, params, rng, labels, *, num_steps, sampler: str = 'ddim'):
+  def generate(self, params, rng, labels, *, num_steps, sampler: str = 'ddim',
+               batch_sharding=None):
     """Samples images in [0, 255] (float) for the given labels.
 
-    `labels` has shape (B,) and fixes the batch size (zeros when unconditional).
+    `labels` has shape (B,) and fixes the batch size (zeros when
+    unconditional). `batch_sharding` splits the batch over devices; without it
+    XLA would run the whole batch on every device.
     """
     rng_init, rng_loop = jax.random.split(rng)
     z = jax.random.normal(rng_init, (labels.shape[0], *self.data_shape))
+    if batch_sharding is not None:
+      z = jax.lax.with_sharding_constraint(z, batch_sharding)
     x = sampling.sample_loop(
         self.bind(params, labels), z, num_steps=num_steps,
         logsnr_schedule_fn=self.logsnr_schedule('eval'),

@@ -35,7 +35,8 @@ def _sampler_fn(model, sampler: str, mesh):
 
   def run(params, rng, labels, num_steps):
     return model.generate(params, rng, labels, num_steps=num_steps,
-                          sampler=sampler)
+                          sampler=sampler,
+                          batch_sharding=parallel.batch_sharding(mesh))
 
   return jax.jit(run, in_shardings=(rep, rep, parallel.batch_sharding(mesh),
                                     rep), out_shardings=rep)

@@ -124,7 +124,8 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
     updates, opt_state = opt.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
-               'learning_rate': opt.schedule(state.step)}
+               'learning_rate': jnp.asarray(opt.schedule(state.step),
+                                            jnp.float32)}
     return state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         ema_params=train_state.update_ema(state.ema_params, params,
@@ -249,7 +250,8 @@ def run_stage(ctx: Context, stage: Stage, teacher_params) -> dict[str, Any]:
     logging.info('%s: resuming from step %d', stage.name, int(state.step))
   else:
     init = (teacher_params if stage.is_distillation else
-            ctx.base_model.init_params(jax.random.PRNGKey(config.seed)))
+            jax.jit(ctx.base_model.init_params)(
+                jax.random.PRNGKey(config.seed)))
     state = parallel.replicate(
         train_state.create(init, opt.tx, stage.num_sample_steps), ctx.mesh)
   teacher = (parallel.replicate(teacher_params, ctx.mesh)

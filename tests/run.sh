@@ -16,4 +16,6 @@ echo "[tests] installing $REPO[test]" >&2
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$REPO[test]"
 cd "$REPO"
-exec "$VENV/bin/python" -m pytest -n 2 "$@"
+# Two workers (2 cores); a file stays on one worker so that its module and
+# session fixtures (trained workdirs) are built once.
+exec "$VENV/bin/python" -m pytest -n 2 --dist loadfile "$@"

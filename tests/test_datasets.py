@@ -163,7 +163,7 @@ def test_digits_does_not_import_tensorflow():
 
 @pytest.fixture(scope='module')
 def tfds():
-  tfds = pytest.importorskip('tensorflow_datasets')
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   datasets._import_tf()  # pylint: disable=protected-access
   return tfds
 

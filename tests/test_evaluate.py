@@ -35,7 +35,7 @@ INCEPTION_DIVISOR = 16  # every Inception width / 16: a fast forward pass
 def _one_blas_thread():
   """scipy's sqrtm is ~10x slower when OpenBLAS threads fight over 2 busy
   cores; the matrices here are small."""
-  threadpoolctl = pytest.importorskip('threadpoolctl')
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
   with threadpoolctl.threadpool_limits(limits=1, user_api='blas'):
     yield
 
@@ -296,7 +296,7 @@ def synthetic_inception_npz(path, divisor, seed=0):
 
 
 def test_fid_on_mock_cifar10(tmp_path, monkeypatch):
-  tfds = pytest.importorskip('tensorflow_datasets')
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from diffusion_distillation import datasets
   from diffusion_distillation.metrics import frechet
   from diffusion_distillation.metrics import inception
