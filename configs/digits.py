@@ -83,7 +83,7 @@ def get_config():
   config.eval = dict(
       run_after_training=True,
       metric='digits',
-      num_samples=400,
+      num_samples=300,
       batch_size=500,
       samplers=('ddim', 'ancestral'),
       teacher_max_steps=config.distillation.get_ref('start_num_steps').identity(),

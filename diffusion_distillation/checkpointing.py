@@ -18,6 +18,8 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from diffusion_distillation import distributed
+
 
 def stage_dir(workdir, stage_name: str) -> epath.Path:
   return epath.Path(workdir) / 'checkpoints' / stage_name
@@ -71,11 +73,16 @@ class StageCheckpoints:
 
 
 def stage_is_complete(workdir, stage_name: str, num_updates: int) -> bool:
-  """True when the stage's final checkpoint (step >= num_updates) exists."""
+  """True when the stage's final checkpoint (step >= num_updates) exists.
+
+  Collective: call it on every process. Process 0's view decides, so all
+  processes take the same branch (opening a CheckpointManager synchronizes
+  them) even while process 0 is already creating the directory.
+  """
   directory = stage_dir(workdir, stage_name)
-  if not directory.exists():
+  if not distributed.agree(directory.exists()):
     return False
   manager = StageCheckpoints(directory, read_only=True)
   latest = manager.latest_step()
   manager.close()
-  return latest is not None and latest >= num_updates
+  return distributed.agree(latest is not None and latest >= num_updates)

@@ -90,7 +90,10 @@ def _connect_cpu_collectives():
       np.ones(jax.local_device_count(), np.float32))
   total = jax.jit(jnp.sum, out_shardings=jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec()))(ones)
-  assert float(total.addressable_data(0)) == jax.device_count()
+  if float(total.addressable_data(0)) != jax.device_count():
+    raise RuntimeError('cross-process sum over all devices is wrong: '
+                       f'{float(total.addressable_data(0))} != '
+                       f'{jax.device_count()}')
   barrier('distributed.initialize')  # process_allgather, orbax's barriers
   agree(True)  # broadcast_one_to_all
 

@@ -25,6 +25,7 @@ import optax
 from diffusion_distillation import checkpointing
 from diffusion_distillation import config_validation
 from diffusion_distillation import datasets
+from diffusion_distillation import distributed
 from diffusion_distillation import images
 from diffusion_distillation import losses
 from diffusion_distillation import model as model_lib
@@ -376,6 +377,7 @@ def run(config, workdir) -> list[dict[str, Any]]:
   stages = plan_stages(config)
   teacher_params = (teacher_lib.load_external_teacher(ctx, config)
                     if stages[0].is_distillation else None)
+  distributed.barrier('config_checked')  # all have read config.json
   record_config(config, workdir)
   install_preemption_handler()
   summary = []
