@@ -123,7 +123,8 @@ def test_main_refuses_a_workdir_of_another_architecture(existing_workdir):
   before = snapshot(existing_workdir)
   result = run_module('main', f'--config={DIGITS}',
                       f'--workdir={existing_workdir}')
-  assert_rejected(result, 'config.model.args', "'ch': 64", 'new --workdir')
+  assert_rejected(result, 'config.model.args.ch', 'created with 64',
+                  'new --workdir')
   assert snapshot(existing_workdir) == before
 
 
