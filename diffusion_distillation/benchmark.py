@@ -44,11 +44,9 @@ peak so far in the process (`memory_stats`, null where unsupported, e.g. CPU);
 import json
 import os
 import statistics
-import sys
 import time
 from typing import Any, Callable, Optional
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -61,6 +59,8 @@ from diffusion_distillation import parallel
 from diffusion_distillation import sample as sample_lib
 from diffusion_distillation import train
 from diffusion_distillation import train_state
+from diffusion_distillation.cli import common
+from diffusion_distillation.errors import UserError
 
 # Dense peak TFLOP/s per JAX device, for the compute dtype: bfloat16, and what
 # float32 convolutions/matmuls run at under JAX's default precision (TPUs: one
@@ -90,7 +90,7 @@ PROGRAM_KEYS = ('name', 'img_per_s', 'step_time_s', 'call_time_s', 'compile_s',
                 'peak_memory_bytes', 'program_memory_bytes')
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError):
   """A benchmark request that cannot be run (bad flag)."""
 
 
@@ -469,8 +469,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  del argv  # checked by common.run
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   path = config_flags.get_config_filename(FLAGS['config'])
   name = os.path.splitext(os.path.basename(path.split(':')[0]))[0]
@@ -478,14 +477,11 @@ def main(argv):
     if jax.process_index() == 0:
       print(to_json(record), flush=True)
 
-  try:
-    benchmark(FLAGS.config, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
-              sample_steps=FLAGS.sample_steps, data=FLAGS.data,
-              config_name=name, emit=emit)
-  except (config_validation.ConfigError, BenchmarkError) as e:
-    sys.exit(f'error: {e}')
+  benchmark(common.resolve_config_paths(FLAGS.config), repeats=FLAGS.repeats,
+            warmup=FLAGS.warmup, sample_steps=FLAGS.sample_steps,
+            data=FLAGS.data, config_name=name, emit=emit)
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  common.run(main)

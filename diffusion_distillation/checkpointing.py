@@ -19,6 +19,17 @@ import jax
 import orbax.checkpoint as ocp
 
 from diffusion_distillation import distributed
+from diffusion_distillation.errors import UserError
+
+
+class CheckpointError(UserError):
+  """A checkpoint could not be written or read (disk, permissions, damage)."""
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an exception's message (orbax's run to pages)."""
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  return lines[0][:300] if lines else type(error).__name__
 
 
 def stage_dir(workdir, stage_name: str) -> epath.Path:
@@ -38,6 +49,9 @@ class StageCheckpoints:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only, read_only=read_only,
+            # A save killed midway leaves a temporary directory: removed when
+            # the stage is next opened for writing.
+            cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=False))
 
   def latest_step(self) -> Optional[int]:
@@ -46,21 +60,32 @@ class StageCheckpoints:
   def save(self, state, meta: dict):
     """Writes `state` at its own step (blocking; atomic through orbax)."""
     step = int(jax.device_get(state.step))
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                meta=ocp.args.JsonSave(meta)),
-        force=True)
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(meta)),
+          force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'saving checkpoint {self.directory / str(step)} failed: '
+          f'{_reason(e)}; the previous checkpoint is intact, rerun to resume '
+          'from it') from e
 
   def restore(self, abstract_state, step: Optional[int] = None):
     """(state, meta) at `step` (default: latest), shaped like `abstract_state`."""
     step = self.latest_step() if step is None else step
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            meta=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'reading checkpoint {self.directory / str(step)} failed: '
+          f'{_reason(e)}') from e
     return restored.state, restored.meta
 
   def meta(self, step: Optional[int] = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import jax
 from diffusion_distillation import diffusion
 from diffusion_distillation import losses
 from diffusion_distillation import sampling
+from diffusion_distillation.errors import UserError
 
 DATASETS = ('digits', 'cifar10', 'imagenet64', 'lsun_church128',
             'lsun_bedroom128')
@@ -20,7 +21,7 @@ ANNEAL_TYPES = ('linear', 'none')
 METRICS = ('digits', 'inception')
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """A config field holds a value the pipeline cannot run with."""
 
 

@@ -53,11 +53,9 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
@@ -66,6 +64,8 @@ import numpy as np
 
 from diffusion_distillation import images as images_lib
 from diffusion_distillation import sample as sample_lib
+from diffusion_distillation.cli import common
+from diffusion_distillation.errors import UserError
 from diffusion_distillation import sampling
 
 METRICS = ('digits', 'inception')
@@ -82,7 +82,7 @@ _INCEPTION_BATCH = 200  # images per jitted Inception call (all local devices)
 _LOG_Y_SPREAD = 20.0
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
   """An evaluation request that cannot be served (bad flag or setting)."""
 
 
@@ -680,7 +680,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
+  common.DEFINE_path('workdir', None, 'Workdir of a training run.')
   flags.DEFINE_integer('num_samples', None,
                        'Samples per row (default: config.eval.num_samples).')
   flags.DEFINE_list('samplers', None,
@@ -691,45 +691,35 @@ def define_flags():
                     'up to config.eval.teacher_max_steps); none: no teacher.')
   flags.DEFINE_string('metric', None, 'digits or inception (default: '
                       'config.eval.metric).')
-  flags.DEFINE_string('inception_path', None,
+  common.DEFINE_path('inception_path', None,
                       'classify_image_graph_def.pb or its .npz (default: '
                       'config.eval.inception_path).')
   flags.DEFINE_integer('seed', 0, 'Random seed (the same for every row).')
   flags.DEFINE_integer('batch_size', None,
                        'Samples per compiled call (default: '
                        'config.eval.batch_size).')
-  flags.DEFINE_string('cache_dir', None,
+  common.DEFINE_path('cache_dir', None,
                       f'Metric caches (default: ${CACHE_ENV} or '
                       '~/.cache/diffusion_distillation).')
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  del argv  # checked by common.run
   if not FLAGS.workdir:
-    sys.exit('error: --workdir is required')
+    raise EvalError('--workdir is required')
   teacher_steps = FLAGS.teacher_steps
   if teacher_steps is not None:
     teacher_steps = ','.join(teacher_steps) or 'none'
-  try:
-    check_arguments(num_samples=FLAGS.num_samples, samplers=FLAGS.samplers,
-                    teacher_steps=teacher_steps, metric=FLAGS.metric,
-                    batch_size=FLAGS.batch_size)
-    run_evaluation(
-        FLAGS.workdir, num_samples=FLAGS.num_samples, samplers=FLAGS.samplers,
-        teacher_steps=teacher_steps, metric=FLAGS.metric,
-        inception_path=FLAGS.inception_path, seed=FLAGS.seed,
-        batch_size=FLAGS.batch_size, cache_dir=FLAGS.cache_dir)
-  except EvalError as e:
-    sys.exit(f'error: {e}')
-  except ValueError as e:
-    # Imported only now: run_evaluation has imported it if it got this far.
-    from diffusion_distillation import workdir_models  # pylint: disable=g-import-not-at-top
-    if isinstance(e, (workdir_models.WorkdirError, sample_lib.SampleError)):
-      sys.exit(f'error: {e}')
-    raise
+  check_arguments(num_samples=FLAGS.num_samples, samplers=FLAGS.samplers,
+                  teacher_steps=teacher_steps, metric=FLAGS.metric,
+                  batch_size=FLAGS.batch_size)
+  run_evaluation(
+      FLAGS.workdir, num_samples=FLAGS.num_samples, samplers=FLAGS.samplers,
+      teacher_steps=teacher_steps, metric=FLAGS.metric,
+      inception_path=FLAGS.inception_path, seed=FLAGS.seed,
+      batch_size=FLAGS.batch_size, cache_dir=FLAGS.cache_dir)
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  common.run(main)

@@ -13,13 +13,13 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from diffusion_distillation import config_validation
 from diffusion_distillation import distributed
+from diffusion_distillation.cli import common
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                               'Directory (local or gs://) for this run.')
+_WORKDIR = common.DEFINE_path('workdir', None,
+                              'Directory (local or gs://) for this run.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None,
     'host:port of process 0, for multi-process runs off TPU.')
@@ -37,8 +37,8 @@ def _unknown_override(argv, error) -> str:
                if re.match(r'--?(no)?config\.', arg)]
   named = [o for o in overrides if missing in re.split(r'[.\[\]]', o)]
   if named:
-    return f'error: {named[0]}: the config has no field {missing!r}'
-  return f'error: {" ".join(overrides)}: {missing}'
+    return f'{named[0]}: the config has no field {missing!r}'
+  return f'{" ".join(overrides)}: {missing}'
 
 
 def parse_flags(argv):
@@ -52,37 +52,31 @@ def parse_flags(argv):
   try:
     remaining = app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError, IndexError) as e:
-    sys.exit(_unknown_override(argv, e))
+    common.fail(_unknown_override(argv, e))
   try:
     _CONFIG.value.get('seed')
   except OSError as e:
     path = config_flags.get_config_filename(flags.FLAGS['config'])
     reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
-    sys.exit(f'error: --config={path}: cannot load the config file: {reason}')
+    common.fail(f'--config={path}: cannot load the config file: {reason}')
   return remaining
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  del argv  # checked by common.run
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value)
   # Imported here, after the flags are checked: it loads TensorFlow (via
   # clu), which takes seconds that a mistyped flag should not cost.
   from diffusion_distillation import train  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  try:
-    summary = train.run(config, _WORKDIR.value)
-  except config_validation.ConfigError as e:
-    sys.exit(f'error: {e}')
+  config = common.resolve_config_paths(_CONFIG.value)
+  summary = train.run(config, _WORKDIR.value)
   print(train.format_summary(summary, _WORKDIR.value), flush=True)
   if config.get('eval') and config.eval.run_after_training:
     from diffusion_distillation import evaluate  # pylint: disable=g-import-not-at-top
-    try:  # every process samples its share; process 0 writes the table
-      evaluate.run_evaluation(_WORKDIR.value)
-    except evaluate.EvalError as e:
-      sys.exit(f'error: {e}')
+    # Every process samples its share; process 0 writes the table.
+    evaluate.run_evaluation(_WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  common.run(main, flags_parser=parse_flags)

@@ -28,7 +28,6 @@ Command line:
 """
 
 import re
-import sys
 from typing import Any, Optional, Tuple
 
 from absl import logging
@@ -37,6 +36,8 @@ from flax import linen as nn
 from flax import serialization
 import jax
 import numpy as np
+
+from diffusion_distillation.cli import common
 
 # File names written by the official `save_checkpoint` (prefix + step).
 _CHECKPOINT_FILE_RE = re.compile(
@@ -339,7 +340,7 @@ def _define_flags(flag_values=None):
   """Defines the CLI flags (only when run as a program, not on import)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS if flag_values is None else flag_values
-  flags.DEFINE_string('input', None,
+  common.DEFINE_path('input', None,
                       'Official checkpoint: msgpack file or directory of '
                       'checkpoint_<step> files (local or gs://).',
                       flag_values=flag_values)
@@ -352,17 +353,15 @@ def _define_flags(flag_values=None):
 
 def _main(argv, flag_values):
   """CLI body; exits non-zero with a one-line message on a bad input."""
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # checked by common.run
   if not flag_values.info:
-    sys.exit('error: nothing to do; pass --info')
+    common.fail('nothing to do; pass --info')
   try:
     print(describe(flag_values.input))
   except (OSError, ValueError) as e:
-    sys.exit(f'error: {e}')
+    common.fail(str(e))
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   _FLAGS = _define_flags()
-  app.run(lambda argv: _main(argv, _FLAGS))
+  common.run(lambda argv: _main(argv, _FLAGS))

@@ -10,9 +10,7 @@ model's sampler (`--sampler=ddim` or `ancestral`) with that many steps.
 """
 
 import functools
-import sys
 
-from absl import app
 from absl import flags
 from etils import epath
 import jax
@@ -22,9 +20,11 @@ import numpy as np
 from diffusion_distillation import images
 from diffusion_distillation import parallel
 from diffusion_distillation import sampling
+from diffusion_distillation.cli import common
+from diffusion_distillation.errors import UserError
 
 
-class SampleError(ValueError):
+class SampleError(UserError):
   """A sampling request that cannot be served (bad flag or workdir)."""
 
 
@@ -94,11 +94,11 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
+  common.DEFINE_path('workdir', None, 'Workdir of a training run.')
   flags.DEFINE_integer('num_steps', None, 'Number of sampler steps.')
   flags.DEFINE_integer('num_samples', 64, 'Number of samples.')
   flags.DEFINE_integer('seed', 0, 'Random seed.')
-  flags.DEFINE_string('output', None, 'Output .npz file.')
+  common.DEFINE_path('output', None, 'Output .npz file.')
   flags.DEFINE_enum('model', 'distilled', ['distilled', 'teacher'],
                     'The distilled student for --num_steps, or the teacher.')
   flags.DEFINE_enum('sampler', 'ddim', list(sampling.SAMPLERS),
@@ -133,20 +133,15 @@ def run(workdir, *, num_steps, num_samples, seed, output, model='distilled',
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
-  from diffusion_distillation import workdir_models  # pylint: disable=g-import-not-at-top
-  try:
-    paths = run(FLAGS.workdir, num_steps=FLAGS.num_steps,
-                num_samples=FLAGS.num_samples, seed=FLAGS.seed,
-                output=FLAGS.output, model=FLAGS.model, sampler=FLAGS.sampler,
-                batch_size=FLAGS.batch_size)
-  except (SampleError, workdir_models.WorkdirError) as e:
-    sys.exit(f'error: {e}')
+  del argv  # checked by common.run
+  paths = run(FLAGS.workdir, num_steps=FLAGS.num_steps,
+              num_samples=FLAGS.num_samples, seed=FLAGS.seed,
+              output=FLAGS.output, model=FLAGS.model, sampler=FLAGS.sampler,
+              batch_size=FLAGS.batch_size)
   if paths:
     print(f'wrote {paths[0]} and {paths[1]}')
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  common.run(main)

@@ -15,9 +15,10 @@ from diffusion_distillation import model as model_lib
 from diffusion_distillation import parallel
 from diffusion_distillation import teacher as teacher_lib
 from diffusion_distillation import train
+from diffusion_distillation.errors import UserError
 
 
-class WorkdirError(ValueError):
+class WorkdirError(UserError):
   """The workdir is missing, or lacks the requested model."""
 
 

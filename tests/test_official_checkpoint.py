@@ -8,7 +8,7 @@ import io
 import os
 import subprocess
 import sys
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from absl import flags
@@ -226,14 +226,14 @@ def _run_cli_in_process(*args):
   fv = flags.FlagValues()
   oc._define_flags(fv)  # pylint: disable=protected-access
   argv = fv(['official_checkpoint', *args])
-  out = io.StringIO()
-  with redirect_stdout(out):
+  out, err = io.StringIO(), io.StringIO()
+  with redirect_stdout(out), redirect_stderr(err):
     try:
       oc._main(argv, fv)  # pylint: disable=protected-access
       code = 0
     except SystemExit as e:
       code = e.code
-  return code, out.getvalue()
+  return code, out.getvalue(), err.getvalue()
 
 
 def test_cli_info(tmp_path, params):
@@ -255,13 +255,13 @@ def test_cli_info(tmp_path, params):
 
 
 def test_cli_errors(tmp_path, params):
-  code, out = _run_cli_in_process(f'--input={tmp_path / "missing"}', '--info')
-  assert code != 0 and isinstance(code, str)
-  assert code.startswith('error: Checkpoint not found') and out == ''
-  assert 'Traceback' not in code
+  code, out, err = _run_cli_in_process(f'--input={tmp_path / "missing"}',
+                                       '--info')
+  assert code == 2 and out == ''
+  assert err.startswith('error: Checkpoint not found') and err.count('\n') == 1
 
   path = oc.write_official_checkpoint(tmp_path / 'c', params, 8)
-  code, _ = _run_cli_in_process(f'--input={path}')
-  assert code == 'error: nothing to do; pass --info'
-  code, out = _run_cli_in_process(f'--input={path}', '--info')
+  code, _, err = _run_cli_in_process(f'--input={path}')
+  assert code == 2 and err == 'error: nothing to do; pass --info\n'
+  code, out, _ = _run_cli_in_process(f'--input={path}', '--info')
   assert code == 0 and 'num_sample_steps: 8' in out

@@ -1,0 +1,50 @@
+"""The command-line tools' shared edge: path flags and one-line errors."""
+
+import os
+
+from absl import flags
+import ml_collections
+import pytest
+
+from diffusion_distillation.cli import common
+from diffusion_distillation.errors import UserError
+
+
+def test_path_flag_resolves_local_paths_against_the_current_directory(
+    tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  values = flags.FlagValues()
+  common.DEFINE_path('workdir', None, 'a path', flag_values=values)
+  common.DEFINE_path('bucket', None, 'a url', flag_values=values)
+  common.DEFINE_path('home', None, 'under ~', flag_values=values)
+  values(['prog', '--workdir=workdirs/digits', '--bucket=gs://b/run',
+          '--home=~/x'])
+  assert values.workdir == os.path.join(str(tmp_path), 'workdirs', 'digits')
+  assert values.bucket == 'gs://b/run'
+  assert values.home == os.path.expanduser('~/x')
+
+
+def test_config_path_fields_become_absolute_and_empty_ones_stay_empty(
+    tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = ml_collections.ConfigDict(dict(
+      distillation=dict(teacher_checkpoint_path='teachers/t'),
+      eval=dict(inception_path='gs://b/inception.pb'),
+      dataset=dict(data_dir='')))
+  common.resolve_config_paths(config)
+  assert config.distillation.teacher_checkpoint_path == str(
+      tmp_path / 'teachers' / 't')
+  assert config.eval.inception_path == 'gs://b/inception.pb'
+  assert config.dataset.data_dir == ''
+
+
+def test_a_user_error_ends_in_one_line_and_status_2(capsys):
+  def main(argv):
+    del argv
+    raise UserError('--workdir: /x is not a training workdir')
+
+  with pytest.raises(SystemExit) as exit_info:
+    common.run(main, argv=['prog'])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == (
+      'error: --workdir: /x is not a training workdir\n')
