@@ -139,8 +139,10 @@ def distill_from(base, *, teacher_checkpoint_path, start_num_steps,
   config.train.num_train_steps = 0
   config.train.learning_rate = learning_rate
   config.train.checkpoint_every_secs = checkpoint_every_secs
-  # The official distillation config's values. No distillation stage reads
-  # these three (they use distillation.*); only a base stage would.
+  # The official distillation config's values. The distillation stages read
+  # distillation.* instead; these apply when this config also trains its
+  # teacher (teacher_checkpoint_path='' and train.num_train_steps > 0), and
+  # to the training program that `benchmark` times.
   config.train.learning_rate_warmup_steps = 0
   config.train.weight_decay = 0.
   config.train.ema_decay = 0.

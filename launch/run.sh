@@ -129,8 +129,12 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FINGERPRINT" ]]; then
   say "install: up to date ($ACCELERATOR)"
 else
   say "install: pip install -e $SPEC"
-  run "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  run "$PY" -m pip install --quiet --disable-pip-version-check -e "$SPEC"
+  # The build backend's warnings (setuptools' editable-install banner) are
+  # not for the users of this script.
+  PYTHONWARNINGS=ignore run "$PY" -m pip install --quiet \
+    --disable-pip-version-check --upgrade pip
+  PYTHONWARNINGS=ignore run "$PY" -m pip install --quiet \
+    --disable-pip-version-check -e "$SPEC"
   if is_dry_run; then
     echo "+ write $STAMP $FINGERPRINT"
   else

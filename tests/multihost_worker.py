@@ -15,14 +15,12 @@ import itertools
 import json
 import os
 
-from absl import app
-
-from diffusion_distillation import datasets
-from diffusion_distillation import main as main_lib
+from diffusion_distillation import data as data_lib
+from diffusion_distillation.cli import main as main_lib
 
 
 def _record_train_batches(log_path):
-  original = datasets.Digits.train_batches
+  original = data_lib.Digits.train_batches
 
   def train_batches(self, **kwargs):
     batches = original(self, **kwargs)
@@ -34,10 +32,10 @@ def _record_train_batches(log_path):
       f.write(json.dumps(record) + '\n')
     return itertools.chain([first], batches)
 
-  datasets.Digits.train_batches = train_batches
+  data_lib.Digits.train_batches = train_batches
 
 
 if __name__ == '__main__':
   if os.environ.get('DD_SHARD_LOG'):
     _record_train_batches(os.environ['DD_SHARD_LOG'])
-  app.run(main_lib.main)
+  main_lib.run()

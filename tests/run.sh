@@ -13,8 +13,10 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "${DD_PYTHON:-python3}" -m venv "$VENV"
 fi
 echo "[tests] installing $REPO[test]" >&2
+export PYTHONWARNINGS=ignore  # setuptools' editable-install banner
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$REPO[test]"
+unset PYTHONWARNINGS
 cd "$REPO"
 # Two workers (2 cores); a file stays on one worker so that its module and
 # session fixtures (trained workdirs) are built once.

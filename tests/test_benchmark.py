@@ -6,8 +6,10 @@ No timing thresholds: only that every record parses and holds positive numbers.
 import json
 import math
 
-from conftest import tiny_config
-from diffusion_distillation import benchmark
+from helpers import tiny_config
+from diffusion_distillation.evaluation import benchmark
+from diffusion_distillation.evaluation import profiling
+from diffusion_distillation.pipeline import stages
 
 PROGRAMS = ('forward', 'train', 'distill', 'sample_1step', 'sample')
 POSITIVE = ('img_per_s', 'step_time_s', 'call_time_s', 'compile_s',
@@ -57,9 +59,30 @@ def test_benchmark_json_lines():
 
 
 def test_peak_tflops_table():
-  assert benchmark.peak_tflops('TPU v4', 'bfloat16') == 275.
-  assert benchmark.peak_tflops('TPU v5 lite', 'bfloat16') == 197.
-  assert benchmark.peak_tflops('TPU v5', 'bfloat16') == 459.
-  assert benchmark.peak_tflops('NVIDIA A100-SXM4-80GB', 'float32') == 156.
-  assert benchmark.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989.
-  assert benchmark.peak_tflops('cpu', 'float32') is None
+  assert profiling.peak_tflops('TPU v4', 'bfloat16') == 275.
+  assert profiling.peak_tflops('TPU v5 lite', 'bfloat16') == 197.
+  assert profiling.peak_tflops('TPU v5', 'bfloat16') == 459.
+  assert profiling.peak_tflops('NVIDIA A100-SXM4-80GB', 'float32') == 156.
+  assert profiling.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989.
+  assert profiling.peak_tflops('cpu', 'float32') is None
+
+
+def test_benchmark_stages_come_from_the_plan():
+  config = tiny_config()
+  plan = stages.plan_stages(config)
+  assert benchmark.benchmark_stages(config) == (plan[0], plan[1], True)
+
+  # An external teacher: the plan has no base stage; the one it would have.
+  external = tiny_config(distillation__teacher_checkpoint_path='/teacher')
+  base, distill, from_config = benchmark.benchmark_stages(external)
+  assert base == plan[0] and not base.is_distillation
+  assert distill == stages.plan_stages(external)[0] and from_config
+  assert external.distillation.teacher_checkpoint_path == '/teacher'
+
+  # No distillation section: a stand-in trained with the base optimizer.
+  base_only = tiny_config()
+  del base_only['distillation']
+  base, distill, from_config = benchmark.benchmark_stages(base_only)
+  assert base == plan[0] and not from_config
+  assert distill.num_sample_steps == 4  # eval_sampling_num_steps // 2
+  assert not distill.is_distillation  # selects the base optimizer settings

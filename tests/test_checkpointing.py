@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from diffusion_distillation import checkpointing
+from diffusion_distillation.pipeline import checkpoints
 
 
 @flax.struct.dataclass
@@ -17,14 +17,14 @@ class State:
 def test_failed_save_names_the_path_and_keeps_the_previous_checkpoint(
     tmp_path, monkeypatch):
   directory = tmp_path / 'checkpoints' / 'base'
-  manager = checkpointing.StageCheckpoints(directory)
+  manager = checkpoints.StageCheckpoints(directory)
   manager.save(State(jnp.int32(1), jnp.ones(3)), {'loss': 0.5})
 
   def disk_full(*args, **kwargs):
     raise OSError('RESOURCE_EXHAUSTED: No space left on device\n(details)')
 
   monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full)
-  with pytest.raises(checkpointing.CheckpointError) as error:
+  with pytest.raises(checkpoints.CheckpointError) as error:
     manager.save(State(jnp.int32(2), jnp.zeros(3)), {'loss': 0.4})
   message = str(error.value)
   assert '\n' not in message
@@ -41,9 +41,9 @@ def test_failed_save_names_the_path_and_keeps_the_previous_checkpoint(
 
 def test_unreadable_checkpoint_is_one_line_naming_it(tmp_path):
   directory = tmp_path / 'stage'
-  manager = checkpointing.StageCheckpoints(directory)
+  manager = checkpoints.StageCheckpoints(directory)
   manager.save(State(jnp.int32(3), jnp.ones(3)), {'loss': 0.5})
-  with pytest.raises(checkpointing.CheckpointError) as error:
+  with pytest.raises(checkpoints.CheckpointError) as error:
     manager.restore(State(jnp.int32(0), jnp.zeros(5)))  # wrong shape
   assert str(directory / '3') in str(error.value)
   assert '\n' not in str(error.value)

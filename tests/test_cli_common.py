@@ -44,7 +44,7 @@ def test_a_user_error_ends_in_one_line_and_status_2(capsys):
     raise UserError('--workdir: /x is not a training workdir')
 
   with pytest.raises(SystemExit) as exit_info:
-    common.run(main, argv=['prog'])
+    common.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
   assert exit_info.value.code == 2
   assert capsys.readouterr().err == (
       'error: --workdir: /x is not a training workdir\n')

@@ -14,6 +14,9 @@ import sys
 
 import pytest
 
+from helpers import load_config
+from helpers import set_fields
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(REPO, 'configs', 'digits.py')
 
@@ -53,16 +56,8 @@ def assert_rejected(result, *expected):
 
 def digits_config_dict(**changes):
   """configs/digits.py as a workdir's config.json would hold it."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
-      'digits_config', DIGITS).get_config()
-  for field, value in changes.items():
-    *parents, leaf = field.split('.')
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config.to_json_best_effort(indent=2)
+  return set_fields(load_config('digits'), changes).to_json_best_effort(
+      indent=2)
 
 
 @pytest.fixture

@@ -38,7 +38,8 @@ import types
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from helpers import REPO
+from helpers import tiny_config
 
 BUCKET = 'fake-bucket'
 WORKDIR = f'gs://{BUCKET}/run'
@@ -201,10 +202,12 @@ def bucket(tmp_path, monkeypatch):
 def test_fake_bucket_routes_each_layer_and_refuses_local_api(bucket):
   """The stand-ins work, and the guards catch a plain local call."""
   import collections  # pylint: disable=g-import-not-at-top
+
   from etils import epath  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation import checkpointing  # pylint: disable=g-import-not-at-top
+
+  from diffusion_distillation.pipeline import checkpoints  # pylint: disable=g-import-not-at-top
 
   root = pathlib.Path(bucket.root) / BUCKET
   path = epath.Path(f'gs://{BUCKET}/x/config.json')
@@ -214,7 +217,7 @@ def test_fake_bucket_routes_each_layer_and_refuses_local_api(bucket):
 
   state_cls = collections.namedtuple('State', 'step params')
   state = state_cls(np.int32(3), {'w': np.arange(4, dtype=np.float32)})
-  manager = checkpointing.StageCheckpoints(f'gs://{BUCKET}/x/ckpt')
+  manager = checkpoints.StageCheckpoints(f'gs://{BUCKET}/x/ckpt')
   manager.save(state, {'stage': 'x'})
   restored, meta = manager.restore(
       jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
@@ -248,29 +251,30 @@ def _files(root):
 
 
 def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
-  from diffusion_distillation import checkpointing  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation import sample  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation import train  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation import workdir_models  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.cli import sample as sample_cli  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.pipeline import checkpoints  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.pipeline import stages  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.pipeline import workdirs  # pylint: disable=g-import-not-at-top
 
   config = tiny_config()
-  stages = train.plan_stages(config)
-  summary = train.run(config, WORKDIR)
-  assert [m['stage'] for m in summary] == [s.name for s in stages]
+  planned = stages.plan_stages(config)
+  summary = loop.run(config, WORKDIR)
+  assert [m['stage'] for m in summary] == [s.name for s in planned]
 
   run = pathlib.Path(bucket.root) / BUCKET / 'run'
   files = _files(run)
   assert json.loads((run / 'config.json').read_text())['seed'] == config.seed
-  for stage in stages:
-    assert checkpointing.stage_is_complete(WORKDIR, stage.name,
-                                           stage.num_updates)
+  for stage in planned:
+    assert checkpoints.stage_is_complete(WORKDIR, stage.name,
+                                         stage.num_updates)
     final = run / 'checkpoints' / stage.name / str(stage.num_updates)
     # GCS finalization: a commit marker, no renamed temporary directory.
     assert (final / 'commit_success.txt').exists(), files
     assert (final / 'state' / 'manifest.ocdbt').exists()
     assert any(f.startswith(f'tensorboard/{stage.name}/events.out.tfevents')
                for f in files), files
-    assert f'samples/{stage.name}_{train.grid_steps(config, stage)}steps.png' \
+    assert f'samples/{stage.name}_{stages.grid_steps(config, stage)}steps.png' \
         in files
   assert not any('orbax-checkpoint-tmp' in f for f in files)
   assert not [r for r in bucket.dir_renames if '/checkpoints/' in r[0]], (
@@ -282,14 +286,15 @@ def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
 
   # A rerun finds every stage finished and trains nothing.
   steps = [f for f in files if f.startswith('checkpoints/')]
-  again = train.run(config, WORKDIR)
-  assert [m['stage'] for m in again] == [s.name for s in stages]
+  again = loop.run(config, WORKDIR)
+  assert [m['stage'] for m in again] == [s.name for s in planned]
   assert [f for f in _files(run) if f.startswith('checkpoints/')] == steps
 
   # Sampling from the gs:// workdir to a gs:// output.
-  npz, grid = sample.run(WORKDIR, num_steps=1, num_samples=8, seed=0,
-                         output=f'gs://{BUCKET}/out/samples.npz',
-                         batch_size=8)
+  npz, grid = sample_cli.sample_workdir(WORKDIR, num_steps=1, num_samples=8,
+                                        seed=0,
+                                        output=f'gs://{BUCKET}/out/samples.npz',
+                                        batch_size=8)
   assert str(npz) == f'gs://{BUCKET}/out/samples.npz'
   assert str(grid) == f'gs://{BUCKET}/out/samples.png'
   out = pathlib.Path(bucket.root) / BUCKET / 'out'
@@ -298,9 +303,9 @@ def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
     assert data['images'].shape == (8, 8, 8, 1)
     assert data['images'].dtype == np.uint8
 
-  loaded = workdir_models.open_workdir(WORKDIR)
+  loaded = workdirs.open_workdir(WORKDIR)
   assert loaded.student_steps() == sorted(
-      s.num_sample_steps for s in stages if s.is_distillation)
+      s.num_sample_steps for s in planned if s.is_distillation)
 
 
 # --- No local file API on the workdir, statically ---------------------------
@@ -309,12 +314,14 @@ def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
 # through epath / orbax / tf.summary only. The exceptions are functions that
 # work on the local cache directory (evaluate.py: `--cache_dir`, local by
 # design, shared by all workdirs).
-_WORKDIR_MODULES = ('main.py', 'train.py', 'checkpointing.py', 'images.py',
-                    'sample.py', 'workdir_models.py', 'teacher.py',
-                    'distributed.py', 'parallel.py', 'evaluate.py')
+_WORKDIR_MODULES = (
+    'cli/main.py', 'cli/sample.py', 'pipeline/loop.py',
+    'pipeline/checkpoints.py', 'pipeline/workdirs.py', 'pipeline/teachers.py',
+    'models/images.py', 'models/generation.py', 'parallel/distributed.py',
+    'parallel/sharding.py', 'evaluation/evaluate.py', 'evaluation/report.py',
+    'evaluation/scorers.py')
 _LOCAL_CACHE_FUNCTIONS = {
-    'evaluate.py': {'_local_weights', 'inception_reference_stats',
-                    'default_cache_dir', 'digits_metric'},
+    'evaluation/scorers.py': {'_local_weights', '_read_reference_stats'},
 }
 _LOCAL_FILE_CALLS = {
     'open', 'os.open', 'os.makedirs', 'os.mkdir', 'os.listdir', 'os.scandir',

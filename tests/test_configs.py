@@ -12,11 +12,14 @@ import jax
 from ml_collections import config_flags
 import pytest
 
-from diffusion_distillation import config_validation
-from diffusion_distillation import model as model_lib
+from diffusion_distillation import config as config_lib
+from diffusion_distillation.models import diffusion_model as model_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(REPO, 'configs')
+from helpers import CONFIG_DIR
+from helpers import config_path
+from helpers import load_config
+from helpers import REPO
+
 # configs/common.py holds what the paper configs share; it is not a config.
 CONFIG_NAMES = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
                       if f.endswith('.py') and not f.startswith('_')
@@ -27,40 +30,25 @@ PAPER_CONFIGS = ('cifar10', 'imagenet64', 'lsun_church128', 'lsun_bedroom128')
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
 
 
-def config_path(name):
-  return os.path.join(CONFIG_DIR, f'{name}.py')
-
-
-def load_with_flags(name, *overrides, lock=True):
-  """The config as `main` sees it: locked (unless `lock=False`), with
-  command-line overrides."""
-  flag_values = flags.FlagValues()
-  argv = ['main', f'--config={config_path(name)}', *overrides]
-  config_flags.DEFINE_config_file('config', None, flag_values=flag_values,
-                                  lock_config=lock, sys_argv=argv)
-  flag_values(argv)
-  return flag_values.config
-
-
-def load(name):
-  """`get_config()` of configs/<name>.py, loaded as `--config=` loads it."""
-  return load_with_flags(name, lock=False)
+def load_with_flags(name, *overrides):
+  """The config as `main` sees it: locked, with command-line overrides."""
+  return load_config(name, *overrides, lock=True)
 
 
 def validate(config, device_count=1):
-  config_validation.validate_config(config, device_count=device_count,
-                                    process_count=1)
+  config_lib.validate_config(config, device_count=device_count,
+                             process_count=1)
 
 
 def test_every_paper_dataset_has_a_base_and_a_distill_config():
   expected = {f'{d}_{kind}' for d in PAPER_CONFIGS for kind in ('base',
-                                                               'distill')}
+                                                                'distill')}
   assert expected <= set(CONFIG_NAMES)
 
 
 @pytest.mark.parametrize('name', CONFIG_NAMES)
 def test_config_loads_and_validates(name):
-  config = load(name)
+  config = load_config(name)
   validate(config)
   # The docstring opens with what the file is and gives its run command.
   with open(config_path(name)) as f:
@@ -70,7 +58,7 @@ def test_config_loads_and_validates(name):
 
 @pytest.mark.parametrize('name', [n for n in CONFIG_NAMES if n != 'digits'])
 def test_paper_configs_validate_on_their_hardware_and_need_no_extra_step(name):
-  config = load(name)
+  config = load_config(name)
   # The paper used 8 TPUv4 chips for CIFAR-10 and 64 for the other data sets.
   validate(config, device_count=8 if name.startswith('cifar10') else 64)
   assert config.eval.run_after_training is False  # hours of sampling
@@ -91,8 +79,8 @@ def test_paper_configs_validate_on_their_hardware_and_need_no_extra_step(name):
 
 @pytest.mark.parametrize('dataset', PAPER_CONFIGS)
 def test_distill_config_is_its_base_config_with_distillation(dataset):
-  base = load(f'{dataset}_base').to_dict()
-  distill = load(f'{dataset}_distill').to_dict()
+  base = load_config(f'{dataset}_base').to_dict()
+  distill = load_config(f'{dataset}_distill').to_dict()
   # The official students train without dropout.
   assert distill.pop('distillation')['dropout'] == 0.
   # Same teacher and data; only the teacher's sampler steps, the optimizer
@@ -172,7 +160,7 @@ OFFICIAL = {
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL))
 def test_official_values(name):
-  config = load(name)
+  config = load_config(name)
   for field, value in OFFICIAL[name].items():
     node = config
     for part in field.split('.'):
@@ -183,7 +171,7 @@ def test_official_values(name):
 @pytest.mark.parametrize('name', [n for n in CONFIG_NAMES
                                   if n.endswith('_distill')])
 def test_distillation_learning_rate_follows_train_learning_rate(name):
-  default = load(name)
+  default = load_config(name)
   assert default.distillation.learning_rate == default.train.learning_rate
   config = load_with_flags(name, '--config.train.learning_rate=0.001')
   assert config.train.learning_rate == 0.001
@@ -208,7 +196,7 @@ def test_configs_load_by_a_relative_path_from_another_directory(monkeypatch):
   config_flags.DEFINE_config_file('config', None, flag_values=flag_values,
                                   sys_argv=argv)
   flag_values(argv)
-  assert flag_values.config.to_dict() == load('cifar10_distill').to_dict()
+  assert flag_values.config.to_dict() == load_config('cifar10_distill').to_dict()
 
 
 def test_distill_steps_follow_start_num_steps():
@@ -230,13 +218,13 @@ def test_base_teacher_max_steps_follows_eval_sampling_num_steps():
 def test_digits_teacher_max_steps_follows_start_num_steps():
   config = load_with_flags('digits', '--config.distillation.start_num_steps=64')
   assert config.eval.teacher_max_steps == 64
-  assert load('digits').eval.teacher_max_steps == 128
+  assert load_config('digits').eval.teacher_max_steps == 128
 
 
 def test_imagenet64_network_builds_with_heads_of_64_channels():
   """Traces (does not compile) the init of the official ImageNet 64 UNet."""
   model = model_lib.DiffusionModel.from_config(
-      load('imagenet64_distill'), (64, 64, 3), num_classes=1000)
+      load_config('imagenet64_distill'), (64, 64, 3), num_classes=1000)
   params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
   assert params['class_emb']['kernel'].shape == (1000, 768)
   assert params['conv_out']['kernel'].shape[-1] == 6  # 'both': x and eps
@@ -257,31 +245,31 @@ def test_imagenet64_network_builds_with_heads_of_64_channels():
     ('eval.samplers', ('ddim', 'heun'), 'eval.samplers'),
 ])
 def test_validation_names_the_field(field, value, named):
-  config = load('digits')
+  config = load_config('digits')
   *parents, leaf = field.split('.')
   node = config
   for part in parents:
     node = node[part]
   node[leaf] = value
-  with pytest.raises(config_validation.ConfigError, match=re.escape(named)):
+  with pytest.raises(config_lib.ConfigError, match=re.escape(named)):
     validate(config)
 
 
 def test_validation_rejects_a_batch_the_devices_cannot_split():
-  config = load('digits')
+  config = load_config('digits')
   assert config.train.batch_size % 3
-  with pytest.raises(config_validation.ConfigError, match='train.batch_size'):
+  with pytest.raises(config_lib.ConfigError, match='train.batch_size'):
     validate(config, device_count=3)
 
 
 def test_validation_rejects_distillation_without_a_teacher():
-  config = load('cifar10_distill')
+  config = load_config('cifar10_distill')
   config.distillation.teacher_checkpoint_path = ''
-  with pytest.raises(config_validation.ConfigError,
+  with pytest.raises(config_lib.ConfigError,
                      match='distillation.teacher_checkpoint_path'):
     validate(config)
-  config = load('cifar10_base')
+  config = load_config('cifar10_base')
   config.train.num_train_steps = 0
-  with pytest.raises(config_validation.ConfigError,
+  with pytest.raises(config_lib.ConfigError,
                      match='train.num_train_steps'):
     validate(config)

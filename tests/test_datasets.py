@@ -1,4 +1,4 @@
-"""Tests for diffusion_distillation.datasets.
+"""Tests for diffusion_distillation.data.
 
 The digits dataset is tested for exact determinism, resumption and process
 sharding. The TFDS datasets run offline on `tfds.testing.mock_data`, which
@@ -11,10 +11,12 @@ import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_distillation import datasets
+from diffusion_distillation import data as data_lib
+from diffusion_distillation.data import tfds as data_tfds
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,7 +35,7 @@ def assert_batches_equal(a, b):
 
 @pytest.fixture(scope='module')
 def digits():
-  return datasets.get_dataset('digits', class_conditional=True)
+  return data_lib.get_dataset('digits', class_conditional=True)
 
 
 # --- Digits --------------------------------------------------------------------
@@ -51,7 +53,7 @@ def test_digits_shapes_ranges_labels(digits):
   assert 0 <= batch['label'].min() and batch['label'].max() < 10
   assert len(np.unique(batch['label'])) > 1
 
-  uncond = datasets.get_dataset('digits')
+  uncond = data_lib.get_dataset('digits')
   assert uncond.num_classes == 1
   batch = next(uncond.train_batches(global_batch_size=8, seed=0))
   assert batch['label'].dtype == np.int32
@@ -82,7 +84,7 @@ def test_digits_deterministic_and_resumable(digits, batch_size):
 
 
 def test_digits_epoch_is_a_permutation():
-  ds = datasets.get_dataset('digits', class_conditional=True, randflip=False)
+  ds = data_lib.get_dataset('digits', class_conditional=True, randflip=False)
   epoch = take(ds.train_batches(global_batch_size=599, seed=0), 3)  # 3 * 599.
   images = np.concatenate([b['image'] for b in epoch]).reshape(1797, -1)
   labels = np.concatenate([b['label'] for b in epoch])
@@ -113,7 +115,7 @@ def test_digits_process_shards_make_up_the_global_batch(digits, start_step):
 
 def test_digits_random_flip(digits):
   flipped = next(digits.train_batches(global_batch_size=256, seed=1))
-  plain_ds = datasets.get_dataset('digits', class_conditional=True,
+  plain_ds = data_lib.get_dataset('digits', class_conditional=True,
                                   randflip=False)
   plain = next(plain_ds.train_batches(global_batch_size=256, seed=1))
   np.testing.assert_array_equal(flipped['label'], plain['label'])
@@ -140,22 +142,39 @@ def test_digits_eval_batches(digits):
 
 def test_invalid_arguments(digits):
   with pytest.raises(ValueError, match='imagenet32.*known.*cifar10'):
-    datasets.get_dataset('imagenet32')
+    data_lib.get_dataset('imagenet32')
   with pytest.raises(ValueError, match='divisible'):
     next(digits.train_batches(global_batch_size=10, seed=0, process_count=3))
   with pytest.raises(ValueError, match='process_index'):
     next(digits.train_batches(global_batch_size=10, seed=0, process_index=2,
                               process_count=2))
   with pytest.raises(ValueError, match='class labels'):
-    datasets.get_dataset('lsun_church128', class_conditional=True)
+    data_lib.get_dataset('lsun_church128', class_conditional=True)
 
 
 def test_digits_does_not_import_tensorflow():
-  code = ('import sys; from diffusion_distillation import datasets; '
-          'next(datasets.get_dataset("digits").train_batches('
+  # Building a TFDS data set does not import TensorFlow either: only its
+  # iterators do.
+  code = ('import sys; from diffusion_distillation import data as data_lib; '
+          'assert "digits" in data_lib.DATASET_NAMES; '
+          '[data_lib.get_dataset(n) for n in data_lib.DATASET_NAMES]; '
+          'next(data_lib.get_dataset("digits").train_batches('
           'global_batch_size=4, seed=0)); '
           'assert "tensorflow" not in sys.modules, "tensorflow imported"')
   subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, check=True)
+
+
+def test_from_config():
+  config = ml_collections.ConfigDict(dict(dataset=dict(
+      name='digits', args=dict(class_conditional=True, randflip=False),
+      data_dir='')))
+  ds = data_lib.from_config(config)
+  assert isinstance(ds, data_lib.Digits)
+  assert ds.num_classes == 10 and not ds.randflip
+  config.dataset.name = 'cifar10'
+  assert data_lib.from_config(config).data_dir is None  # '': the TFDS default.
+  config.dataset.data_dir = '/tfds'
+  assert data_lib.from_config(config).data_dir == '/tfds'
 
 
 # --- TFDS datasets (mocked) ---------------------------------------------------
@@ -164,7 +183,7 @@ def test_digits_does_not_import_tensorflow():
 @pytest.fixture(scope='module')
 def tfds():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  datasets._import_tf()  # pylint: disable=protected-access
+  data_lib.import_tensorflow()
   return tfds
 
 
@@ -186,7 +205,7 @@ def check_batch(batch, batch_size, shape, num_classes):
 
 def test_cifar10(tfds):
   with mock_data(tfds):
-    ds = datasets.get_dataset('cifar10', class_conditional=True,
+    ds = data_lib.get_dataset('cifar10', class_conditional=True,
                               data_dir='/nonexistent')
     assert ds.data_shape == (32, 32, 3) and ds.num_classes == 10
     train = take(ds.train_batches(global_batch_size=8, seed=0, process_index=1,
@@ -219,7 +238,7 @@ def test_cifar10(tfds):
 
 def test_imagenet64(tfds):
   with mock_data(tfds):
-    ds = datasets.get_dataset('imagenet64', class_conditional=True)
+    ds = data_lib.get_dataset('imagenet64', class_conditional=True)
     assert ds.data_shape == (64, 64, 3) and ds.num_classes == 1000
     train = next(ds.train_batches(global_batch_size=4, seed=0))
     eval_batch = next(ds.eval_batches(batch_size=8))
@@ -231,7 +250,7 @@ def test_imagenet64(tfds):
 @pytest.mark.parametrize('name', ['lsun_church128', 'lsun_bedroom128'])
 def test_lsun128(tfds, name):
   with mock_data(tfds):
-    ds = datasets.get_dataset(name)
+    ds = data_lib.get_dataset(name)
     assert ds.data_shape == (128, 128, 3) and ds.num_classes == 1
     train = next(ds.train_batches(global_batch_size=4, seed=0))
     eval_batch = next(ds.eval_batches(batch_size=8))
@@ -242,14 +261,14 @@ def test_lsun128(tfds, name):
 
 def test_central_square_crop(tfds):
   del tfds
-  tf, _ = datasets._import_tf()  # pylint: disable=protected-access
+  tf, _ = data_lib.import_tensorflow()
   # A 6x10 image whose columns 2..7 (the central square) are white.
   image = np.zeros((6, 10, 3), np.uint8)
   image[:, 2:8] = 255
   jpeg = tf.io.encode_jpeg(image, quality=100)
-  crop = datasets._decode_and_central_square_crop(jpeg).numpy()  # pylint: disable=protected-access
+  crop = data_tfds.decode_and_central_square_crop(jpeg).numpy()
   assert crop.shape == (6, 6, 3)
   assert crop.min() > 200
-  tall = datasets._decode_and_central_square_crop(  # pylint: disable=protected-access
+  tall = data_tfds.decode_and_central_square_crop(
       tf.io.encode_jpeg(np.transpose(image, (1, 0, 2)), quality=100)).numpy()
   assert tall.shape == (6, 6, 3) and tall.min() > 200

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import diffusion
-from diffusion_distillation import schedules
+from diffusion_distillation.diffusion import schedules
 
 SHAPE = (5, 4, 4, 3)
 

@@ -2,8 +2,8 @@
 
 The workdirs are built without training: config.json plus a final checkpoint
 per stage (written with the real StageCheckpoints, at step `num_updates`, with
-the meta `train.run_stage` records) holding random parameters, so
-`workdir_models.open_workdir` sees every stage as finished. The network is a
+the meta `loop.run_stage` records) holding random parameters, so
+`workdirs.open_workdir` sees every stage as finished. The network is a
 tiny UNet, so sampling and its compilation take seconds. No expected metric
 values are hard-coded: the checks are structure, finiteness, ranges, and
 agreement between the files, the returned rows and independent computations.
@@ -18,14 +18,19 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import PYTHON, REPO, tiny_config
-from diffusion_distillation import checkpointing
-from diffusion_distillation import evaluate
-from diffusion_distillation import model as model_lib
-from diffusion_distillation import sample as sample_lib
-from diffusion_distillation import train
-from diffusion_distillation import train_state
-from diffusion_distillation import workdir_models
+from helpers import PYTHON, REPO, tiny_config
+from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.evaluation import evaluate
+from diffusion_distillation.evaluation import report
+from diffusion_distillation.evaluation import scorers
+from diffusion_distillation.evaluation import settings
+from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.models import generation
+from diffusion_distillation.pipeline import loop
+from diffusion_distillation.pipeline import optimization
+from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import train_state
+from diffusion_distillation.pipeline import workdirs
 
 NUM_SAMPLES = 12
 INCEPTION_DIVISOR = 16  # every Inception width / 16: a fast forward pass
@@ -75,16 +80,16 @@ def random_params(model, seed):
 
 
 def make_finished_workdir(workdir, config, data_shape, num_classes):
-  """config.json and a final checkpoint per stage, as `train.run` leaves them.
+  """config.json and a final checkpoint per stage, as `loop.run` leaves them.
 
   Each stage's TrainState sits at step `num_updates` with the meta record
-  `train.run_stage` writes; parameters are random, optimizer state zero.
+  `loop.run_stage` writes; parameters are random, optimizer state zero.
   """
-  train.record_config(config, workdir)
+  loop.record_config(config, workdir)
   model = model_lib.DiffusionModel.from_config(config, data_shape, num_classes)
-  for stage in train.plan_stages(config):
+  for stage in stages.plan_stages(config):
     params = random_params(model, seed=stage.index)
-    opt = train.optimization_for(config, stage)
+    opt = optimization.optimization_for(config, stage)
     shapes = jax.eval_shape(
         lambda p: train_state.create(p, opt.tx, stage.num_sample_steps), params)
     state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes).replace(
@@ -93,8 +98,8 @@ def make_finished_workdir(workdir, config, data_shape, num_classes):
     meta = {'stage': stage.name, 'num_sample_steps': stage.num_sample_steps,
             'num_updates': stage.num_updates, 'loss': 0.5,
             'data_shape': list(data_shape), 'num_classes': num_classes}
-    manager = checkpointing.StageCheckpoints(
-        checkpointing.stage_dir(workdir, stage.name))
+    manager = checkpoints.StageCheckpoints(
+        checkpoints.stage_dir(workdir, stage.name))
     manager.save(state, meta)
     manager.close()
   return workdir
@@ -146,7 +151,7 @@ def check_files(workdir, results):
   png = (out / 'quality_vs_steps.png').read_bytes()
   assert png.startswith(b'\x89PNG') and len(png) > 5000
   md = (out / 'results.md').read_text()
-  assert md == evaluate.format_markdown(results)
+  assert md == report.format_markdown(results)
   assert '### digits_fd (lower is better)' in md
   assert '### digits_is (higher is better)' in md
   tables = [block for block in md.split('\n\n') if block.startswith('|')]
@@ -178,18 +183,18 @@ def test_digits_evaluation(digits_workdir, cache_dir, monkeypatch, capsys):
   results = evaluate.run_evaluation(digits_workdir, cache_dir=cache_dir)
   check_rows(results)
   check_files(digits_workdir, results)
-  assert capsys.readouterr().out.strip() == evaluate.format_markdown(
+  assert capsys.readouterr().out.strip() == report.format_markdown(
       results).strip()
 
   # Students and teacher shared one compiled DDIM program across all step
   # counts, and ancestral sampling compiled once.
-  loaded = workdir_models.open_workdir(digits_workdir)
+  loaded = workdirs.open_workdir(digits_workdir)
   for sampler in ('ddim', 'ancestral'):
-    fn = sample_lib._sampler_fn(loaded.model, sampler, loaded.mesh)  # pylint: disable=protected-access
-    assert fn._cache_size() == 1  # pylint: disable=protected-access
+    fn = generation.compiled_sampler(loaded.model, sampler, loaded.mesh)
+    assert fn._cache_size() == 1
 
   # Overrides; the cached classifier is reused, not retrained.
-  from diffusion_distillation.metrics import digits_classifier
+  from diffusion_distillation.evaluation.metrics import digits_classifier
 
   def fail(*args, **kwargs):
     raise AssertionError('the cached classifier was not reused')
@@ -209,27 +214,27 @@ def test_digits_evaluation(digits_workdir, cache_dir, monkeypatch, capsys):
 def test_bad_requests(digits_workdir, cache_dir, tmp_path):
   run = lambda **kw: evaluate.run_evaluation(digits_workdir,
                                              cache_dir=cache_dir, **kw)
-  with pytest.raises(evaluate.EvalError, match='unknown sampler'):
+  with pytest.raises(settings.EvalError, match='unknown sampler'):
     run(samplers=['ddim', 'euler'])
-  with pytest.raises(evaluate.EvalError, match='teacher_steps'):
+  with pytest.raises(settings.EvalError, match='teacher_steps'):
     run(teacher_steps='1,0')
-  with pytest.raises(evaluate.EvalError, match='num_samples'):
+  with pytest.raises(settings.EvalError, match='num_samples'):
     run(num_samples=1)
-  with pytest.raises(evaluate.EvalError, match='metric'):
+  with pytest.raises(settings.EvalError, match='metric'):
     run(metric='fid')
-  with pytest.raises(evaluate.EvalError, match='no config.json'):
+  with pytest.raises(settings.EvalError, match='no config.json'):
     evaluate.run_evaluation(tmp_path / 'nothing', cache_dir=cache_dir)
   # The weights are checked before anything is sampled.
-  with pytest.raises(evaluate.EvalError,
+  with pytest.raises(settings.EvalError,
                      match='inception_path.*empty.*inception-2015-12-05'):
     run(metric='inception', inception_path='')
-  with pytest.raises(evaluate.EvalError, match='not found.*tar xzf'):
+  with pytest.raises(settings.EvalError, match='not found.*tar xzf'):
     run(metric='inception', inception_path=str(tmp_path / 'missing.pb'))
 
 
 def test_no_finished_stage(tmp_path, cache_dir):
-  train.record_config(eval_config(), tmp_path)
-  with pytest.raises(workdir_models.WorkdirError, match='no finished stage'):
+  loop.record_config(eval_config(), tmp_path)
+  with pytest.raises(workdirs.WorkdirError, match='no finished stage'):
     evaluate.run_evaluation(tmp_path, cache_dir=cache_dir)
 
 
@@ -241,14 +246,14 @@ def test_markdown_and_plot_helpers():
               'is': 9.1})]
   results = dict(workdir='w', dataset='cifar10', metric_names=['fid', 'is'],
                  num_samples=50000, seed=0, rows=rows, complete=False)
-  md = evaluate.format_markdown(results)
+  md = report.format_markdown(results)
   assert '| 1 | 12.50 | - |' in md and '| 256 |  | 3.200 |' in md
   assert 'INCOMPLETE' in md
-  assert evaluate.plot_png(results).startswith(b'\x89PNG')
-  assert evaluate.powers_of_two(128) == (1, 2, 4, 8, 16, 32, 64, 128)
-  assert evaluate.powers_of_two(6) == (1, 2, 4)
-  assert evaluate.parse_int_list('4,1,2,2', 'x') == (1, 2, 4)
-  assert evaluate.parse_int_list('none', 'x') == ()
+  assert report.plot_png(results).startswith(b'\x89PNG')
+  assert settings.powers_of_two(128) == (1, 2, 4, 8, 16, 32, 64, 128)
+  assert settings.powers_of_two(6) == (1, 2, 4)
+  assert settings.parse_int_list('4,1,2,2', 'x') == (1, 2, 4)
+  assert settings.parse_int_list('none', 'x') == ()
 
 
 # --- Command line -------------------------------------------------------------
@@ -263,15 +268,22 @@ def _cli(*args):
 @pytest.mark.parametrize('args, message', [
     ([], '--workdir is required'),
     (['--workdir=W', '--samplers=ddim,euler'], "unknown sampler 'euler'"),
+    (['--workdir=W', '--samplers='], 'need at least one sampler'),
     (['--workdir=W', '--teacher_steps=1,two'], "'two' is not an integer"),
+    (['--workdir=W', '--teacher_steps=4,0'], 'must be >= 1'),
+    (['--workdir=W', '--num_samples=1'], '--num_samples=1'),
+    (['--workdir=W', '--metric=fid'], '--metric'),
     (['--workdir=/nonexistent/run'], 'not a training workdir'),
 ])
 def test_cli_bad_input(args, message):
+  """One error line, ours (`error: `) or absl's flag error (then its hint)."""
   proc = _cli(*args)
   assert proc.returncode != 0
   assert 'Traceback' not in proc.stderr
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: ') and message in last
+  lines = proc.stderr.strip().splitlines()[-2:]
+  errors = [line for line in lines if line.startswith(
+      ('error: ', 'FATAL Flags parsing error: '))]
+  assert len(errors) == 1 and message in errors[0], proc.stderr
 
 
 # --- FID on a CIFAR-10-shaped workdir (mock data, synthetic weights) ----------
@@ -279,7 +291,7 @@ def test_cli_bad_input(args, message):
 
 def synthetic_inception_npz(path, divisor, seed=0):
   """Random weights with the graph's tensor names, activations kept O(1)."""
-  from diffusion_distillation.metrics import inception
+  from diffusion_distillation.evaluation.metrics import inception
   rng = np.random.default_rng(seed)
   arrays = {}
   for name, shape in inception.expected_shapes(divisor).items():
@@ -297,10 +309,10 @@ def synthetic_inception_npz(path, divisor, seed=0):
 
 def test_fid_on_mock_cifar10(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation import datasets
-  from diffusion_distillation.metrics import frechet
-  from diffusion_distillation.metrics import inception
-  datasets._import_tf()  # pylint: disable=protected-access
+  from diffusion_distillation import data as data_lib
+  from diffusion_distillation.evaluation.metrics import frechet
+  from diffusion_distillation.evaluation.metrics import inception
+  data_lib.import_tensorflow()  # hides the GPUs from TensorFlow first
   config = eval_config('cifar10')
   workdir = make_finished_workdir(tmp_path / 'cifar', config, (32, 32, 3), 10)
   weights = synthetic_inception_npz(tmp_path / 'inception.npz',
@@ -326,19 +338,19 @@ def test_fid_on_mock_cifar10(tmp_path, monkeypatch):
   assert '| steps | distilled | teacher DDIM |' in md
 
   # Later runs read the cached reference statistics (no data set needed).
-  monkeypatch.setattr(datasets, 'get_dataset', lambda *a, **k: 1 / 0)
+  monkeypatch.setattr(data_lib, 'get_dataset', lambda *a, **k: 1 / 0)
   again = evaluate.run_evaluation(workdir, **{**kwargs, 'teacher_steps': 'none'})
   assert [r['fid'] for r in again['rows']] == pytest.approx(
       [r['fid'] for r in results['rows'][:2]], rel=1e-5)
 
   # The metric's wiring: FID of pool3 against the cached train statistics;
   # IS from the logits without the softmax bias, as the original IS code.
-  settings = evaluate.resolve_settings(config, num_samples=6,
+  resolved = settings.resolve_settings(config, num_samples=6,
                                        inception_path=weights, cache_dir=cache)
-  metric = evaluate.inception_metric(config, settings, INCEPTION_DIVISOR)
+  metric = scorers.inception_metric(config, resolved, INCEPTION_DIVISOR)
   images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), np.uint8)
   net = inception.load_inception(weights, divisor=INCEPTION_DIVISOR)
-  out = evaluate.local_inception(net.module, net.params, 6)(images)
+  out = scorers.local_inception(net.module, net.params, 6)(images)
   calls = []
   score_fn = frechet.inception_score
   monkeypatch.setattr(frechet, 'inception_score', lambda x, **kw: (

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import diffusion
-from diffusion_distillation import losses
-from diffusion_distillation import schedules
+from diffusion_distillation.diffusion import losses
+from diffusion_distillation.diffusion import schedules
 
 SHAPE = (6, 4, 4, 1)
 SCHEDULE = schedules.get_logsnr_schedule('cosine', logsnr_min=-20.,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from diffusion_distillation.metrics import digits_classifier as dc
-from diffusion_distillation.metrics import frechet
+from diffusion_distillation.evaluation.metrics import digits_classifier as dc
+from diffusion_distillation.evaluation.metrics import frechet
 
 
 @pytest.fixture(scope='module')
@@ -62,9 +62,11 @@ def test_stale_cache_is_ignored(cache_dir, tmp_path):
     arrays = dict(f)
   arrays['format_version'] = np.int64(dc.FORMAT_VERSION - 1)
   np.savez(tmp_path / 'old.npz', **arrays)
-  assert dc._read_cache(tmp_path / 'old.npz', seed=0) is None
-  assert dc._read_cache(cache_dir / 'classifier.npz', seed=1) is None
-  assert dc._read_cache(tmp_path / 'absent.npz', seed=0) is None
+  read = dc.read_cached_classifier
+  assert read(tmp_path / 'old.npz', seed=0) is None
+  assert read(cache_dir / 'classifier.npz', seed=1) is None
+  assert read(tmp_path / 'absent.npz', seed=0) is None
+  assert read(cache_dir / 'classifier.npz', seed=0) is not None
 
 
 def test_reference_stats_cached_and_tied_to_weights(classifier, cache_dir,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from diffusion_distillation.metrics import frechet
+from diffusion_distillation.evaluation.metrics import frechet
 
 
 def _random_psd(rng, d, rank=None):

@@ -6,13 +6,16 @@ BatchNormWithGlobalNormalization nodes carrying its attributes), at a reduced
 width for the forward pass; the full-width structure is checked abstractly.
 """
 
+import subprocess
+
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_distillation.metrics import inception
+from helpers import PYTHON, REPO
+from diffusion_distillation.evaluation.metrics import inception
 
 import tensorflow as tf
 
@@ -181,6 +184,25 @@ def test_convert_roundtrip(graph_path, tmp_path):
                          from_npz.params)
 
 
+@pytest.mark.parametrize('case', ['missing', 'reduced_width'])
+def test_convert_command_errors(case, graph_path, tmp_path):
+  """One error line; a reduced-width graph is not the graph the tool reads."""
+  pb = tmp_path / 'absent.pb' if case == 'missing' else graph_path
+  npz = tmp_path / 'out.npz'
+  proc = subprocess.run(
+      [PYTHON, '-m', 'diffusion_distillation.inception_weights', f'--pb={pb}',
+       f'--npz={npz}'], cwd=REPO, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ')
+  if case == 'missing':
+    assert inception.INCEPTION_URL in last and inception.CONVERT_COMMAND in last
+  else:
+    assert 'has shape' in last and 'the network needs' in last
+  assert not npz.exists()
+
+
 def test_forward_pass(graph_path, arrays):
   features = inception.load_inception(graph_path, batch_size=2,
                                       divisor=DIVISOR)
@@ -231,7 +253,7 @@ def test_pooling_matches_tf(kind, stride, padding):
       np.float32)
   op = tf.nn.avg_pool2d if kind == 'avg' else tf.nn.max_pool2d
   expected = op(x, 3, stride, padding).numpy()
-  got = np.asarray(inception._pool(jnp.asarray(x), kind, 3, stride, padding))
+  got = np.asarray(inception.pool2d(jnp.asarray(x), kind, 3, stride, padding))
   np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 

@@ -2,7 +2,7 @@
 bfloat16 while parameters and optimizer state stay float32.
 
 On the same parameters, batch and rng, the bfloat16 model's training and
-distillation losses (as `train.make_train_steps` reports them) must agree with
+distillation losses (as `update.make_train_steps` reports them) must agree with
 the float32 model's, and an update with bfloat16 compute must leave every
 parameter, EMA parameter and optimizer moment float32.
 """
@@ -14,11 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from diffusion_distillation import datasets
-from diffusion_distillation import model as model_lib
-from diffusion_distillation import train
-from diffusion_distillation import train_state
+from diffusion_distillation import data as data_lib
+from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.pipeline import optimization
+from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import train_state
+from diffusion_distillation.pipeline import update
+
+from helpers import tiny_config
 
 BATCH = 8
 STUDENT_STEPS = 4  # a distillation stage whose student samples in 4 steps
@@ -61,7 +64,7 @@ def _params():
 
 @functools.lru_cache(maxsize=None)
 def _batches():
-  batch = next(datasets.get_dataset('digits', randflip=False).train_batches(
+  batch = next(data_lib.get_dataset('digits', randflip=False).train_batches(
       global_batch_size=BATCH, seed=0))
   return jax.tree.map(lambda x: x[None], batch)  # one update per call
 
@@ -69,9 +72,9 @@ def _batches():
 def _train_steps(dtype, distill):
   """The pipeline's update for this dtype: (train_steps, state, teacher)."""
   config = _config(dtype)
-  stage = (train.Stage(1, f'distill_{STUDENT_STEPS}', 10, STUDENT_STEPS, True)
-           if distill else train.plan_stages(config)[0])
-  opt = train.optimization_for(config, stage)
+  stage = (stages.Stage(1, f'distill_{STUDENT_STEPS}', 10, STUDENT_STEPS, True)
+           if distill else stages.plan_stages(config)[0])
+  opt = optimization.optimization_for(config, stage)
   model = model_lib.DiffusionModel.from_config(config, (8, 8, 1), 1,
                                                dropout=opt.dropout)
   params = _params()
@@ -80,8 +83,8 @@ def _train_steps(dtype, distill):
   # annealed from its peak at step 0.
   state = train_state.create(params, opt.tx, stage.num_sample_steps).replace(
       step=jnp.asarray(_start_step(distill), jnp.int32))
-  return (train.make_train_steps(model, opt, jax.random.PRNGKey(3),
-                                 distill=distill),
+  return (update.make_train_steps(model, opt, jax.random.PRNGKey(3),
+                                  distill=distill),
           state, params if distill else None)
 
 

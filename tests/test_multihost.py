@@ -32,7 +32,8 @@ import time
 
 import numpy as np
 
-from conftest import PYTHON, REPO
+from helpers import PYTHON
+from helpers import REPO
 
 WORKER = os.path.join(REPO, 'tests', 'multihost_worker.py')
 GLOBAL_BATCH = 8
@@ -79,7 +80,7 @@ def _command(workdir, overrides=None):
   flags = dict(FLAGS, **(overrides or {}))
   return [PYTHON, WORKER, f'--config={REPO}/configs/digits.py',
           f'--workdir={workdir}'] + [f'--config.{k}={v}'
-                                      for k, v in flags.items()]
+                                     for k, v in flags.items()]
 
 
 class _Group:
@@ -153,7 +154,7 @@ def _read_shard_log(path):
 
 def _check_shards(multi_records, single_records):
   """Each process asked for its own share, and got its half of the batch."""
-  from diffusion_distillation import datasets  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation import data as data_lib  # pylint: disable=g-import-not-at-top
   reference = {(r['seed'], r['start_step']): r for r in single_records}
   assert all(r['process_count'] == 1 for r in single_records)
   by_call = {}
@@ -161,7 +162,7 @@ def _check_shards(multi_records, single_records):
     assert r['process_count'] == 2 and r['global_batch_size'] == GLOBAL_BATCH
     by_call.setdefault((r['seed'], r['start_step']), {})[r['process_index']] = r
   assert set(by_call) == set(reference), (sorted(by_call), sorted(reference))
-  digits = datasets.get_dataset('digits', randflip=False)
+  digits = data_lib.get_dataset('digits', randflip=False)
   for key, shares in by_call.items():
     assert sorted(shares) == [0, 1], f'{key}: process indices {sorted(shares)}'
     assert shares[0]['pid'] != shares[1]['pid']
@@ -208,8 +209,9 @@ def _check_tree(workdir):
 def _final_params(workdir):
   """Every stage's final EMA parameters, loaded as a user would."""
   import jax  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation import workdir_models  # pylint: disable=g-import-not-at-top
-  loaded = workdir_models.open_workdir(str(workdir))
+
+  from diffusion_distillation.pipeline import workdirs  # pylint: disable=g-import-not-at-top
+  loaded = workdirs.open_workdir(str(workdir))
   assert [s.name for s in loaded.stages] == list(STAGES)
   params = {'base': loaded.teacher_params(),
             'distill_2': loaded.student_params(2),
@@ -271,19 +273,19 @@ def test_two_processes_match_one(tmp_path):
 _SKEW_SCRIPT = r'''
 import sys, time
 import numpy as np
-from diffusion_distillation import distributed, parallel
+from diffusion_distillation.parallel import distributed, sharding
 pid, address, delay = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 distributed.initialize(address, 2, pid)
 import jax
-mesh = parallel.make_mesh()
+mesh = sharding.make_mesh()
 if pid == 1:
   time.sleep(delay)
-x = parallel.global_batch(np.full([jax.local_device_count()], pid + 1.,
+x = sharding.global_batch(np.full([jax.local_device_count()], pid + 1.,
                                   np.float32), mesh)
 total = jax.jit(lambda v: v.sum(),
-                out_shardings=parallel.replicated(mesh))(x)
+                out_shardings=sharding.replicated(mesh))(x)
 distributed.barrier('after the step')  # orbax's barrier kind
-print('RESULT', float(parallel.to_host(total)), distributed.agree(pid == 0),
+print('RESULT', float(sharding.to_host(total)), distributed.agree(pid == 0),
       flush=True)
 '''
 
@@ -301,7 +303,7 @@ def test_processes_out_of_step_by_more_than_gloo_timeout(tmp_path):
 
 
 def test_single_process_helpers():
-  from diffusion_distillation import distributed  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.parallel import distributed  # pylint: disable=g-import-not-at-top
   assert distributed.initialize() is None  # nothing to join
   assert distributed.is_primary()
   distributed.barrier('alone')

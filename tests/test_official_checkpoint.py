@@ -4,14 +4,11 @@ Uses a tiny Linen model whose module names follow the official UNet
 ('dense0', 'conv_in', 'down_0.block_0', 'mid.attn_1'), not our unet.py.
 """
 
-import io
 import os
+from pathlib import Path
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
-from pathlib import Path
 
-from absl import flags
 from flax import linen as nn
 from flax import serialization
 import jax
@@ -19,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_distillation import official_checkpoint as oc
+from diffusion_distillation.pipeline import official_checkpoints as oc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,46 +219,36 @@ def test_orbax_like_directory_is_not_official(tmp_path):
   assert not oc.is_official_checkpoint(step_dir)
 
 
-def _run_cli_in_process(*args):
-  fv = flags.FlagValues()
-  oc._define_flags(fv)  # pylint: disable=protected-access
-  argv = fv(['official_checkpoint', *args])
-  out, err = io.StringIO(), io.StringIO()
-  with redirect_stdout(out), redirect_stderr(err):
-    try:
-      oc._main(argv, fv)  # pylint: disable=protected-access
-      code = 0
-    except SystemExit as e:
-      code = e.code
-  return code, out.getvalue(), err.getvalue()
+def _run_cli(*args):
+  """(exit status, stdout, stderr) of the official_checkpoint command."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'diffusion_distillation.official_checkpoint',
+       *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+      check=False)
+  return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_cli_info(tmp_path, params):
   oc.write_official_checkpoint(tmp_path, params, 8, step=77)
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
-  proc = subprocess.run(
-      [sys.executable, '-m', 'diffusion_distillation.official_checkpoint',
-       f'--input={tmp_path}', '--info'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-      check=False)
-  assert proc.returncode == 0, proc.stderr
+  code, out, err = _run_cli(f'--input={tmp_path}', '--info')
+  assert code == 0, err
   count = sum(x.size for x in jax.tree.leaves(params))
-  assert f'checkpoint: {tmp_path / "checkpoint_77"}' in proc.stdout
-  assert 'step: 77' in proc.stdout
-  assert 'num_sample_steps: 8' in proc.stdout
-  assert f'parameters: {count:,} in' in proc.stdout
+  assert f'checkpoint: {tmp_path / "checkpoint_77"}' in out
+  assert 'step: 77' in out
+  assert 'num_sample_steps: 8' in out
+  assert f'parameters: {count:,} in' in out
   assert ('top-level modules (4): conv_in, dense0, down_0.block_0, '
-          'mid.attn_1') in proc.stdout
+          'mid.attn_1') in out
 
 
 def test_cli_errors(tmp_path, params):
-  code, out, err = _run_cli_in_process(f'--input={tmp_path / "missing"}',
-                                       '--info')
+  code, out, err = _run_cli(f'--input={tmp_path / "missing"}', '--info')
   assert code == 2 and out == ''
   assert err.startswith('error: Checkpoint not found') and err.count('\n') == 1
 
   path = oc.write_official_checkpoint(tmp_path / 'c', params, 8)
-  code, _, err = _run_cli_in_process(f'--input={path}')
+  code, _, err = _run_cli(f'--input={path}')
   assert code == 2 and err == 'error: nothing to do; pass --info\n'
-  code, out, _ = _run_cli_in_process(f'--input={path}', '--info')
+  code, out, _ = _run_cli(f'--input={path}', '--info')
   assert code == 0 and 'num_sample_steps: 8' in out

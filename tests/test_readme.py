@@ -23,7 +23,8 @@ SHORT_RUN = ('--config.train.num_train_steps=20',
              '--config.eval.num_samples=20', '--config.eval.grid_samples=16')
 # Lines a newcomer should never see from a successful run.
 NOISE = ('Traceback', "Unable to initialize backend 'tpu'",
-         'SetuptoolsDeprecationWarning', 'orbax-checkpoint version')
+         'SetuptoolsDeprecationWarning', 'Editable installation',
+         'orbax-checkpoint version')
 
 
 def quick_start_commands() -> list[str]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import diffusion
-from diffusion_distillation import sampling
-from diffusion_distillation import schedules
+from diffusion_distillation.diffusion import sampling
+from diffusion_distillation.diffusion import schedules
 
 SCHEDULE = schedules.get_logsnr_schedule('cosine', logsnr_min=-20.,
                                          logsnr_max=20.)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_distillation import unet
+from diffusion_distillation.models import unet
 
 B, SIZE = 2, 8
 

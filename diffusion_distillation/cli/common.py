@@ -2,11 +2,13 @@
 
 import logging as std_logging
 import os
+import re
 import sys
 from typing import Callable
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from diffusion_distillation.errors import UserError
 
@@ -51,13 +53,18 @@ def resolve_config_paths(config):
 
 
 class _DropInfo(std_logging.Filter):
-  """Drops INFO records of libraries whose INFO lines only bury ours."""
+  """Drops INFO records of libraries whose INFO lines only bury ours.
+
+  Also orbax's warning on every checkpoint opened read-only on purpose.
+  """
 
   _QUIET = (f'{os.sep}orbax{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}')
 
   def filter(self, record):
-    return (record.levelno > std_logging.INFO or
-            not any(part in record.pathname for part in self._QUIET))
+    if not any(part in record.pathname for part in self._QUIET):
+      return True
+    return (record.levelno > std_logging.INFO and
+            not str(record.msg).startswith('Given directory is read only'))
 
 
 def quiet_library_logs():
@@ -70,14 +77,70 @@ def quiet_library_logs():
     handler.addFilter(_DropInfo())
 
 
+def DEFINE_config(required: bool = True):  # pylint: disable=invalid-name
+  """`--config=FILE.py` with `--config.a.b=value` overrides (ml_collections)."""
+  holder = config_flags.DEFINE_config_file(
+      'config', None, 'Path to a config file (configs/*.py).',
+      lock_config=True)
+  if required:
+    flags.mark_flag_as_required('config')
+  return holder
+
+
+def _unknown_override(argv, error) -> str:
+  """Names the `--config.<path>` override whose field the config lacks."""
+  missing = str(error.args[0] if error.args else error).strip('\'"')
+  overrides = [arg.split('=', 1)[0] for arg in argv[1:]
+               if re.match(r'--?(no)?config\.', arg)]
+  named = [o for o in overrides if missing in re.split(r'[.\[\]]', o)]
+  if named:
+    return f'{named[0]}: the config has no field {missing!r}'
+  return f'{" ".join(overrides)}: {missing}'
+
+
+def parse_flags_with_config(argv):
+  """absl's flag parsing, plus one-line errors where ml_collections has none.
+
+  An override of a field the config does not have raises a bare
+  AttributeError / KeyError (not an absl flags error), and a config file that
+  cannot be loaded only fails when the config is first read; both would
+  otherwise end in a traceback.
+  """
+  try:
+    remaining = parse_flags(argv)
+  except (AttributeError, KeyError, IndexError) as e:
+    fail(_unknown_override(argv, e))
+  if flags.FLAGS['config'].present:
+    try:
+      flags.FLAGS.config.get('seed')
+    except OSError as e:
+      path = config_flags.get_config_filename(flags.FLAGS['config'])
+      reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
+      fail(f'--config={path}: cannot load the config file: {reason}')
+  return remaining
+
+
 def fail(message: str):
   """Ends the program with `error: <message>` and exit status 2."""
   sys.stderr.write(f'error: {message}\n')
   sys.exit(2)
 
 
-def run(main: Callable, **kwargs):
-  """`absl.app.run(main)`; a UserError ends in one line and exit status 2."""
+def parse_flags(argv):
+  """absl's flag parsing; a bad flag value is one `error:` line, status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+
+
+def run(main: Callable, flags_parser: Callable = parse_flags):
+  """`absl.app.run(main)`; a UserError ends in one line and exit status 2.
+
+  `--help` shows the docstring of `main`'s module (absl shows `__main__`'s,
+  which is the one-line `python -m` shim).
+  """
+  sys.modules['__main__'].__doc__ = sys.modules[main.__module__].__doc__
 
   def guarded(argv):
     if len(argv) > 1:
@@ -88,4 +151,4 @@ def run(main: Callable, **kwargs):
     except UserError as e:
       fail(str(e))
 
-  app.run(guarded, **kwargs)
+  app.run(guarded, flags_parser=flags_parser)

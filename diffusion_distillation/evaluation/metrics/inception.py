@@ -36,7 +36,6 @@ Parameter names are the graph's node names: the Flax parameter tree path
 `mixed_4/tower/conv_1/conv2d_params` is the graph Const of the same name.
 """
 
-import argparse
 import dataclasses
 import functools
 import os
@@ -48,8 +47,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_distillation.metrics import _io
+from diffusion_distillation.evaluation.metrics import batching
+from diffusion_distillation.evaluation.metrics import files
 
+# How to turn a `.pb` into an `.npz` (no TensorFlow needed to read that).
+CONVERT_COMMAND = ('python -m diffusion_distillation.inception_weights '
+                   '--pb=<pb> --npz=<npz>')
 INCEPTION_URL = ('http://download.tensorflow.org/models/image/imagenet/'
                  'inception-2015-12-05.tgz')
 GRAPH_FILENAME = 'classify_image_graph_def.pb'
@@ -156,8 +159,8 @@ class ConvBN(nn.Module):
     return nn.relu(BatchNorm(self.epsilon, name='batchnorm')(y))
 
 
-def _pool(x, kind: str, window: int = 3, stride: int = 1,
-          padding: str = 'SAME'):
+def pool2d(x, kind: str, window: int = 3, stride: int = 1,
+           padding: str = 'SAME'):
   """TF pooling: SAME average pools exclude the padding from the mean."""
   shape, strides = (window, window), (stride, stride)
   if kind == 'max':
@@ -195,7 +198,7 @@ class Tower(_Scoped):
   @nn.compact
   def __call__(self, x):
     if self.pool is not None:
-      x = _pool(x, self.pool)
+      x = pool2d(x, self.pool)
     for i, (features, kernel, stride, padding) in enumerate(self.convs):
       x = self.conv(features, kernel, _conv_name(i), stride, padding)(x)
     if self.split:
@@ -246,7 +249,7 @@ class InceptionB(_Scoped):
         self.conv(384, _3x3, 'conv', 2, 'VALID')(x),
         self.tower('tower', [_c(64, _1x1), _c(96, _3x3),
                              _c(96, _3x3, 2, 'VALID')])(x),
-        _pool(x, 'max', 3, 2, 'VALID'),
+        pool2d(x, 'max', 3, 2, 'VALID'),
     ], axis=-1)
 
 
@@ -275,7 +278,7 @@ class InceptionD(_Scoped):
         self.tower('tower', [_c(192, _1x1), _c(320, _3x3, 2, 'VALID')])(x),
         self.tower('tower_1', [_c(192, _1x1), _c(192, _1x7), _c(192, _7x1),
                                _c(192, _3x3, 2, 'VALID')])(x),
-        _pool(x, 'max', 3, 2, 'VALID'),
+        pool2d(x, 'max', 3, 2, 'VALID'),
     ], axis=-1)
 
 
@@ -321,10 +324,10 @@ class InceptionV3(_Scoped):
     x = self.conv(32, _3x3, 'conv', 2, 'VALID')(x)
     x = self.conv(32, _3x3, 'conv_1', 1, 'VALID')(x)
     x = self.conv(64, _3x3, 'conv_2')(x)
-    x = _pool(x, 'max', 3, 2, 'VALID')  # 'pool'
+    x = pool2d(x, 'max', 3, 2, 'VALID')  # 'pool'
     x = self.conv(80, _1x1, 'conv_3', 1, 'VALID')(x)
     x = self.conv(192, _3x3, 'conv_4', 1, 'VALID')(x)
-    x = _pool(x, 'max', 3, 2, 'VALID')  # 'pool_1'
+    x = pool2d(x, 'max', 3, 2, 'VALID')  # 'pool_1'
     shared = dict(divisor=self.divisor, epsilon=self.epsilon)
     for name, pool_features in (('mixed', 32), ('mixed_1', 64),
                                 ('mixed_2', 64)):
@@ -403,8 +406,7 @@ def _graph_def(path):
   except ImportError as e:
     raise ImportError(
         f'reading {path} needs tensorflow; on a machine without it, use an '
-        f'.npz written by `python -m diffusion_distillation.metrics.inception '
-        f'convert`') from e
+        f'.npz written by `{CONVERT_COMMAND}`') from e
   graph_def = tf.compat.v1.GraphDef()
   with open(path, 'rb') as f:
     graph_def.ParseFromString(f.read())
@@ -446,8 +448,7 @@ def _missing_file_message(path) -> str:
       f'{INCEPTION_URL} (the 2015-12-05 Inception-v3 graph used by TTUR, '
       f'TF-GAN, improved-gan and pytorch-fid), extract {GRAPH_FILENAME} from '
       f'it (`tar xzf inception-2015-12-05.tgz {GRAPH_FILENAME}`) and pass its '
-      f'path, or an .npz made from it with `python -m '
-      f'diffusion_distillation.metrics.inception convert <pb> <npz>`. No '
+      f'path, or an .npz made from it with `{CONVERT_COMMAND}`. No '
       f'checksum is published for that archive; instead loading checks that '
       f'every tensor the network needs is present with the expected shape.')
 
@@ -473,7 +474,7 @@ def convert(pb_path, npz_path, divisor: int = 1) -> str:
   flat = traverse_util.flatten_dict(
       params_from_arrays(arrays, divisor, os.fspath(pb_path)), sep='/')
   flat[EPSILON_KEY] = np.float32(_epsilon(arrays))
-  _io.atomic_savez(npz_path, flat)
+  files.atomic_savez(npz_path, flat)
   return os.fspath(npz_path)
 
 
@@ -502,18 +503,9 @@ class InceptionFeatures:
     images = np.asarray(images)
     if images.ndim != 4 or not len(images):
       raise ValueError(f'expected images [N > 0, H, W, C], got {images.shape}')
-    size = min(self.batch_size, len(images))
-    outs = [self._run(images[i:i + size], size)
-            for i in range(0, len(images), size)]
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-  def _run(self, batch, size):
-    n = len(batch)
-    if n < size:
-      pad = np.zeros((size - n,) + batch.shape[1:], batch.dtype)
-      batch = np.concatenate([batch, pad])
-    out = self._apply(self.params, batch)
-    return {k: np.asarray(v)[:n] for k, v in out.items()}
+    return batching.map_padded_batches(
+        lambda batch: self._apply(self.params, batch), images,
+        min(self.batch_size, len(images)))
 
 
 def load_inception(path, batch_size: int = 100,
@@ -533,17 +525,3 @@ def load_inception(path, batch_size: int = 100,
   params = params_from_arrays(arrays, divisor, os.fspath(path))
   module = InceptionV3(divisor=divisor, epsilon=_epsilon(arrays))
   return InceptionFeatures(module, jax.device_put(params), batch_size)
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest='command', required=True)
-  conv = sub.add_parser('convert', help='write the weights of a .pb to .npz')
-  conv.add_argument('pb_path')
-  conv.add_argument('npz_path')
-  args = parser.parse_args(argv)
-  print(convert(args.pb_path, args.npz_path))
-
-
-if __name__ == '__main__':
-  main()

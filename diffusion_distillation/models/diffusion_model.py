@@ -11,9 +11,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from diffusion_distillation import sampling
-from diffusion_distillation import schedules
-from diffusion_distillation import unet as unet_lib
+from diffusion_distillation.diffusion import sampling
+from diffusion_distillation.diffusion import schedules
+from diffusion_distillation.models import unet as unet_lib
 
 
 def out_channels(mean_type: str, data_channels: int) -> int:

@@ -10,12 +10,12 @@ import json
 from etils import epath
 import ml_collections
 
-from diffusion_distillation import checkpointing
-from diffusion_distillation import model as model_lib
-from diffusion_distillation import parallel
-from diffusion_distillation import teacher as teacher_lib
-from diffusion_distillation import train
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.parallel import sharding
+from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import stages as stages_lib
+from diffusion_distillation.pipeline import teachers
 
 
 class WorkdirError(UserError):
@@ -25,7 +25,7 @@ class WorkdirError(UserError):
 @dataclasses.dataclass
 class LoadedWorkdir:
   """A workdir's config, model and finished stages."""
-  ctx: train.Context
+  ctx: stages_lib.Context
   stages: list  # finished stages, in pipeline order
 
   @property
@@ -47,7 +47,7 @@ class LoadedWorkdir:
   def student_params(self, num_steps: int):
     for stage in self.stages:
       if stage.is_distillation and stage.num_sample_steps == num_steps:
-        return train.final_params(self.ctx, stage)
+        return checkpoints.final_params(self.ctx, stage)
     available = ', '.join(map(str, self.student_steps())) or 'none yet'
     raise WorkdirError(
         f'no student distilled for {num_steps} steps in '
@@ -57,10 +57,10 @@ class LoadedWorkdir:
   def teacher_params(self):
     for stage in self.stages:
       if not stage.is_distillation:
-        return train.final_params(self.ctx, stage)
+        return checkpoints.final_params(self.ctx, stage)
     distill = self.config.get('distillation')
     if distill and distill.teacher_checkpoint_path:
-      return teacher_lib.load_external_teacher(self.ctx, self.config)
+      return teachers.load_external_teacher(self.ctx, self.config)
     raise WorkdirError(f'the teacher of {self.ctx.workdir} has not finished '
                        'training yet')
 
@@ -75,13 +75,13 @@ def open_workdir(workdir) -> LoadedWorkdir:
     raise WorkdirError(f'{workdir} is not a training workdir (no config.json)')
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   finished, meta = [], None
-  for stage in train.plan_stages(config):
-    if checkpointing.stage_is_complete(workdir, stage.name, stage.num_updates):
+  for stage in stages_lib.plan_stages(config):
+    if checkpoints.stage_is_complete(workdir, stage.name, stage.num_updates):
       finished.append(stage)
-      meta = meta or train.final_meta(workdir, stage)
+      meta = meta or checkpoints.final_meta(workdir, stage)
   if meta is None:
     raise WorkdirError(f'{workdir} has no finished stage yet')
   model = model_lib.DiffusionModel.from_config(
       config, tuple(meta['data_shape']), meta['num_classes'])
-  ctx = train.Context(config, workdir, parallel.make_mesh(), None, model)
+  ctx = stages_lib.Context(config, workdir, sharding.make_mesh(), None, model)
   return LoadedWorkdir(ctx, finished)

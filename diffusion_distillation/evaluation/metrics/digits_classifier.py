@@ -20,7 +20,6 @@ Pixel convention: images are `[N, 8, 8, 1]` floats in [0, 255]; the real data
 """
 
 import dataclasses
-import hashlib
 import os
 from typing import Any
 
@@ -32,8 +31,10 @@ import numpy as np
 import optax
 import sklearn.datasets
 
-from diffusion_distillation.metrics import _io
-from diffusion_distillation.metrics import frechet
+from diffusion_distillation.evaluation.metrics import batching
+from diffusion_distillation.evaluation.metrics import files
+from diffusion_distillation.evaluation.metrics import fingerprint as fingerprint_lib
+from diffusion_distillation.evaluation.metrics import frechet
 
 DIGITS_PIXEL_SCALE = 255.0 / 16.0
 NUM_CLASSES = 10
@@ -141,26 +142,14 @@ class DigitsClassifier:
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[1:] != (8, 8, 1) or not len(images):
       raise ValueError(f'expected images [N > 0, 8, 8, 1], got {images.shape}')
-    outs = [self._run(images[i:i + _BATCH])
-            for i in range(0, len(images), _BATCH)]
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-  def _run(self, batch):
-    """One fixed-size (padded) call, so the jitted net compiles only once."""
-    n = len(batch)
-    padded = np.zeros((_BATCH,) + batch.shape[1:], np.float32)
-    padded[:n] = batch
-    out = self._apply(self.params, padded)
-    return {k: np.asarray(v)[:n] for k, v in out.items()}
+    # Fixed-size (padded) calls, so the jitted net compiles only once.
+    return batching.map_padded_batches(
+        lambda batch: self._apply(self.params, batch), images, _BATCH)
 
   @property
   def fingerprint(self) -> str:
     """Hash of the weights; ties cached reference statistics to them."""
-    digest = hashlib.sha256()
-    for name, value in sorted(_flatten(self.params).items()):
-      digest.update(name.encode())
-      digest.update(np.ascontiguousarray(value, np.float32).tobytes())
-    return digest.hexdigest()[:16]
+    return fingerprint_lib.params_fingerprint(self.params, with_shapes=False)
 
 
 def _flatten(params) -> dict[str, np.ndarray]:
@@ -186,8 +175,11 @@ def train_digits_classifier(seed: int = 0) -> DigitsClassifier:
   return classifier
 
 
-def _read_cache(path, seed: int):
-  """The cached classifier, or None when absent, unreadable or stale."""
+def read_cached_classifier(path, seed: int = 0):
+  """The classifier cached at `path`, or None when absent, unreadable or stale.
+
+  Stale: written by another `FORMAT_VERSION` or for another seed.
+  """
   try:
     with np.load(os.fspath(path)) as data:
       arrays = {k: data[k] for k in data.files}
@@ -209,13 +201,13 @@ def load_or_train_digits_classifier(cache_path,
   Training happens when the file is missing, unreadable, or was written by
   another `FORMAT_VERSION` or seed; the file is replaced atomically.
   """
-  classifier = _read_cache(cache_path, seed)
+  classifier = read_cached_classifier(cache_path, seed)
   if classifier is None:
     classifier = train_digits_classifier(seed)
     arrays = _flatten(classifier.params)
     arrays.update(format_version=np.int64(FORMAT_VERSION), seed=np.int64(seed),
                   heldout_accuracy=np.float64(classifier.heldout_accuracy))
-    _io.atomic_savez(cache_path, arrays)
+    files.atomic_savez(cache_path, arrays)
   return classifier
 
 
@@ -234,7 +226,7 @@ def load_or_compute_digits_reference_stats(cache_path,
     pass
   images, _ = digits_dataset()
   mu, sigma = frechet.stats_from_features(classifier(images)['features'])
-  _io.atomic_savez(cache_path, dict(
+  files.atomic_savez(cache_path, dict(
       mu=mu, sigma=sigma, num_examples=np.int64(len(images)),
       fingerprint=np.asarray(classifier.fingerprint)))
   return mu, sigma, len(images)

@@ -1,11 +1,10 @@
-"""All training state in one pytree, and the optimizer that updates it."""
+"""All training state in one pytree."""
 
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -21,36 +20,6 @@ class TrainState(flax.struct.PyTreeNode):
   ema_params: Any
   opt_state: Any
   num_sample_steps: jnp.ndarray
-
-
-def learning_rate_schedule(peak: float, *, warmup_steps: int = 0,
-                           anneal_steps: int = 0) -> optax.Schedule:
-  """Linear warmup from 0 (base training) or linear decay to 0 (distillation).
-
-  The official configs declare both (learning_rate_warmup_steps and a linear
-  anneal within each distillation stage).
-  """
-  if anneal_steps:
-    return optax.linear_schedule(peak, 0., anneal_steps)
-  if warmup_steps:
-    return optax.linear_schedule(0., peak, warmup_steps)
-  return optax.constant_schedule(peak)
-
-
-def make_optimizer(schedule: optax.Schedule, *, grad_clip: float,
-                   weight_decay: float, b1: float = 0.9, b2: float = 0.999,
-                   skip_nonfinite: bool = False):
-  """Adam with decoupled weight decay after global-norm clipping.
-
-  With `skip_nonfinite`, an update whose gradients hold NaN or Inf leaves the
-  parameters unchanged (the official `enable_update_skip`).
-  """
-  tx = optax.chain(
-      optax.clip_by_global_norm(grad_clip),
-      optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
-  if skip_nonfinite:
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)
-  return tx
 
 
 def create(params, tx, num_sample_steps: int) -> TrainState:

@@ -18,8 +18,13 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
-from diffusion_distillation import distributed
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.parallel import distributed
+from diffusion_distillation.parallel import sharding
+from diffusion_distillation.pipeline import optimization
+from diffusion_distillation.pipeline import train_state
+from diffusion_distillation.pipeline.stages import Context
+from diffusion_distillation.pipeline.stages import Stage
 
 
 class CheckpointError(UserError):
@@ -34,10 +39,6 @@ def _reason(error: BaseException) -> str:
 
 def stage_dir(workdir, stage_name: str) -> epath.Path:
   return epath.Path(workdir) / 'checkpoints' / stage_name
-
-
-def distill_stage_name(num_steps: int) -> str:
-  return f'distill_{num_steps}'
 
 
 class StageCheckpoints:
@@ -73,25 +74,35 @@ class StageCheckpoints:
           f'{_reason(e)}; the previous checkpoint is intact, rerun to resume '
           'from it') from e
 
-  def restore(self, abstract_state, step: Optional[int] = None):
-    """(state, meta) at `step` (default: latest), shaped like `abstract_state`."""
+  def _restore(self, step: Optional[int], **items):
+    """The Composite `items` of checkpoint `step` (default: latest)."""
     step = self.latest_step() if step is None else step
     try:
-      restored = self._manager.restore(
-          step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state),
-              meta=ocp.args.JsonRestore()))
+      return self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f'reading checkpoint {self.directory / str(step)} failed: '
           f'{_reason(e)}') from e
+
+  def restore(self, abstract_state, step: Optional[int] = None):
+    """(state, meta) at `step` (default: latest), shaped like `abstract_state`."""
+    restored = self._restore(
+        step, state=ocp.args.StandardRestore(abstract_state),
+        meta=ocp.args.JsonRestore())
+    return restored.state, restored.meta
+
+  def restore_as_saved(self, step: Optional[int] = None):
+    """(state as a dict of host arrays, meta) without a target structure.
+
+    For reading a checkpoint whose optimizer state may not match this run's
+    (e.g. another run's teacher): only its arrays are needed.
+    """
+    restored = self._restore(step, state=ocp.args.StandardRestore(),
+                             meta=ocp.args.JsonRestore())
     return restored.state, restored.meta
 
   def meta(self, step: Optional[int] = None) -> dict[str, Any]:
-    step = self.latest_step() if step is None else step
-    return self._manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    return self._restore(step, meta=ocp.args.JsonRestore()).meta
 
   def close(self):
     self._manager.close()
@@ -111,3 +122,33 @@ def stage_is_complete(workdir, stage_name: str, num_updates: int) -> bool:
   latest = manager.latest_step()
   manager.close()
   return distributed.agree(latest is not None and latest >= num_updates)
+
+
+def abstract_state(ctx: Context, stage: Stage):
+  """The shapes and shardings of a stage's TrainState, for restoring."""
+  opt = optimization.optimization_for(ctx.config, stage)
+  rep = sharding.replicated(ctx.mesh)
+  shapes = jax.eval_shape(
+      lambda: train_state.create(
+          ctx.base_model.init_params(jax.random.PRNGKey(0)), opt.tx,
+          stage.num_sample_steps))
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
+
+
+def final_params(ctx: Context, stage: Stage):
+  """The EMA parameters of a finished stage (its final checkpoint)."""
+  manager = StageCheckpoints(
+      stage_dir(ctx.workdir, stage.name), read_only=True)
+  state, _ = manager.restore(abstract_state(ctx, stage))
+  manager.close()
+  return state.ema_params
+
+
+def final_meta(workdir, stage: Stage) -> dict[str, Any]:
+  """The meta record of a stage's last checkpoint."""
+  manager = StageCheckpoints(
+      stage_dir(workdir, stage.name), read_only=True)
+  meta = dict(manager.meta())
+  manager.close()
+  return meta

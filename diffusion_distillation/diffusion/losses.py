@@ -10,7 +10,7 @@ from typing import Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from diffusion_distillation import diffusion
+from diffusion_distillation.diffusion import process
 
 # model_fn(z, logsnr) -> raw network output (interpreted by `mean_type`).
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -23,7 +23,7 @@ def meanflat(x):
   return x.mean(axis=tuple(range(1, x.ndim)))
 
 
-def weighted_mse(pred: diffusion.Prediction, x_target, z, logsnr,
+def weighted_mse(pred: process.Prediction, x_target, z, logsnr,
                  weight_type: str):
   """Per-example loss of `pred` against `x_target` under a weighting.
 
@@ -33,14 +33,14 @@ def weighted_mse(pred: diffusion.Prediction, x_target, z, logsnr,
   """
   if weight_type == 'constant':
     return meanflat(jnp.square(pred.x - x_target))
-  eps_target = diffusion.eps_from_x(z, x_target, logsnr)
+  eps_target = process.eps_from_x(z, x_target, logsnr)
   if weight_type == 'snr':
     return meanflat(jnp.square(pred.eps - eps_target))
   if weight_type == 'snr_trunc':
     return jnp.maximum(meanflat(jnp.square(pred.x - x_target)),
                        meanflat(jnp.square(pred.eps - eps_target)))
   if weight_type == 'v_mse':
-    v_target = diffusion.v_from_x_eps(x_target, eps_target, logsnr)
+    v_target = process.v_from_x_eps(x_target, eps_target, logsnr)
     return meanflat(jnp.square(pred.v - v_target))
   raise ValueError(
       f'unknown mean_loss_weight_type {weight_type!r}; known: {WEIGHT_TYPES}')
@@ -73,15 +73,15 @@ def teacher_target(teacher_fn: ModelFn, z_t, u, i, num_steps, *,
   logsnr_mid = logsnr_schedule_fn(u - 0.5 / num_steps)
   logsnr_s = logsnr_schedule_fn(u - 1. / num_steps)
 
-  x_1 = diffusion.interpret_output(teacher_fn(z_t, logsnr_t), z_t, logsnr_t,
-                                   mean_type).x
-  z_mid = diffusion.ddim_step(z_t, x_1, logsnr_t, logsnr_mid)
-  x_2 = diffusion.interpret_output(teacher_fn(z_mid, logsnr_mid), z_mid,
-                                   logsnr_mid, mean_type).x
-  z_s = diffusion.ddim_step(z_mid, x_2, logsnr_mid, logsnr_s)
+  x_1 = process.interpret_output(teacher_fn(z_t, logsnr_t), z_t, logsnr_t,
+                                 mean_type).x
+  z_mid = process.ddim_step(z_t, x_1, logsnr_t, logsnr_mid)
+  x_2 = process.interpret_output(teacher_fn(z_mid, logsnr_mid), z_mid,
+                                 logsnr_mid, mean_type).x
+  z_s = process.ddim_step(z_mid, x_2, logsnr_mid, logsnr_s)
 
-  x_target = diffusion.distillation_target(z_t, z_s, logsnr_t, logsnr_s)
-  last = diffusion.broadcast_from_left(i == 0, z_t.shape)
+  x_target = process.distillation_target(z_t, z_s, logsnr_t, logsnr_s)
+  last = process.broadcast_from_left(i == 0, z_t.shape)
   return jax.lax.stop_gradient(jnp.where(last, x_2, x_target))
 
 
@@ -106,7 +106,7 @@ def diffusion_loss(model_fn: ModelFn, x, rng, *, logsnr_schedule_fn,
   rng_t, rng_eps = jax.random.split(rng)
   u, i = sample_times(rng_t, x.shape[0], num_steps)
   logsnr = logsnr_schedule_fn(u)
-  z = diffusion.diffuse(x, jax.random.normal(rng_eps, x.shape, x.dtype), logsnr)
+  z = process.diffuse(x, jax.random.normal(rng_eps, x.shape, x.dtype), logsnr)
 
   if teacher_fn is None:
     x_target = x
@@ -117,5 +117,5 @@ def diffusion_loss(model_fn: ModelFn, x, rng, *, logsnr_schedule_fn,
                               logsnr_schedule_fn=logsnr_schedule_fn,
                               mean_type=mean_type)
 
-  pred = diffusion.interpret_output(model_fn(z, logsnr), z, logsnr, mean_type)
+  pred = process.interpret_output(model_fn(z, logsnr), z, logsnr, mean_type)
   return weighted_mse(pred, x_target, z, logsnr, weight_type)

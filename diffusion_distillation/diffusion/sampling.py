@@ -5,8 +5,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from diffusion_distillation import diffusion
-from diffusion_distillation.losses import ModelFn
+from diffusion_distillation.diffusion import process
+from diffusion_distillation.diffusion.losses import ModelFn
 
 SAMPLERS = ('ddim', 'ancestral')
 
@@ -35,15 +35,15 @@ def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
     logsnr_s = logsnr_schedule_fn(i.astype(jnp.float32) / num_steps)
     logsnr_t = jnp.full((batch,), logsnr_t)
     logsnr_s = jnp.full((batch,), logsnr_s)
-    pred = diffusion.interpret_output(model_fn(z_t, logsnr_t), z_t, logsnr_t,
-                                      mean_type, clip_x=clip_x)
+    pred = process.interpret_output(model_fn(z_t, logsnr_t), z_t, logsnr_t,
+                                    mean_type, clip_x=clip_x)
     if sampler == 'ddim':
-      z_s = diffusion.ddim_step(z_t, pred.x, logsnr_t, logsnr_s)
+      z_s = process.ddim_step(z_t, pred.x, logsnr_t, logsnr_s)
     else:
       noise = jax.random.normal(jax.random.fold_in(rng, i), z_t.shape,
                                 z_t.dtype)
-      z_s = diffusion.ancestral_step(z_t, pred.x, logsnr_t, logsnr_s, noise,
-                                     variance)
+      z_s = process.ancestral_step(z_t, pred.x, logsnr_t, logsnr_s, noise,
+                                   variance)
     return jnp.where(i == 0, pred.x, z_s)
 
   return jax.lax.fori_loop(0, num_steps, body, z_init)

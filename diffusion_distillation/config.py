@@ -8,16 +8,16 @@ import json
 
 import jax
 
-from diffusion_distillation import diffusion
-from diffusion_distillation import losses
-from diffusion_distillation import sampling
+from diffusion_distillation import data as data_lib
+from diffusion_distillation.diffusion import losses
+from diffusion_distillation.diffusion import process
+from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.models import unet
 
-DATASETS = ('digits', 'cifar10', 'imagenet64', 'lsun_church128',
-            'lsun_bedroom128')
-LOGSNR_INPUT_TYPES = ('linear', 'sigmoid', 'inv_cos')
 DTYPES = ('float32', 'bfloat16')
 ANNEAL_TYPES = ('linear', 'none')
+# The quality metrics `evaluate` computes (the only list of their names).
 METRICS = ('digits', 'inception')
 
 
@@ -60,14 +60,14 @@ def _is_power_of_two(n: int) -> bool:
 
 def validate_model(config):
   """Checks the model section (also used by `sample` and `evaluate`)."""
-  _one_of(config, 'dataset.name', DATASETS)
-  _one_of(config, 'model.mean_type', diffusion.MEAN_TYPES)
+  _one_of(config, 'dataset.name', data_lib.DATASET_NAMES)
+  _one_of(config, 'model.mean_type', process.MEAN_TYPES)
   _one_of(config, 'model.mean_loss_weight_type', losses.WEIGHT_TYPES)
-  _one_of(config, 'model.args.logsnr_input_type', LOGSNR_INPUT_TYPES)
+  _one_of(config, 'model.args.logsnr_input_type', unet.LOGSNR_INPUT_TYPES)
   _one_of(config, 'model.dtype', DTYPES)
   _one_of(config, 'sampler', sampling.SAMPLERS)
   try:
-    diffusion.variance_fraction(_get(config, 'model.logvar_type'))
+    process.variance_fraction(_get(config, 'model.logvar_type'))
   except ValueError as e:
     raise ConfigError(f'config.model.logvar_type: {e}') from None
   for name in ('train_logsnr_schedule', 'eval_logsnr_schedule'):
@@ -94,10 +94,15 @@ def validate_model(config):
 
 def validate_config(config, device_count=None, process_count=None):
   """Raises ConfigError naming the first invalid field of a training config."""
-  device_count = device_count or jax.device_count()
-  process_count = process_count or jax.process_count()
   validate_model(config)
+  _validate_train(config, device_count or jax.device_count(),
+                  process_count or jax.process_count())
+  if 'eval' in config:
+    _validate_eval(config)
+  _validate_distillation(config)
 
+
+def _validate_train(config, device_count: int, process_count: int):
   batch = _positive_int(config, 'train.batch_size')
   _require(batch % device_count == 0, 'train.batch_size',
            f'global batch {batch} must be divisible by the device count '
@@ -120,24 +125,27 @@ def validate_config(config, device_count=None, process_count=None):
   _require(config.train.grad_clip > 0, 'train.grad_clip',
            f'must be > 0, got {config.train.grad_clip}')
 
-  if 'eval' in config:
-    _one_of(config, 'eval.metric', METRICS)
-    for sampler in config.eval.samplers:
-      _require(sampler in sampling.SAMPLERS, 'eval.samplers',
-               f'unknown sampler {sampler!r}; known: {sampling.SAMPLERS}')
-    _require(isinstance(config.eval.num_samples, int) and
-             config.eval.num_samples >= 2, 'eval.num_samples',
-             f'must be an integer >= 2 (a covariance needs two samples), got '
-             f'{config.eval.num_samples!r}')
-    _positive_int(config, 'eval.batch_size')
-    _require(not (config.eval.run_after_training and
-                  config.eval.metric == 'inception' and
-                  not config.eval.inception_path),
-             'eval.inception_path',
-             'is empty but eval.run_after_training needs the Inception '
-             'weights for the inception metric; set it or set '
-             'eval.run_after_training=False')
 
+def _validate_eval(config):
+  _one_of(config, 'eval.metric', METRICS)
+  for sampler in config.eval.samplers:
+    _require(sampler in sampling.SAMPLERS, 'eval.samplers',
+             f'unknown sampler {sampler!r}; known: {sampling.SAMPLERS}')
+  _require(isinstance(config.eval.num_samples, int) and
+           config.eval.num_samples >= 2, 'eval.num_samples',
+           f'must be an integer >= 2 (a covariance needs two samples), got '
+           f'{config.eval.num_samples!r}')
+  _positive_int(config, 'eval.batch_size')
+  _require(not (config.eval.run_after_training and
+                config.eval.metric == 'inception' and
+                not config.eval.inception_path),
+           'eval.inception_path',
+           'is empty but eval.run_after_training needs the Inception '
+           'weights for the inception metric; set it or set '
+           'eval.run_after_training=False')
+
+
+def _validate_distillation(config):
   distill = config.get('distillation')
   if distill is None:
     _require(config.train.num_train_steps > 0, 'train.num_train_steps',

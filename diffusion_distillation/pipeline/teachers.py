@@ -9,11 +9,10 @@
 from etils import epath
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-from diffusion_distillation import checkpointing
-from diffusion_distillation import official_checkpoint
-from diffusion_distillation.config_validation import ConfigError
+from diffusion_distillation.config import ConfigError
+from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import official_checkpoints
 
 FIELD = 'config.distillation.teacher_checkpoint_path'
 
@@ -38,18 +37,16 @@ def _own_stage_dir(path: epath.Path) -> epath.Path:
 def _load_own(path: epath.Path, abstract_params):
   """EMA parameters and sampler steps from one of our stage directories."""
   directory = _own_stage_dir(path)
-  manager = checkpointing.StageCheckpoints(directory, read_only=True)
+  manager = checkpoints.StageCheckpoints(directory, read_only=True)
   step = manager.latest_step()
   if step is None:
     manager.close()
     raise ConfigError(f'{FIELD}: no checkpoint found in {str(path)!r}')
-  restored = manager._manager.restore(  # pylint: disable=protected-access
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                    meta=ocp.args.JsonRestore()))
+  state, meta = manager.restore_as_saved(step)
   manager.close()
-  params = official_checkpoint.map_onto(
-      restored.state['ema_params'], abstract_params, source=str(directory))
-  return params, restored.meta.get('num_sample_steps') or None
+  params = official_checkpoints.map_onto(
+      state['ema_params'], abstract_params, source=str(directory))
+  return params, meta.get('num_sample_steps') or None
 
 
 def load_external_teacher(ctx, config):
@@ -57,8 +54,8 @@ def load_external_teacher(ctx, config):
   path = epath.Path(config.distillation.teacher_checkpoint_path)
   abstract = jax.eval_shape(ctx.base_model.init_params, jax.random.PRNGKey(0))
   try:
-    if official_checkpoint.is_official_checkpoint(path):
-      params, num_steps = official_checkpoint.load_official_checkpoint(
+    if official_checkpoints.is_official_checkpoint(path):
+      params, num_steps = official_checkpoints.load_official_checkpoint(
           path, abstract)
     else:
       params, num_steps = _load_own(path, abstract)

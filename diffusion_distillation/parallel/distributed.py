@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_distillation.errors import UserError
+
 CPU_COLLECTIVES = 'gloo'
 
 
@@ -54,8 +56,8 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
   """
   if coordinator_address:
     if num_processes is None or process_id is None:
-      raise ValueError('--coordinator_address needs --num_processes and '
-                       '--process_id')
+      raise UserError('--coordinator_address needs --num_processes and '
+                      '--process_id')
     _enable_cpu_collectives()
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,

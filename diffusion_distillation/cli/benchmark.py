@@ -1,0 +1,54 @@
+r"""Throughput of training, distillation and sampling for one config.
+
+    python -m diffusion_distillation.benchmark --config=configs/digits.py \
+        [--config.train.batch_size=128 ...] [--repeats=5] [--warmup=1] \
+        [--sample_steps=N] [--data=synthetic|dataset]
+
+Prints one JSON object per line: one per timed program, then a summary with
+`train_img_per_s`, `distill_img_per_s` and `sample_img_per_s` (see
+evaluation/benchmark.py for every field).
+"""
+
+import os
+
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+from diffusion_distillation.cli import common
+from diffusion_distillation.evaluation import benchmark
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  common.DEFINE_config()
+  flags.DEFINE_integer('repeats', 5, 'Timed calls per program (median).',
+                       lower_bound=1)
+  flags.DEFINE_integer('warmup', 1, 'Untimed calls per program first.',
+                       lower_bound=0)
+  flags.DEFINE_integer('sample_steps', None,
+                       'Teacher sampler steps (default: '
+                       'config.model.eval_sampling_num_steps).')
+  flags.DEFINE_enum('data', 'synthetic', list(benchmark.DATA_SOURCES),
+                    'Random images, or the first batches of the dataset.')
+
+
+def _print_json(record):
+  if jax.process_index() == 0:
+    print(benchmark.to_json(record), flush=True)
+
+
+def main(argv):
+  del argv  # checked by common.run
+  path = config_flags.get_config_filename(FLAGS['config'])
+  name = os.path.splitext(os.path.basename(path.split(':')[0]))[0]
+  benchmark.benchmark(
+      common.resolve_config_paths(FLAGS.config), repeats=FLAGS.repeats,
+      warmup=FLAGS.warmup, sample_steps=FLAGS.sample_steps, data=FLAGS.data,
+      config_name=name, emit=_print_json)
+
+
+def run():
+  define_flags()
+  common.run(main, flags_parser=common.parse_flags_with_config)

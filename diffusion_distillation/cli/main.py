@@ -1,0 +1,47 @@
+r"""Train a teacher and progressively distill it, as the config describes.
+
+    python -m diffusion_distillation.main --config=configs/digits.py \
+        --workdir=workdirs/digits [--config.train.batch_size=64 ...]
+
+Rerunning the same command resumes from the workdir.
+"""
+
+from absl import flags
+
+from diffusion_distillation.cli import common
+from diffusion_distillation.parallel import distributed
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  common.DEFINE_config()
+  common.DEFINE_path('workdir', None,
+                     'Directory (local or gs://) for this run.', required=True)
+  flags.DEFINE_string('coordinator_address', None,
+                      'host:port of process 0, for multi-process runs off TPU.')
+  flags.DEFINE_integer('num_processes', None,
+                       'Number of processes (with coordinator).')
+  flags.DEFINE_integer('process_id', None, 'This process (with coordinator).')
+
+
+def main(argv):
+  del argv  # checked by common.run
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                         FLAGS.process_id)
+  # Imported here, after the flags are checked: it loads TensorFlow (via
+  # clu), which takes seconds that a mistyped flag should not cost.
+  from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top
+  config = common.resolve_config_paths(FLAGS.config)
+  summary = loop.run(config, FLAGS.workdir)
+  print(loop.format_summary(summary, FLAGS.workdir), flush=True)
+  if config.get('eval') and config.eval.run_after_training:
+    from diffusion_distillation.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+
+    # Every process samples its share; process 0 writes the table.
+    evaluate.run_evaluation(FLAGS.workdir)
+
+
+def run():
+  define_flags()
+  common.run(main, flags_parser=common.parse_flags_with_config)

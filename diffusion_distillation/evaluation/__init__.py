@@ -1,0 +1,1 @@
+"""Sample quality of a workdir (tables, plots, claims) and performance."""

@@ -1,0 +1,163 @@
+"""Sample quality against sampler steps: distilled students vs. the teacher.
+
+Each row (`settings.plan_rows`) draws `num_samples` images with
+`generation.generate` (seeded, batched, sharded over all devices; every row
+uses the same seed, so rows share their initial noise) and scores them with
+the chosen metric (`scorers`). Process 0 rewrites the outputs (`report`) after
+every row, so an interrupted evaluation keeps what it measured.
+
+Every row has the same shapes and `generate` keeps one compiled sampler per
+(model, sampler) with the step count as data, so the evaluation compiles once
+per sampler; the first row of each sampler's timing includes that compilation.
+"""
+
+import datetime
+import math
+import time
+from typing import Optional
+
+from absl import logging
+from etils import epath
+import jax
+
+from diffusion_distillation.evaluation import report
+from diffusion_distillation.evaluation import scorers
+from diffusion_distillation.evaluation.settings import check_arguments
+from diffusion_distillation.evaluation.settings import EvalError
+from diffusion_distillation.evaluation.settings import plan_rows
+from diffusion_distillation.evaluation.settings import resolve_settings
+from diffusion_distillation.models import generation
+
+
+def run_evaluation(workdir, *, num_samples: Optional[int] = None,
+                   samplers=None, teacher_steps=None,
+                   metric: Optional[str] = None,
+                   inception_path: Optional[str] = None, seed: int = 0,
+                   batch_size: Optional[int] = None,
+                   cache_dir: Optional[str] = None,
+                   print_table: bool = True,
+                   inception_divisor: int = 1) -> dict:
+  """Scores every finished student and the teacher; writes WORKDIR/eval.
+
+  Arguments left as None come from the workdir's `config.eval` (see
+  `settings.resolve_settings`; `cache_dir` defaults to
+  `settings.default_cache_dir()`). `samplers` and `teacher_steps` take
+  sequences or comma-separated strings (`teacher_steps='none'`: no teacher
+  rows). `inception_divisor` is for tests only (a reduced-width Inception
+  network).
+
+  Returns the content of results.json: metadata and `rows`, each
+  `{model, sampler, steps, <metric values>, seconds, sample_seconds,
+  metric_seconds}`.
+
+  Raises:
+    EvalError, workdirs.WorkdirError, generation.SampleError: for requests
+      that cannot be served (all UserErrors with a one-line message).
+  """
+  check_arguments(num_samples=num_samples, samplers=samplers,
+                  teacher_steps=teacher_steps, metric=metric,
+                  batch_size=batch_size)
+  t_start = time.time()
+  loaded = _open_workdir(workdir)
+  settings = resolve_settings(
+      loaded.config, num_samples=num_samples, samplers=samplers,
+      teacher_steps=teacher_steps, metric=metric,
+      inception_path=inception_path, seed=seed, batch_size=batch_size,
+      cache_dir=cache_dir)
+  specs = plan_rows(loaded.student_steps(), settings)
+  if not specs:
+    raise EvalError('nothing to evaluate: no finished student and no teacher '
+                    'step counts')
+  t0 = time.time()
+  scorer = scorers.make_metric(loaded.config, settings, inception_divisor)
+  logging.info('metric %s ready in %.1fs', settings.metric, time.time() - t0)
+  results = _results_header(workdir, loaded, settings, scorer)
+  _evaluate_rows(workdir, loaded, settings, specs, scorer, results, t_start)
+  if jax.process_index() == 0:
+    logging.info('wrote %s', epath.Path(workdir) / 'eval')
+    if print_table:
+      print(report.format_markdown(results), flush=True)
+  return results
+
+
+def _open_workdir(workdir):
+  """`workdirs.open_workdir`, after cheap checks of the path."""
+  if not workdir:
+    raise EvalError('--workdir is required')
+  if not (epath.Path(workdir) / 'config.json').exists():
+    # Checked here too, so a mistyped path fails before the slow imports.
+    raise EvalError(f'{workdir} is not a training workdir (no config.json)')
+  from diffusion_distillation.pipeline import workdirs  # pylint: disable=g-import-not-at-top
+  return workdirs.open_workdir(workdir)
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds')
+
+
+def _results_header(workdir, loaded, settings, scorer) -> dict:
+  """results.json before its first row."""
+  return dict(
+      workdir=str(workdir), dataset=loaded.config.dataset.name,
+      metric=settings.metric, metric_names=list(scorer.value_names),
+      num_samples=settings.num_samples, seed=settings.seed,
+      batch_size=settings.batch_size, samplers=list(settings.samplers),
+      teacher_steps=list(settings.teacher_steps),
+      student_steps=loaded.student_steps(), date=_now(),
+      devices=f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      metric_info=scorer.info, complete=False, seconds=None, rows=[])
+
+
+def _evaluate_rows(workdir, loaded, settings, specs, scorer, results,
+                   t_start: float):
+  """Samples and scores every row into `results`, writing after each."""
+  teacher = (loaded.teacher_params()
+             if any(s.model == 'teacher' for s in specs) else None)
+  write = jax.process_index() == 0
+  logging.info('%d rows, %d samples each; the first row of each sampler '
+               'includes compiling it', len(specs), settings.num_samples)
+  for i, spec in enumerate(specs):
+    params = (loaded.student_params(spec.steps) if spec.model == 'distilled'
+              else teacher)
+    results['rows'].append(_evaluate_row(loaded, params, spec, settings,
+                                         scorer, f'[{i + 1}/{len(specs)}]'))
+    last = i + 1 == len(specs)
+    if last:
+      results.update(complete=True, seconds=round(time.time() - t_start, 1))
+    if write:  # after every row: an interrupted run keeps what it measured
+      report.write_results(workdir, results, plot=last)
+
+
+def _finite_or_none(value):
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def _evaluate_row(loaded, params, spec, settings, scorer, progress: str):
+  """One row: samples `spec`'s model and scores the samples."""
+  t0 = time.time()
+  samples, _ = generation.generate(
+      loaded.model, params, mesh=loaded.mesh,
+      num_samples=settings.num_samples, num_steps=spec.steps,
+      seed=settings.seed, sampler=spec.sampler,
+      batch_size=settings.batch_size)
+  t1 = time.time()
+  try:
+    values = scorer.compute(samples)
+  except ValueError as e:  # e.g. a non-finite matrix square root
+    logging.warning('%s %s %d steps: metric failed (%s)', spec.model,
+                    spec.sampler, spec.steps, e)
+    values = {name: float('nan') for name in scorer.value_names}
+  t2 = time.time()
+  row = dict(model=spec.model, sampler=spec.sampler, steps=spec.steps)
+  row.update({k: _finite_or_none(v) for k, v in values.items()})
+  row.update(seconds=round(t2 - t0, 2), sample_seconds=round(t1 - t0, 2),
+             metric_seconds=round(t2 - t1, 2))
+  logging.info(
+      '%s %-9s %-9s %4d steps: %s (sampling %.1fs, metric %.1fs)', progress,
+      spec.model, spec.sampler, spec.steps,
+      ' '.join(f'{k}={report.format_value(row[k])}'
+               for k in scorer.value_names),
+      t1 - t0, t2 - t1)
+  return row

@@ -1,0 +1,179 @@
+"""What one evaluation does: its settings, checked, and the rows it samples.
+
+Arguments override the workdir's `config.eval`; fields neither sets get
+defaults. Every student is sampled with DDIM at its own step count; the
+teacher with each sampler at 1, 2, 4, ... steps up to
+`config.eval.teacher_max_steps` (else `distillation.start_num_steps`, else
+`model.eval_sampling_num_steps`), or at the given `teacher_steps`.
+"""
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+
+from diffusion_distillation import config as config_lib
+from diffusion_distillation.diffusion import sampling
+from diffusion_distillation.errors import UserError
+
+CACHE_ENV = 'DD_CACHE_DIR'
+
+
+class EvalError(UserError):
+  """An evaluation request that cannot be served (bad flag or setting)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What one evaluation does, after merging flags into `config.eval`."""
+  metric: str
+  num_samples: int
+  batch_size: int
+  samplers: tuple[str, ...]
+  teacher_steps: tuple[int, ...]
+  seed: int
+  inception_path: str
+  cache_dir: str
+
+
+def default_cache_dir() -> str:
+  """The metric caches' directory when none is given.
+
+  `$DD_CACHE_DIR`, else `$XDG_CACHE_HOME` (or ~/.cache)/diffusion_distillation.
+  """
+  if os.environ.get(CACHE_ENV):
+    return os.environ[CACHE_ENV]
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
+      os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'diffusion_distillation')
+
+
+def powers_of_two(max_steps: int) -> tuple[int, ...]:
+  """1, 2, 4, ... up to `max_steps` (inclusive when it is a power of two)."""
+  steps, n = [], 1
+  while n <= max_steps:
+    steps.append(n)
+    n *= 2
+  return tuple(steps)
+
+
+def parse_int_list(value, name: str) -> tuple[int, ...]:
+  """'1,2,4' or a sequence -> sorted unique ints; 'none' or '' -> ()."""
+  if isinstance(value, str):
+    items = [] if value.strip().lower() in ('', 'none') else value.split(',')
+  else:
+    items = list(value)
+  out = set()
+  for item in items:
+    try:
+      n = int(str(item).strip())
+    except ValueError:
+      raise EvalError(f'{name}: {item!r} is not an integer') from None
+    if n < 1:
+      raise EvalError(f'{name}: step counts must be >= 1, got {n}')
+    out.add(n)
+  return tuple(sorted(out))
+
+
+def parse_samplers(value) -> tuple[str, ...]:
+  """'ddim,ancestral' or a sequence -> known sampler names, first use kept."""
+  items = value.split(',') if isinstance(value, str) else list(value)
+  samplers = []
+  for item in (str(s).strip() for s in items):
+    if item not in sampling.SAMPLERS:
+      raise EvalError(f'samplers: unknown sampler {item!r}; known: '
+                      f'{",".join(sampling.SAMPLERS)}')
+    if item not in samplers:
+      samplers.append(item)
+  if not samplers:
+    raise EvalError('samplers: need at least one sampler')
+  return tuple(samplers)
+
+
+def _check_int(value, name: str, minimum: int, why: str = '') -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise EvalError(f'{name} must be an integer, got {value!r}')
+  if value < minimum:
+    raise EvalError(f'{name} must be >= {minimum}{why}, got {value}')
+  return int(value)
+
+
+def check_arguments(*, num_samples=None, samplers=None, teacher_steps=None,
+                    metric=None, batch_size=None):
+  """Validates the explicitly given arguments (cheap: before any loading)."""
+  if num_samples is not None:
+    _check_int(num_samples, 'num_samples', 2,
+               ' (the Frechet distance needs a covariance)')
+  if batch_size is not None:
+    _check_int(batch_size, 'batch_size', 1)
+  if samplers is not None:
+    parse_samplers(samplers)
+  if teacher_steps is not None:
+    parse_int_list(teacher_steps, 'teacher_steps')
+  if metric is not None and metric not in config_lib.METRICS:
+    raise EvalError(f'metric must be one of {",".join(config_lib.METRICS)}, '
+                    f'got {metric!r}')
+
+
+def _default_teacher_steps(config) -> tuple[int, ...]:
+  ev = config.get('eval') or {}
+  distill = config.get('distillation')
+  max_steps = ev.get('teacher_max_steps') or (
+      distill.start_num_steps if distill else
+      config.model.eval_sampling_num_steps)
+  return powers_of_two(_check_int(max_steps, 'config.eval.teacher_max_steps',
+                                  1))
+
+
+def resolve_settings(config, *, num_samples=None, samplers=None,
+                     teacher_steps=None, metric=None, inception_path=None,
+                     seed=0, batch_size=None, cache_dir=None) -> Settings:
+  """Arguments override `config.eval`; absent fields get defaults."""
+  check_arguments(num_samples=num_samples, samplers=samplers,
+                  teacher_steps=teacher_steps, metric=metric,
+                  batch_size=batch_size)
+  ev = config.get('eval') or {}
+  dataset = config.dataset.name
+  if metric is None:
+    metric = ev.get('metric') or ('digits' if dataset == 'digits'
+                                  else 'inception')
+  if teacher_steps is None:
+    teacher_steps = _default_teacher_steps(config)
+  settings = Settings(
+      metric=metric,
+      num_samples=(num_samples if num_samples is not None
+                   else ev.get('num_samples', 500)),
+      batch_size=(batch_size if batch_size is not None
+                  else ev.get('batch_size', 256)),
+      samplers=parse_samplers(samplers if samplers is not None
+                              else ev.get('samplers', ('ddim', 'ancestral'))),
+      teacher_steps=parse_int_list(teacher_steps, 'teacher_steps'),
+      seed=_check_int(seed, 'seed', -2**31),
+      inception_path=(inception_path if inception_path is not None
+                      else ev.get('inception_path', '')) or '',
+      cache_dir=cache_dir or default_cache_dir())
+  check_arguments(num_samples=settings.num_samples, metric=settings.metric,
+                  batch_size=settings.batch_size)
+  if settings.metric == 'digits' and dataset != 'digits':
+    raise EvalError(f"metric 'digits' only applies to the digits data set, "
+                    f"not {dataset!r}; use --metric=inception")
+  return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSpec:
+  """One row of the results: a model sampled with a sampler and step count."""
+  model: str  # 'distilled' or 'teacher'
+  sampler: str
+  steps: int
+
+
+def plan_rows(student_steps: Sequence[int],
+              settings: Settings) -> list[RowSpec]:
+  """Students (DDIM, most steps first), then the teacher per sampler."""
+  rows = [RowSpec('distilled', 'ddim', n) for n in sorted(student_steps,
+                                                          reverse=True)]
+  for sampler in settings.samplers:
+    rows += [RowSpec('teacher', sampler, n) for n in settings.teacher_steps]
+  return rows

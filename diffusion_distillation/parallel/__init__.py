@@ -1,0 +1,1 @@
+"""Device mesh and shardings; multi-process start-up, agreement, preemption."""

@@ -1,0 +1,1 @@
+"""Teacher training and progressive distillation, stage by stage."""
