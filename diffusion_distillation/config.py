@@ -4,8 +4,11 @@ Every error names the offending field, so that a bad command-line override
 fails with one readable line instead of a traceback deep inside a jitted step.
 """
 
+import dataclasses
 import json
+import math
 
+from etils import epath
 import jax
 
 from diffusion_distillation import data as data_lib
@@ -46,6 +49,29 @@ def _get(config, field: str):
       raise ConfigError(f'config.{field}: missing')
     node = node[part]
   return node
+
+
+def _number(config, field: str):
+  """A finite real number (inf and nan are refused: they poison training)."""
+  value = _get(config, field)
+  _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+           and math.isfinite(value), field,
+           f'must be a finite number, got {value!r}')
+  return value
+
+
+def _positive_number(config, field: str, allow_zero: bool = False):
+  value = _number(config, field)
+  _require(value > 0 or (allow_zero and value == 0), field,
+           f'must be {">=" if allow_zero else ">"} 0, got {value!r}')
+  return value
+
+
+def _fraction(config, field: str):
+  """A finite number in [0, 1) (decay rates, dropout, Adam's betas)."""
+  value = _number(config, field)
+  _require(0. <= value < 1., field, f'must be in [0, 1), got {value!r}')
+  return value
 
 
 def _one_of(config, field: str, choices):
@@ -118,12 +144,15 @@ def _validate_train(config, device_count: int, process_count: int):
   _positive_int(config, 'train.learning_rate_warmup_steps', allow_zero=True)
   _require(_get(config, 'train.optimizer') == 'adam', 'train.optimizer',
            f"only 'adam' is supported, got {config.train.optimizer!r}")
-  _require(config.train.learning_rate > 0, 'train.learning_rate',
-           f'must be > 0, got {config.train.learning_rate}')
-  _require(0. <= config.train.ema_decay < 1., 'train.ema_decay',
-           f'must be in [0, 1), got {config.train.ema_decay}')
-  _require(config.train.grad_clip > 0, 'train.grad_clip',
-           f'must be > 0, got {config.train.grad_clip}')
+  _positive_number(config, 'train.learning_rate')
+  _positive_number(config, 'train.grad_clip')
+  _positive_number(config, 'train.weight_decay', allow_zero=True)
+  for field in ('ema_decay', 'adam_beta1', 'adam_beta2'):
+    _fraction(config, f'train.{field}')
+  every_secs = _get(config, 'train.checkpoint_every_secs')
+  _require(isinstance(every_secs, (int, float)) and every_secs > 0,
+           'train.checkpoint_every_secs',
+           f'must be > 0 (inf: never by time), got {every_secs!r}')
 
 
 def _validate_eval(config):
@@ -161,35 +190,105 @@ def _validate_distillation(config):
            f'start_num_steps / end_num_steps must be a power of two, got '
            f'{start} / {end}')
   _one_of(config, 'distillation.learning_rate_anneal_type', ANNEAL_TYPES)
-  _require(distill.learning_rate > 0, 'distillation.learning_rate',
-           f'must be > 0, got {distill.learning_rate}')
-  _require(0. <= distill.ema_decay < 1., 'distillation.ema_decay',
-           f'must be in [0, 1), got {distill.ema_decay}')
-  _require(0. <= distill.dropout < 1., 'distillation.dropout',
-           f'must be in [0, 1), got {distill.dropout}')
+  _positive_number(config, 'distillation.learning_rate')
+  _positive_number(config, 'distillation.weight_decay', allow_zero=True)
+  _fraction(config, 'distillation.ema_decay')
+  _fraction(config, 'distillation.dropout')
   _require(config.train.num_train_steps > 0 or distill.teacher_checkpoint_path,
            'distillation.teacher_checkpoint_path',
            'is empty and train.num_train_steps is 0: there is no teacher')
 
 
-# Fields that fix the shapes of the checkpoints in a workdir (dropout and
-# the other training settings may change between runs).
-_ARCHITECTURE_FIELDS = ('dataset.name', 'dataset.args.class_conditional',
-                        'model.mean_type', 'model.args.ch', 'model.args.emb_ch',
-                        'model.args.ch_mult', 'model.args.num_res_blocks',
-                        'model.args.attn_resolutions', 'model.args.num_heads',
-                        'model.args.head_dim', 'model.args.resblock_resample',
-                        'model.args.logsnr_input_type')
+def read_saved_config(path) -> dict:
+  """A workdir's config.json; a ConfigError naming the file if unreadable.
+
+  A file cut short (a full disk, a copy interrupted) or edited by hand would
+  otherwise end in a JSONDecodeError traceback.
+  """
+  path = epath.Path(path)
+  advice = 'restore it from a backup or use a new --workdir'
+  try:
+    saved = json.loads(path.read_text())
+  except OSError as e:
+    raise ConfigError(f'{path}: cannot read it ({e.strerror or e}); '
+                      f'{advice}') from None
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+    where = (f' at line {e.lineno} column {e.colno}'
+             if isinstance(e, json.JSONDecodeError) else '')
+    raise ConfigError(f'{path}: not valid JSON ({reason}{where}); '
+                      f'{advice}') from None
+  if not isinstance(saved, dict):
+    raise ConfigError(f'{path}: holds a JSON {type(saved).__name__}, not a '
+                      f'config; {advice}')
+  return saved
 
 
-def check_compatible(saved: dict, config):
-  """Rejects resuming a workdir with a config of another architecture."""
-  for field in _ARCHITECTURE_FIELDS:
-    old, new = saved, config.to_dict()
-    for part in field.split('.'):
-      old, new = (old or {}).get(part), (new or {}).get(part)
-    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
-    if old != new:
+# How a rerun on an existing workdir may change the config it was created
+# with. Unlisted fields (architecture, parameterization, schedules, data set,
+# seed, stage plan) are refused: they would change what finished stages mean.
+_SAFE_FIELDS = ('train.log_loss_every_steps', 'train.checkpoint_every_steps',
+                'train.checkpoint_every_secs', 'train.keep_checkpoints',
+                'train.substeps', 'eval', 'dataset.data_dir')
+# Training settings: they apply to the updates from now on.
+_FUTURE_FIELDS = ('train.learning_rate', 'train.learning_rate_warmup_steps',
+                  'train.grad_clip', 'train.enable_update_skip',
+                  'train.adam_beta1', 'train.adam_beta2',
+                  'train.weight_decay', 'train.ema_decay', 'train.batch_size',
+                  'distillation.learning_rate',
+                  'distillation.learning_rate_anneal_type',
+                  'distillation.weight_decay', 'distillation.ema_decay',
+                  'distillation.dropout', 'distillation.end_num_steps',
+                  'model.args.dropout', 'model.dtype',
+                  'model.eval_sampling_num_steps', 'dataset.args.randflip',
+                  'sampler')
+BASE_STEPS = 'train.num_train_steps'
+
+
+@dataclasses.dataclass
+class Rerun:
+  """What a rerun's config changes, once accepted by `check_rerun`."""
+  notices: list  # one line per accepted change that alters future training
+  base_extended: bool  # more base updates: students of the old teacher are stale
+
+
+def _flatten(tree, prefix=''):
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    return out
+  return {prefix[:-1]: json.loads(json.dumps(tree))}
+
+
+def _matches(field: str, names) -> bool:
+  return any(field == n or field.startswith(n + '.') for n in names)
+
+
+def check_rerun(saved: dict, config) -> Rerun:
+  """Decides, field by field, whether `config` may continue a workdir.
+
+  Raises ConfigError naming the first field that would change the meaning of
+  finished work; `saved` is the workdir's config.json.
+  """
+  old, new = _flatten(saved), _flatten(config.to_dict())
+  rerun = Rerun([], False)
+  for field in sorted(set(old) | set(new)):
+    before, after = old.get(field), new.get(field)
+    if before == after or _matches(field, _SAFE_FIELDS):
+      continue
+    if _matches(field, _FUTURE_FIELDS):
+      rerun.notices.append(f'config.{field} {before!r} -> {after!r}: applies '
+                           'to the updates from now on')
+    elif (field == BASE_STEPS and isinstance(before, int) and
+          isinstance(after, int) and 0 < before < after):
+      rerun.base_extended = True
+      rerun.notices.append(
+          f'config.{field} {before} -> {after}: the teacher trains on, and '
+          'the students distilled from the old teacher are set aside and '
+          'distilled again')
+    else:
       raise ConfigError(
-          f'config.{field} is {new!r} but the workdir was created with '
-          f'{old!r}; use a new --workdir')
+          f'config.{field} is {after!r} but the workdir was created with '
+          f'{before!r}; a rerun cannot change it (use a new --workdir)')
+  return rerun

@@ -77,3 +77,14 @@ def subprocess_env(num_devices=1):
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
   env['PYTHONUNBUFFERED'] = '1'
   return env
+
+
+def damage_arrays(step_dir):
+  """Overwrites the middle of the largest array data file of a checkpoint."""
+  files = [p for p in step_dir.rglob('*')
+           if p.is_file() and p.parent.name == 'd']
+  target = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(target.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(range(64))
+  target.write_bytes(bytes(data))

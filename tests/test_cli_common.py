@@ -1,6 +1,8 @@
 """The command-line tools' shared edge: path flags and one-line errors."""
 
 import os
+import signal
+import types
 
 from absl import flags
 import ml_collections
@@ -8,6 +10,7 @@ import pytest
 
 from diffusion_distillation.cli import common
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.parallel import preemption
 
 
 def test_path_flag_resolves_local_paths_against_the_current_directory(
@@ -48,3 +51,44 @@ def test_a_user_error_ends_in_one_line_and_status_2(capsys):
   assert exit_info.value.code == 2
   assert capsys.readouterr().err == (
       'error: --workdir: /x is not a training workdir\n')
+
+
+def test_ctrl_c_outside_training_ends_in_one_line_and_status_130(capsys):
+  def main(argv):
+    del argv
+    raise KeyboardInterrupt
+
+  with pytest.raises(SystemExit) as exit_info:
+    common.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
+  assert exit_info.value.code == 130
+  assert capsys.readouterr().err == 'interrupted\n'
+
+
+@pytest.mark.parametrize('signum,status', [(signal.SIGINT, 130),
+                                           (signal.SIGTERM, 1)])
+def test_a_stopped_training_run_ends_in_its_one_line(capsys, signum, status):
+  message = 'preempted: checkpoint saved at base step 3; rerun ...'
+
+  def main(argv):
+    del argv
+    with preemption.handling():
+      os.kill(os.getpid(), signum)
+      raise preemption.Preempted(message)
+
+  with pytest.raises(SystemExit) as exit_info:
+    common.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
+  assert exit_info.value.code == status
+  assert capsys.readouterr().err == message + '\n'
+
+
+def test_a_ctrl_c_that_python_would_drop_still_ends_the_program(
+    capsys, monkeypatch):
+  exits = []
+  monkeypatch.setattr(common.os, '_exit', exits.append)
+  unraisable = types.SimpleNamespace(exc_type=KeyboardInterrupt)
+  common._on_unraisable(lambda u: exits.append('passed on'), unraisable)  # pylint: disable=protected-access
+  assert exits == [130]
+  assert capsys.readouterr().err == 'interrupted\n'
+  common._on_unraisable(lambda u: exits.append('passed on'),  # pylint: disable=protected-access
+                        types.SimpleNamespace(exc_type=ValueError))
+  assert exits == [130, 'passed on']

@@ -223,7 +223,7 @@ def test_fake_bucket_routes_each_layer_and_refuses_local_api(bucket):
       jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
   manager.close()
   np.testing.assert_array_equal(restored.params['w'], state.params['w'])
-  assert meta == {'stage': 'x'}
+  assert meta['stage'] == 'x'
   assert (root / 'x' / 'ckpt' / '3' / 'commit_success.txt').exists()
   assert bucket.kvstores and bucket.bucket_lookups == [BUCKET] * len(
       bucket.bucket_lookups)
@@ -319,9 +319,10 @@ _WORKDIR_MODULES = (
     'pipeline/checkpoints.py', 'pipeline/workdirs.py', 'pipeline/teachers.py',
     'models/images.py', 'models/generation.py', 'parallel/distributed.py',
     'parallel/sharding.py', 'evaluation/evaluate.py', 'evaluation/report.py',
-    'evaluation/scorers.py')
+    'evaluation/scorers.py', 'pipeline/workdir_lock.py')
 _LOCAL_CACHE_FUNCTIONS = {
     'evaluation/scorers.py': {'_local_weights', '_read_reference_stats'},
+    'pipeline/workdir_lock.py': {'_flock'},  # local paths only
 }
 _LOCAL_FILE_CALLS = {
     'open', 'os.open', 'os.makedirs', 'os.mkdir', 'os.listdir', 'os.scandir',

@@ -24,7 +24,8 @@ SHORT_RUN = ('--config.train.num_train_steps=20',
 # Lines a newcomer should never see from a successful run.
 NOISE = ('Traceback', "Unable to initialize backend 'tpu'",
          'SetuptoolsDeprecationWarning', 'Editable installation',
-         'orbax-checkpoint version')
+         'orbax-checkpoint version', 'Given directory is read only',
+         'CheckpointManagerOptions.read_only')
 
 
 def quick_start_commands() -> list[str]:

@@ -1,9 +1,11 @@
 """What every command-line tool shares: path flags, quiet logs, one-line errors."""
 
+import functools
 import logging as std_logging
 import os
 import re
 import sys
+import traceback
 from typing import Callable
 
 from absl import app
@@ -55,16 +57,18 @@ def resolve_config_paths(config):
 class _DropInfo(std_logging.Filter):
   """Drops INFO records of libraries whose INFO lines only bury ours.
 
-  Also orbax's warning on every checkpoint opened read-only on purpose.
+  Also orbax's warnings on every checkpoint opened read-only on purpose.
   """
 
   _QUIET = (f'{os.sep}orbax{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}')
+  _READ_ONLY = ('Given directory is read only',
+                'CheckpointManagerOptions.read_only=True')
 
   def filter(self, record):
     if not any(part in record.pathname for part in self._QUIET):
       return True
     return (record.levelno > std_logging.INFO and
-            not str(record.msg).startswith('Given directory is read only'))
+            not str(record.msg).startswith(self._READ_ONLY))
 
 
 def quiet_library_logs():
@@ -87,29 +91,101 @@ def DEFINE_config(required: bool = True):  # pylint: disable=invalid-name
   return holder
 
 
+def _missing_field(error):
+  """(field, hint) from the AttributeError / KeyError of an unknown override.
+
+  ml_collections raises `AttributeError(KeyError("'name'\\nDid you mean ...
+  instead of ...?"))`: the field name, then a suggestion on its own line.
+  """
+  inner = error.args[0] if error.args else error
+  if isinstance(inner, BaseException):
+    inner = inner.args[0] if inner.args else ''
+  first, _, rest = str(inner).partition('\n')
+  match = re.search(r'Did you mean "([^"]+)"', rest)
+  return (first.strip().strip('\'"'),
+          f'; did you mean {match.group(1)!r}?' if match else '')
+
+
 def _unknown_override(argv, error) -> str:
   """Names the `--config.<path>` override whose field the config lacks."""
-  missing = str(error.args[0] if error.args else error).strip('\'"')
+  missing, hint = _missing_field(error)
   overrides = [arg.split('=', 1)[0] for arg in argv[1:]
                if re.match(r'--?(no)?config\.', arg)]
   named = [o for o in overrides if missing in re.split(r'[.\[\]]', o)]
   if named:
-    return f'{named[0]}: the config has no field {missing!r}'
-  return f'{" ".join(overrides)}: {missing}'
+    return f'{named[0]}: the config has no field {missing!r}{hint}'
+  indexed = [o for o in overrides if '[' in o]
+  if len(indexed) == 1:
+    return f'{indexed[0]}: {missing}'
+  return f'{" ".join(overrides) or "--config"}: {missing}{hint}'
+
+
+def _config_argument(argv):
+  """The value of `--config` in `argv` (the file, maybe with `:args`)."""
+  for i, arg in enumerate(argv[1:], 1):
+    match = re.fullmatch(r'--?config(=(.*))?', arg, re.DOTALL)
+    if match:
+      if match.group(1):
+        return match.group(2)
+      return argv[i + 1] if i + 1 < len(argv) else None
+  return None
+
+
+def _config_file_error(argv, error):
+  """One line for an error in loading the `--config` file; None: not that.
+
+  ml_collections lets a syntax error, a missing `get_config` and any
+  exception of the file's own code escape from flag parsing as they are
+  (a TypeError / ValueError comes wrapped, with its traceback as text).
+  """
+  path = _config_argument(argv)
+  if not path:
+    return None
+  file = os.path.abspath(path.split(':', 1)[0])
+
+  def in_file(name):
+    return bool(name) and os.path.abspath(name) == file
+
+  text = str(error)
+  if isinstance(error, SyntaxError) and in_file(error.filename):
+    return f'--config={path}: syntax error at line {error.lineno}: {error.msg}'
+  if isinstance(error, AttributeError) and "'get_config'" in text:
+    return f'--config={path}: the file defines no get_config() function'
+  lines = [f for f in traceback.extract_tb(error.__traceback__)
+           if in_file(f.filename)]
+  if lines:
+    first = text.strip().splitlines()[0] if text.strip() else ''
+    return (f'--config={path}: {type(error).__name__} at line '
+            f'{lines[-1].lineno}: {first}')
+  if 'Error whilst parsing config file' in text:
+    at = re.findall(rf'File "{re.escape(file)}", line (\d+)', text)
+    name, _, message = text.strip().splitlines()[-1].strip().partition(': ')
+    return (f'--config={path}: {name}{f" at line {at[-1]}" if at else ""}: '
+            f'{message}')
+  return None
 
 
 def parse_flags_with_config(argv):
   """absl's flag parsing, plus one-line errors where ml_collections has none.
 
   An override of a field the config does not have raises a bare
-  AttributeError / KeyError (not an absl flags error), and a config file that
-  cannot be loaded only fails when the config is first read; both would
+  AttributeError / KeyError (not an absl flags error), a config file that
+  does not compile or run raises its own error, and a config file that
+  cannot be found only fails when the config is first read; all would
   otherwise end in a traceback.
   """
   try:
-    remaining = parse_flags(argv)
-  except (AttributeError, KeyError, IndexError) as e:
-    fail(_unknown_override(argv, e))
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(_config_file_error(argv, e) or str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    message = _config_file_error(argv, e)
+    if message is None and isinstance(e, (AttributeError, KeyError,
+                                          IndexError)):
+      message = _unknown_override(argv, e)
+    if message is None:
+      raise
+    fail(message)
   if flags.FLAGS['config'].present:
     try:
       flags.FLAGS.config.get('seed')
@@ -134,8 +210,40 @@ def parse_flags(argv):
     fail(str(e))
 
 
+def _end_with_line(error: SystemExit):
+  """A SystemExit that carries `exit_status` (preemption.Preempted): its
+  message as one line on stderr, and that status."""
+  sys.stderr.write(f'{error.code}\n')
+  sys.exit(error.exit_status)
+
+
+def _end_interrupted():
+  sys.stdout.flush()
+  sys.stderr.write('interrupted\n')
+  sys.stderr.flush()
+
+
+def _on_unraisable(previous_hook, unraisable):
+  """Ends the program on a Ctrl-C that Python would print and drop.
+
+  A KeyboardInterrupt raised while a garbage-collector callback runs (JAX
+  registers one) or in a `__del__` cannot propagate: Python prints it as
+  `Exception ignored in ...` and goes on. Here it ends the program at once,
+  as Ctrl-C should, with the same one line.
+  """
+  if issubclass(unraisable.exc_type, KeyboardInterrupt):
+    _end_interrupted()
+    os._exit(130)  # pylint: disable=protected-access
+  else:
+    previous_hook(unraisable)
+
+
 def run(main: Callable, flags_parser: Callable = parse_flags):
-  """`absl.app.run(main)`; a UserError ends in one line and exit status 2.
+  """`absl.app.run(main)`, every way it can end in one line.
+
+  A UserError: `error: <message>`, exit status 2. Ctrl-C (outside training,
+  which saves a checkpoint first): `interrupted`, exit status 130. A stopped
+  training run (preemption.Preempted): its message and status.
 
   `--help` shows the docstring of `main`'s module (absl shows `__main__`'s,
   which is the one-line `python -m` shim).
@@ -150,5 +258,17 @@ def run(main: Callable, flags_parser: Callable = parse_flags):
       return main(argv)
     except UserError as e:
       fail(str(e))
+    except SystemExit as e:
+      if getattr(e, 'exit_status', None) is None:
+        raise
+      _end_with_line(e)
 
-  app.run(guarded, flags_parser=flags_parser)
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = functools.partial(_on_unraisable, previous_hook)
+  try:
+    app.run(guarded, flags_parser=flags_parser)
+  except KeyboardInterrupt:
+    _end_interrupted()
+    sys.exit(130)
+  finally:
+    sys.unraisablehook = previous_hook

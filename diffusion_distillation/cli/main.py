@@ -10,6 +10,7 @@ from absl import flags
 
 from diffusion_distillation.cli import common
 from diffusion_distillation.parallel import distributed
+from diffusion_distillation.pipeline import workdir_lock
 
 FLAGS = flags.FLAGS
 
@@ -27,6 +28,7 @@ def define_flags():
 
 def main(argv):
   del argv  # checked by common.run
+  workdir_lock.check_directory(FLAGS.workdir, f'--workdir={FLAGS.workdir}')
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
   # Imported here, after the flags are checked: it loads TensorFlow (via

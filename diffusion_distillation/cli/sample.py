@@ -10,6 +10,7 @@ model's sampler (`--sampler=ddim` or `ancestral`) with that many steps.
 """
 
 from absl import flags
+from absl import logging
 from etils import epath
 import jax
 import numpy as np
@@ -46,6 +47,7 @@ def sample_workdir(workdir, *, num_steps: int, num_samples: int, seed: int,
   Returns the two paths on process 0, None on the others. Raises a UserError
   (SampleError, WorkdirError) for a request the workdir cannot serve.
   """
+  from diffusion_distillation.pipeline import workdir_lock  # pylint: disable=g-import-not-at-top
   from diffusion_distillation.pipeline import workdirs  # pylint: disable=g-import-not-at-top
   if not str(output).endswith('.npz'):
     raise SampleError(f'--output must name a .npz file, got {output!r}')
@@ -56,6 +58,11 @@ def sample_workdir(workdir, *, num_steps: int, num_samples: int, seed: int,
   loaded = workdirs.open_workdir(workdir)
   params = (loaded.student_params(num_steps) if model == 'distilled'
             else loaded.teacher_params())
+  if jax.process_index() == 0:  # before sampling, not after
+    parent = epath.Path(output).parent
+    workdir_lock.check_writable(parent, f'{parent} (the directory of --output)')
+  logging.info('sampling %d images: %s, %s, %d steps', num_samples, model,
+               sampler, num_steps)
   samples, labels = generation.generate(
       loaded.model, params, mesh=loaded.mesh, num_samples=num_samples,
       num_steps=num_steps, seed=seed, sampler=sampler, batch_size=batch_size)

@@ -27,6 +27,7 @@ from diffusion_distillation.evaluation.settings import EvalError
 from diffusion_distillation.evaluation.settings import plan_rows
 from diffusion_distillation.evaluation.settings import resolve_settings
 from diffusion_distillation.models import generation
+from diffusion_distillation.pipeline import workdir_lock
 
 
 def run_evaluation(workdir, *, num_samples: Optional[int] = None,
@@ -51,13 +52,15 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
   metric_seconds}`.
 
   Raises:
-    EvalError, workdirs.WorkdirError, generation.SampleError: for requests
-      that cannot be served (all UserErrors with a one-line message).
+    EvalError, workdirs.WorkdirError, generation.SampleError,
+      workdir_lock.WorkdirAccessError (WORKDIR/eval cannot be written): for
+      requests that cannot be served (all UserErrors with a one-line message).
   """
   check_arguments(num_samples=num_samples, samplers=samplers,
                   teacher_steps=teacher_steps, metric=metric,
                   batch_size=batch_size)
   t_start = time.time()
+  _check_writable(workdir)
   loaded = _open_workdir(workdir)
   settings = resolve_settings(
       loaded.config, num_samples=num_samples, samplers=samplers,
@@ -78,6 +81,22 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
     if print_table:
       print(report.format_markdown(results), flush=True)
   return results
+
+
+def _check_writable(workdir):
+  """WORKDIR/eval can be written (by process 0), checked before sampling.
+
+  A write probe, not a permission check: root ignores file modes. Before
+  the first evaluation, WORKDIR itself is probed (eval is made there), so
+  a request rejected later leaves no empty eval directory behind.
+  """
+  if not workdir or jax.process_index() != 0:
+    return
+  workdir_lock.check_directory(workdir, f'--workdir={workdir}')
+  workdir = epath.Path(workdir)
+  if (workdir / 'config.json').exists():
+    eval_dir = workdir / 'eval'
+    workdir_lock.check_writable(eval_dir if eval_dir.exists() else workdir)
 
 
 def _open_workdir(workdir):

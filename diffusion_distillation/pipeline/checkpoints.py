@@ -6,16 +6,23 @@ Layout (paths may be local or `gs://`):
     WORKDIR/checkpoints/distill_<N>/<step>/     student that samples in N steps
 
 Each checkpoint is a Composite of the `TrainState` (StandardSave) and a small
-JSON `meta` record (stage name, sampler steps, stage length, last loss). Orbax
-writes to a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact. The last checkpoint of a stage
-is its final one and is never deleted, so any step count can be sampled later.
+JSON `meta` record (stage name, sampler steps, stage length, last loss, and a
+checksum of every array). Orbax writes to a temporary directory and renames it
+when complete, so a run killed mid-save leaves the previous checkpoint intact.
+A checkpoint that later cannot be read or fails its checksum is moved to
+`WORKDIR/checkpoints/damaged/<stage>/<step>` by a training run, which resumes
+from the one before; `sample` and `evaluate` only report it. The last
+checkpoint of a stage is its final one and is never deleted, so any step count
+can be sampled later.
 """
 
 from typing import Any, Optional
+import zlib
 
+from absl import logging
 from etils import epath
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from diffusion_distillation.errors import UserError
@@ -41,6 +48,16 @@ def stage_dir(workdir, stage_name: str) -> epath.Path:
   return epath.Path(workdir) / 'checkpoints' / stage_name
 
 
+def state_checksum(state) -> str:
+  """CRC-32 of every array's dtype, shape and bytes, in tree order."""
+  digest = 0
+  for leaf in jax.tree.leaves(sharding.to_host(state)):
+    value = np.ascontiguousarray(leaf)
+    digest = zlib.crc32(f'{value.dtype}{value.shape}'.encode(), digest)
+    digest = zlib.crc32(value.tobytes(), digest)
+  return f'{digest:08x}'
+
+
 class StageCheckpoints:
   """Saves and restores the checkpoints of one stage."""
 
@@ -61,6 +78,7 @@ class StageCheckpoints:
   def save(self, state, meta: dict):
     """Writes `state` at its own step (blocking; atomic through orbax)."""
     step = int(jax.device_get(state.step))
+    meta = dict(meta, checksum=state_checksum(state))
     try:
       self._manager.save(
           step,
@@ -85,11 +103,68 @@ class StageCheckpoints:
           f'{_reason(e)}') from e
 
   def restore(self, abstract_state, step: Optional[int] = None):
-    """(state, meta) at `step` (default: latest), shaped like `abstract_state`."""
+    """(state, meta) at `step` (default: latest), shaped like `abstract_state`.
+
+    Raises CheckpointError when it cannot be read or its arrays differ from
+    the checksum recorded when it was saved.
+    """
+    step = self.latest_step() if step is None else step
     restored = self._restore(
         step, state=ocp.args.StandardRestore(abstract_state),
         meta=ocp.args.JsonRestore())
+    expected = restored.meta.get('checksum')
+    if expected and state_checksum(restored.state) != expected:
+      raise CheckpointError(
+          f'checkpoint {self.directory / str(step)} is damaged: its arrays do '
+          'not match the checksum written with them')
     return restored.state, restored.meta
+
+  def restore_intact(self, abstract_state, *, repair: bool):
+    """(state, meta) of the newest intact checkpoint; None if there is none.
+
+    With `repair` (training), each newer damaged checkpoint is moved to
+    `checkpoints/damaged/` with one warning and the one before is tried; a
+    stage whose checkpoints are all damaged raises CheckpointError. Without
+    it (sampling, evaluation), a damaged newest checkpoint raises at once and
+    nothing is changed. Collective on multi-process runs.
+    """
+    set_aside = False
+    while (step := self.latest_step()) is not None:
+      try:
+        restored, problem = self.restore(abstract_state, step), None
+      except CheckpointError as e:
+        restored, problem = None, str(e)
+      if distributed.agree(problem is None):
+        return restored
+      if not repair:
+        raise CheckpointError(
+            f'{problem}; rerun the training command to repair the stage')
+      self._set_aside(step, problem)
+      set_aside = True
+    if set_aside:
+      raise CheckpointError(
+          f'no intact checkpoint is left in {self.directory} (the damaged '
+          f'ones are in {self._damaged_dir()}); rerun to train the stage '
+          'from its start')
+    return None
+
+  def _damaged_dir(self) -> epath.Path:
+    return self.directory.parent / 'damaged' / self.directory.name
+
+  def _set_aside(self, step: int, problem: str):
+    """Moves checkpoint `step` out of the stage (never deletes it)."""
+    target = self._damaged_dir() / str(step)
+    if distributed.is_primary():
+      suffix = 0
+      while target.exists():
+        suffix += 1
+        target = target.with_name(f'{step}-{suffix}')
+      target.parent.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target)
+      logging.warning('%s; moved it to %s and resuming from the checkpoint '
+                      'before it', problem, target)
+    distributed.barrier(f'set_aside_{self.directory.name}_{step}')
+    self._manager.reload()
 
   def restore_as_saved(self, step: Optional[int] = None):
     """(state as a dict of host arrays, meta) without a target structure.
@@ -106,6 +181,21 @@ class StageCheckpoints:
 
   def close(self):
     self._manager.close()
+
+
+def set_aside_stage(workdir, stage_name: str, why: str):
+  """Moves a stage's checkpoints to `checkpoints/<why>/<stage>` (kept)."""
+  source = stage_dir(workdir, stage_name)
+  if distributed.agree(source.exists()) and distributed.is_primary():
+    target = stage_dir(workdir, why) / stage_name
+    suffix = 0
+    while target.exists():
+      suffix += 1
+      target = target.with_name(f'{stage_name}-{suffix}')
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+    logging.warning('%s: moved to %s', source, target)
+  distributed.barrier(f'set_aside_stage_{stage_name}')
 
 
 def stage_is_complete(workdir, stage_name: str, num_updates: int) -> bool:
@@ -140,9 +230,29 @@ def final_params(ctx: Context, stage: Stage):
   """The EMA parameters of a finished stage (its final checkpoint)."""
   manager = StageCheckpoints(
       stage_dir(ctx.workdir, stage.name), read_only=True)
-  state, _ = manager.restore(abstract_state(ctx, stage))
+  restored = manager.restore_intact(abstract_state(ctx, stage), repair=False)
   manager.close()
-  return state.ema_params
+  if restored is None:
+    raise CheckpointError(f'{manager.directory} holds no checkpoint')
+  return restored[0].ema_params
+
+
+def finished_stage(ctx: Context, stage: Stage):
+  """(EMA params, meta) of a stage whose final checkpoint is intact, else None.
+
+  A damaged final checkpoint is set aside (see `restore_intact`), so the
+  stage is resumed from its last intact checkpoint and never becomes a
+  teacher as it is.
+  """
+  if not stage_is_complete(ctx.workdir, stage.name, stage.num_updates):
+    return None
+  manager = StageCheckpoints(stage_dir(ctx.workdir, stage.name),
+                             read_only=True)  # repairs move files only
+  restored = manager.restore_intact(abstract_state(ctx, stage), repair=True)
+  manager.close()
+  if restored is None or int(restored[0].step) < stage.num_updates:
+    return None
+  return restored[0].ema_params, restored[1]
 
 
 def final_meta(workdir, stage: Stage) -> dict[str, Any]:

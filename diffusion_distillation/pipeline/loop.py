@@ -9,16 +9,18 @@ data order is a function of the step, so a resumed run ends with exactly the
 parameters of an uninterrupted one.
 """
 
-import json
+import math
 import time
 from typing import Any
 
 from absl import logging
 from etils import epath
 import jax
+import jax.numpy as jnp
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
+from diffusion_distillation.errors import UserError
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.models import generation
 from diffusion_distillation.models import images
@@ -30,6 +32,7 @@ from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import teachers
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import update
+from diffusion_distillation.pipeline import workdir_lock
 from diffusion_distillation.pipeline.stages import Context
 from diffusion_distillation.pipeline.stages import grid_steps
 from diffusion_distillation.pipeline.stages import plan_stages
@@ -42,10 +45,12 @@ def _start_state(ctx: Context, stage: Stage, opt, manager, teacher_params):
   A fresh student starts as a copy of `teacher_params`; a fresh base model
   from the config's seed.
   """
-  if manager.latest_step() is not None:
-    state, meta = manager.restore(checkpoints.abstract_state(ctx, stage))
+  restored = manager.restore_intact(checkpoints.abstract_state(ctx, stage),
+                                   repair=True)
+  if restored is not None:
+    state, meta = restored
     logging.info('%s: resuming from step %d', stage.name, int(state.step))
-    return state, meta
+    return state, dict(meta, num_updates=stage.num_updates)
   meta = {'stage': stage.name, 'num_sample_steps': stage.num_sample_steps,
           'num_updates': stage.num_updates, 'loss': None,
           'data_shape': list(ctx.base_model.data_shape),
@@ -73,6 +78,67 @@ def _writers(ctx: Context, stage: Stage):
   return writer, progress
 
 
+class DivergenceError(UserError):
+  """A loss or parameter became NaN or Inf; nothing non-finite was saved."""
+
+
+class _DivergenceGuard:
+  """Checks that training stays finite, on the host, where it syncs anyway.
+
+  The loss at every logging point, the parameters (and EMA) at every logging
+  point and before every save; never per step.
+  """
+
+  def __init__(self, config, stage: Stage):
+    self._config, self._stage = config, stage
+    self._skip = config.train.enable_update_skip
+    self._finite = jax.jit(update.all_finite)
+    self.last_finite = None  # (step, loss)
+
+  def check_loss(self, step: int, loss: float):
+    if math.isfinite(loss):
+      self.last_finite = (step, loss)
+    elif not self._skip:  # skipped updates are expected to have such losses
+      raise self._error(step, f'the loss is {loss}')
+
+  def check_state(self, step: int, state):
+    if not bool(self._finite((state.params, state.ema_params))):
+      raise self._error(step, 'the parameters hold NaN or Inf')
+
+  def _error(self, step: int, what: str) -> DivergenceError:
+    section = 'distillation' if self._stage.is_distillation else 'train'
+    rate = self._config[section].learning_rate
+    last = ('last finite loss {1:.6g} at step {0}'.format(*self.last_finite)
+            if self.last_finite else 'no finite loss logged before')
+    hint = ('' if self._skip else
+            ', or set --config.train.enable_update_skip=true to skip such '
+            'updates')
+    return DivergenceError(
+        f'{self._stage.name} diverged at step {step}: {what} ({last}); '
+        f'nothing non-finite was saved. Lower --config.{section}.'
+        f'learning_rate (now {rate:g}) and rerun to resume from the last '
+        f'checkpoint{hint}')
+
+
+def _log(writer, guard, state, step, metrics, skipped) -> float:
+  """Writes the scalars of the last call; returns its loss (after checks)."""
+  scalars = update.mean_metrics(metrics)
+  if skipped is not None:
+    scalars['skipped_updates'] = float(sharding.to_host(skipped))
+  guard.check_loss(step, scalars['loss'])
+  guard.check_state(step, state)
+  writer.write_scalars(step, scalars)
+  return scalars['loss']
+
+
+def _compiled_update(ctx: Context, stage: Stage, opt):
+  """The stage's update; its randomness is fold_in(seed, stage) per step."""
+  key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), stage.index)
+  return update.compile_train_steps(
+      update.make_train_steps(optimization.stage_model(ctx, opt), opt, key,
+                              distill=stage.is_distillation), ctx.mesh)
+
+
 def run_stage(ctx: Context, stage: Stage, teacher_params) -> dict[str, Any]:
   """Trains one stage to its end (or to preemption); returns its meta record.
 
@@ -87,47 +153,47 @@ def run_stage(ctx: Context, stage: Stage, teacher_params) -> dict[str, Any]:
   state, meta = _start_state(ctx, stage, opt, manager, teacher_params)
   teacher = (sharding.replicate(teacher_params, ctx.mesh)
              if stage.is_distillation else None)
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), stage.index)
-  train_steps = update.compile_train_steps(
-      update.make_train_steps(optimization.stage_model(ctx, opt), opt, key,
-                              distill=stage.is_distillation), ctx.mesh)
+  train_steps = _compiled_update(ctx, stage, opt)
   step = int(jax.device_get(state.step))
   data = ctx.dataset.train_batches(
       global_batch_size=train.batch_size,
       seed=config.seed * 1000 + stage.index, start_step=step,
       process_index=jax.process_index(), process_count=jax.process_count())
   writer, progress = _writers(ctx, stage)
+  guard = _DivergenceGuard(config, stage)
   every, log_every = train.checkpoint_every_steps, train.log_loss_every_steps
   last_save, stop = time.time(), False
+  skipped = jnp.zeros((), jnp.float32) if opt.skip_nonfinite else None
   logging.info('%s: %d updates, sampler steps %d', stage.name,
                stage.num_updates, stage.num_sample_steps)
-  while step < stage.num_updates and not stop:
-    n = min(train.substeps, stage.num_updates - step, every - step % every)
-    batches = sharding.global_batch(
-        update.stack_batches([next(data) for _ in range(n)]), ctx.mesh,
-        batch_axis=1)
-    state, metrics = train_steps(state, batches, teacher)
-    for s in range(step + 1, step + n + 1):
-      progress(s)
-    step += n
-    if (step // log_every != (step - n) // log_every or
-        step == stage.num_updates):
-      scalars = update.mean_metrics(metrics)
-      meta['loss'] = scalars['loss']
-      writer.write_scalars(step, scalars)
-    stop = preemption.preempted()
-    if (step % every == 0 or step == stage.num_updates or stop or
-        time.time() - last_save > train.checkpoint_every_secs):
-      if meta['loss'] is None:
-        meta['loss'] = update.mean_metrics(metrics)['loss']
-      manager.save(state, meta)
-      last_save = time.time()
-  writer.close()
-  manager.close()
+  try:
+    while step < stage.num_updates and not stop:
+      n = min(train.substeps, stage.num_updates - step, every - step % every)
+      batches = sharding.global_batch(
+          update.stack_batches([next(data) for _ in range(n)]), ctx.mesh,
+          batch_axis=1)
+      state, metrics = train_steps(state, batches, teacher)
+      if skipped is not None:  # summed on the device: no sync per call
+        skipped = skipped + metrics['skipped'].sum()
+      for s in range(step + 1, step + n + 1):
+        progress(s)
+      step += n
+      if (step // log_every != (step - n) // log_every or
+          step == stage.num_updates):
+        meta['loss'] = _log(writer, guard, state, step, metrics, skipped)
+      stop = preemption.preempted()
+      if (step % every == 0 or step == stage.num_updates or stop or
+          time.time() - last_save > train.checkpoint_every_secs):
+        if meta['loss'] is None:
+          meta['loss'] = update.mean_metrics(metrics)['loss']
+        guard.check_state(step, state)
+        manager.save(state, meta)
+        last_save = time.time()
+  finally:
+    writer.close()
+    manager.close()
   if stop:
-    raise preemption.Preempted(
-        f'preempted: checkpoint saved at {stage.name} step {step}; rerun the '
-        'same command to resume')
+    raise preemption.Preempted(preemption.stop_message(stage.name, step))
   return meta
 
 
@@ -146,18 +212,27 @@ def write_stage_grid(ctx: Context, stage: Stage, params) -> epath.Path:
   return path
 
 
-def check_workdir(config, workdir) -> epath.Path:
+def check_workdir(config, workdir) -> config_lib.Rerun:
   """Validates the config, also against a workdir it would resume.
 
   Nothing is written here, so a rejected command leaves the workdir untouched.
   """
   config_lib.validate_config(config)
-  workdir = epath.Path(workdir)
-  saved = workdir / 'config.json'
-  if saved.exists():
-    config_lib.check_compatible(json.loads(saved.read_text()), config)
+  saved = epath.Path(workdir) / 'config.json'
+  rerun = (config_lib.check_rerun(config_lib.read_saved_config(saved), config)
+           if saved.exists() else config_lib.Rerun([], False))
   teachers.check_teacher_path(config)
-  return workdir
+  return rerun
+
+
+def _apply_rerun(rerun: config_lib.Rerun, workdir, stages):
+  """Says what a changed config does; sets aside stale students."""
+  for notice in rerun.notices:
+    logging.warning('%s', notice)
+  if rerun.base_extended:
+    for stage in stages:
+      if stage.is_distillation:
+        checkpoints.set_aside_stage(workdir, stage.name, 'stale')
 
 
 def record_config(config, workdir: epath.Path):
@@ -177,23 +252,36 @@ def make_context(config, workdir, dataset=None) -> Context:
 
 
 def run(config, workdir) -> list[dict[str, Any]]:
-  """Runs (or resumes) every stage the config describes; returns their metas."""
-  workdir = check_workdir(config, workdir)
+  """Runs (or resumes) every stage the config describes; returns their metas.
+
+  Holds the workdir's lock and turns SIGTERM / Ctrl-C into a checkpoint and a
+  clean stop for the whole run.
+  """
+  rerun = check_workdir(config, workdir)
+  workdir = epath.Path(workdir)
   ctx = make_context(config, workdir)
   stages = plan_stages(config)
   teacher_params = (teachers.load_external_teacher(ctx, config)
                     if stages[0].is_distillation else None)
   distributed.barrier('config_checked')  # all have read config.json
-  record_config(config, workdir)
-  preemption.install_handler()
+  with workdir_lock.hold(workdir), preemption.handling():
+    record_config(config, workdir)
+    _apply_rerun(rerun, workdir, stages)
+    return _run_stages(ctx, stages, teacher_params)
+
+
+def _run_stages(ctx: Context, stages, teacher_params):
+  """The stages in order: finished ones are verified, the others trained."""
+  config = ctx.config
   summary = []
   for stage in stages:
     t0 = time.time()
-    done = checkpoints.stage_is_complete(workdir, stage.name,
-                                         stage.num_updates)
-    meta = (checkpoints.final_meta(workdir, stage) if done
-            else run_stage(ctx, stage, teacher_params))
-    teacher_params = checkpoints.final_params(ctx, stage)
+    finished = checkpoints.finished_stage(ctx, stage)
+    if finished:
+      teacher_params, meta = finished
+    else:
+      meta = run_stage(ctx, stage, teacher_params)
+      teacher_params = checkpoints.final_params(ctx, stage)
     grid = write_stage_grid(ctx, stage, teacher_params)
     meta.update(grid=str(grid), seconds=round(time.time() - t0, 1),
                 sampler_steps=grid_steps(config, stage))

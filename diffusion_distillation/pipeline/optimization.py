@@ -24,19 +24,11 @@ def learning_rate_schedule(peak: float, *, warmup_steps: int = 0,
 
 
 def make_optimizer(schedule: optax.Schedule, *, grad_clip: float,
-                   weight_decay: float, b1: float = 0.9, b2: float = 0.999,
-                   skip_nonfinite: bool = False):
-  """Adam with decoupled weight decay after global-norm clipping.
-
-  With `skip_nonfinite`, an update whose gradients hold NaN or Inf leaves the
-  parameters unchanged (the official `enable_update_skip`).
-  """
-  tx = optax.chain(
+                   weight_decay: float, b1: float = 0.9, b2: float = 0.999):
+  """Adam with decoupled weight decay after global-norm clipping."""
+  return optax.chain(
       optax.clip_by_global_norm(grad_clip),
       optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
-  if skip_nonfinite:
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)
-  return tx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +38,7 @@ class Optimization:
   schedule: optax.Schedule
   ema_decay: float
   dropout: float
+  skip_nonfinite: bool  # train.enable_update_skip (see update.py)
 
 
 def optimization_for(config, stage: Stage) -> Optimization:
@@ -62,10 +55,10 @@ def optimization_for(config, stage: Stage) -> Optimization:
         t.learning_rate, warmup_steps=t.learning_rate_warmup_steps)
     weight_decay, ema_decay = t.weight_decay, t.ema_decay
     dropout = config.model.args.dropout
-  tx = make_optimizer(
-      schedule, grad_clip=t.grad_clip, weight_decay=weight_decay,
-      b1=t.adam_beta1, b2=t.adam_beta2, skip_nonfinite=t.enable_update_skip)
-  return Optimization(tx, schedule, ema_decay, dropout)
+  tx = make_optimizer(schedule, grad_clip=t.grad_clip,
+                      weight_decay=weight_decay, b1=t.adam_beta1,
+                      b2=t.adam_beta2)
+  return Optimization(tx, schedule, ema_decay, dropout, t.enable_update_skip)
 
 
 def stage_model(ctx: Context, opt: Optimization) -> model_lib.DiffusionModel:

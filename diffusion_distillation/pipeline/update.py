@@ -47,10 +47,13 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': jnp.asarray(opt.schedule(state.step),
                                             jnp.float32)}
-    return state.replace(
+    new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         ema_params=train_state.update_ema(state.ema_params, params,
-                                          opt.ema_decay, state.step)), metrics
+                                          opt.ema_decay, state.step))
+    if opt.skip_nonfinite:
+      new_state, metrics['skipped'] = skip_if_nonfinite(state, new_state)
+    return new_state, metrics
 
   def train_steps(state, batches, teacher_params):
     if jax.tree.leaves(batches)[0].shape[0] == 1:  # no loop: see below
@@ -61,6 +64,26 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
                         batches)
 
   return train_steps
+
+
+def all_finite(tree) -> jnp.ndarray:
+  """Whether every floating-point value in `tree` is finite (a bool scalar)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.asarray(leaves)) if leaves else jnp.asarray(True)
+
+
+def skip_if_nonfinite(state, new_state):
+  """(state after the update, 1. if it was skipped else 0.).
+
+  The official `enable_update_skip`: an update whose new parameters or
+  optimizer moments hold NaN or Inf is dropped, keeping the old parameters,
+  optimizer state and EMA; the step still advances.
+  """
+  ok = all_finite((new_state.params, new_state.opt_state))
+  kept = state.replace(step=new_state.step)
+  return (jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, kept),
+          1. - ok.astype(jnp.float32))
 
 
 def compile_train_steps(train_steps, mesh):

@@ -5,17 +5,18 @@ records, so no data set needs to be loaded to sample.
 """
 
 import dataclasses
-import json
 
 from etils import epath
 import ml_collections
 
+from diffusion_distillation import config as config_lib
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import checkpoints
 from diffusion_distillation.pipeline import stages as stages_lib
 from diffusion_distillation.pipeline import teachers
+from diffusion_distillation.pipeline import workdir_lock
 
 
 class WorkdirError(UserError):
@@ -70,10 +71,12 @@ def open_workdir(workdir) -> LoadedWorkdir:
   if not workdir:
     raise WorkdirError('--workdir is required')
   workdir = epath.Path(workdir)
+  workdir_lock.check_directory(workdir, f'--workdir={workdir}')
   config_path = workdir / 'config.json'
   if not config_path.exists():
     raise WorkdirError(f'{workdir} is not a training workdir (no config.json)')
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  config = ml_collections.ConfigDict(
+      config_lib.read_saved_config(config_path))
   finished, meta = [], None
   for stage in stages_lib.plan_stages(config):
     if checkpoints.stage_is_complete(workdir, stage.name, stage.num_updates):
