@@ -32,21 +32,23 @@ from helpers import REPO
 from helpers import tiny_config
 
 DIGITS = os.path.join(REPO, 'configs', 'digits.py')
-# A directory that even root cannot write in (sysfs); tests needing it skip
-# where there is none.
-UNWRITABLE = '/sys/kernel'
+# Directories that even root cannot write in (Linux's sysfs and procfs): the
+# tests run as root in CI, where permission bits do not stop writes.
+UNWRITABLE = ('/sys/kernel', '/proc')
 
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
 
 
 def _unwritable_dir():
-  try:
-    with open(os.path.join(UNWRITABLE, 'dd_probe'), 'w'):
-      pass
-  except OSError:
-    return UNWRITABLE
-  os.remove(os.path.join(UNWRITABLE, 'dd_probe'))
-  pytest.skip(f'{UNWRITABLE} is writable here')
+  for directory in UNWRITABLE:
+    try:
+      with open(os.path.join(directory, 'dd_probe'), 'w'):
+        pass
+    except OSError:
+      return directory
+    os.remove(os.path.join(directory, 'dd_probe'))
+  raise AssertionError(f'these tests need a directory that root cannot write '
+                       f'in; none of {UNWRITABLE} is one here')
 
 
 @pytest.fixture
