@@ -153,14 +153,8 @@ class StageCheckpoints:
 
   def _set_aside(self, step: int, problem: str):
     """Moves checkpoint `step` out of the stage (never deletes it)."""
-    target = self._damaged_dir() / str(step)
     if distributed.is_primary():
-      suffix = 0
-      while target.exists():
-        suffix += 1
-        target = target.with_name(f'{step}-{suffix}')
-      target.parent.mkdir(parents=True, exist_ok=True)
-      (self.directory / str(step)).rename(target)
+      target = _move_aside(self.directory / str(step), self._damaged_dir())
       logging.warning('%s; moved it to %s and resuming from the checkpoint '
                       'before it', problem, target)
     distributed.barrier(f'set_aside_{self.directory.name}_{step}')
@@ -183,17 +177,22 @@ class StageCheckpoints:
     self._manager.close()
 
 
+def _move_aside(source: epath.Path, directory: epath.Path) -> epath.Path:
+  """Moves `source` into `directory` under its name (or `name-<k>` if taken)."""
+  target, suffix = directory / source.name, 0
+  while target.exists():
+    suffix += 1
+    target = directory / f'{source.name}-{suffix}'
+  directory.mkdir(parents=True, exist_ok=True)
+  source.rename(target)
+  return target
+
+
 def set_aside_stage(workdir, stage_name: str, why: str):
   """Moves a stage's checkpoints to `checkpoints/<why>/<stage>` (kept)."""
   source = stage_dir(workdir, stage_name)
   if distributed.agree(source.exists()) and distributed.is_primary():
-    target = stage_dir(workdir, why) / stage_name
-    suffix = 0
-    while target.exists():
-      suffix += 1
-      target = target.with_name(f'{stage_name}-{suffix}')
-    target.parent.mkdir(parents=True, exist_ok=True)
-    source.rename(target)
+    target = _move_aside(source, stage_dir(workdir, why))
     logging.warning('%s: moved to %s', source, target)
   distributed.barrier(f'set_aside_stage_{stage_name}')
 

@@ -178,15 +178,17 @@ def run_stage(ctx: Context, stage: Stage, teacher_params) -> dict[str, Any]:
       for s in range(step + 1, step + n + 1):
         progress(s)
       step += n
-      if (step // log_every != (step - n) // log_every or
-          step == stage.num_updates):
+      logged = (step // log_every != (step - n) // log_every or
+                step == stage.num_updates)
+      if logged:  # checks the loss and this state
         meta['loss'] = _log(writer, guard, state, step, metrics, skipped)
       stop = preemption.preempted()
       if (step % every == 0 or step == stage.num_updates or stop or
           time.time() - last_save > train.checkpoint_every_secs):
         if meta['loss'] is None:
           meta['loss'] = update.mean_metrics(metrics)['loss']
-        guard.check_state(step, state)
+        if not logged:
+          guard.check_state(step, state)
         manager.save(state, meta)
         last_save = time.time()
   finally:
