@@ -8,7 +8,7 @@ updates each, down to a 1-step student:
     python -m diffusion_distillation.main \
         --config=configs/cifar10_distill.py --workdir=/path/to/cifar10_distill
 
-Reading `gs://` needs a GCS backend (`pip install gcsfs`); otherwise copy the
+Reading `gs://` needs the `gcs` extra (gcsfs); otherwise copy the
 teacher with `gsutil -m cp -r` and pass the copy, or the workdir of a
 configs/cifar10_base.py run, as `--config.distillation.teacher_checkpoint_path`.
 

@@ -4,9 +4,11 @@ Not a config: each paper config loads this file by path (`--config=` loads
 config files by path, not as a package) and passes its data set's values to
 `base_config` or `distill_from`. The values are the official
 google-research/diffusion_distillation configs'; what our schema adds is
-marked "ours". Not ported: the official `eval_every_steps` and in-training FID
-(evaluate a finished workdir with `python -m diffusion_distillation.evaluate`)
-and `retain_checkpoint_every_steps` (we keep the last `keep_checkpoints`).
+marked "ours". Official fields that are not implemented (e.g.
+`retain_checkpoint_every_steps`: we keep the last `keep_checkpoints`) are
+refused by name (diffusion_distillation/official_fields.py); in-training FID is
+not ported (evaluate a finished workdir with `python -m
+diffusion_distillation.evaluate`).
 """
 
 import importlib.util
@@ -70,7 +72,14 @@ def base_config(*, dataset, class_conditional, model_args, mean_type,
       grad_clip=1.0,
       substeps=10,
       enable_update_skip=False,
+      # ours: True clips each device's gradient before averaging them, as the
+      # official step_fn (see README, "Official config fields")
+      grad_clip_per_device=False,
+      optimizer_beta=0.9,  # for optimizer='momentum' or 'nesterov'
+      avg_type='',  # 'ema' or 'aa' (with avg_steps) when ema_decay is None
+      avg_steps=0,
       log_loss_every_steps=100,
+      eval_every_steps=10000,  # the eval split's loss with the EMA parameters
       checkpoint_every_steps=5000,  # ours
       checkpoint_every_secs=900,
       keep_checkpoints=2,  # ours
@@ -84,7 +93,7 @@ def base_config(*, dataset, class_conditional, model_args, mean_type,
       samplers=('ddim', 'ancestral'),
       teacher_max_steps=config.model.get_ref(
           'eval_sampling_num_steps').identity(),
-      inception_path='',  # set it: path to the 2015-12-05 Inception weights
+      inception_path='',  # empty: downloaded once into the metric cache
       grid_samples=64,
   )
   return config

@@ -62,7 +62,12 @@ def get_config():
       grad_clip=1.0,
       substeps=1,  # XLA:CPU runs gradients inside loops slowly (see train.py)
       enable_update_skip=False,
+      grad_clip_per_device=False,
+      optimizer_beta=0.9,
+      avg_type='',
+      avg_steps=0,
       log_loss_every_steps=100,
+      eval_every_steps=0,  # no eval-split loss during training
       checkpoint_every_steps=1000,
       checkpoint_every_secs=600,
       keep_checkpoints=2,

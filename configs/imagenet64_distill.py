@@ -9,7 +9,7 @@ configs/imagenet64_base.py, sampled with 1024 DDIM steps) in 10 halvings of
         --config=configs/imagenet64_distill.py \
         --workdir=/path/to/imagenet64_distill
 
-Reading `gs://` needs a GCS backend (`pip install gcsfs`); otherwise copy the
+Reading `gs://` needs the `gcs` extra (gcsfs); otherwise copy the
 teacher with `gsutil -m cp -r` and pass the copy, or the workdir of a
 configs/imagenet64_base.py run, as
 `--config.distillation.teacher_checkpoint_path`.

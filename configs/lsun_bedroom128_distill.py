@@ -9,7 +9,7 @@ of 50k updates each, down to a 1-step student:
         --config=configs/lsun_bedroom128_distill.py \
         --workdir=/path/to/lsun_bedroom128_distill
 
-Reading `gs://` needs a GCS backend (`pip install gcsfs`); otherwise copy the
+Reading `gs://` needs the `gcs` extra (gcsfs); otherwise copy the
 teacher with `gsutil -m cp -r` and pass the copy, or the workdir of a
 configs/lsun_bedroom128_base.py run, as
 `--config.distillation.teacher_checkpoint_path`.

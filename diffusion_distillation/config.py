@@ -12,6 +12,7 @@ from etils import epath
 import jax
 
 from diffusion_distillation import data as data_lib
+from diffusion_distillation import official_fields
 from diffusion_distillation.diffusion import losses
 from diffusion_distillation.diffusion import process
 from diffusion_distillation.diffusion import sampling
@@ -19,9 +20,11 @@ from diffusion_distillation.errors import UserError
 from diffusion_distillation.models import unet
 
 DTYPES = ('float32', 'bfloat16')
+OPTIMIZERS = ('adam', 'momentum', 'nesterov')  # the official optimizers
+AVG_TYPES = ('', 'ema', 'aa')  # '': the official avg_type=None
 ANNEAL_TYPES = ('linear', 'none')
 # The quality metrics `evaluate` computes (the only list of their names).
-METRICS = ('digits', 'inception')
+METRICS = ('digits', 'inception', 'bpd')
 
 
 class ConfigError(UserError):
@@ -116,10 +119,51 @@ def validate_model(config):
   _positive_int(config, 'model.args.num_res_blocks')
   _positive_int(config, 'model.train_num_steps', allow_zero=True)
   _positive_int(config, 'model.eval_sampling_num_steps')
+  _validate_guidance(config)
+
+
+def _validate_guidance(config):
+  """Classifier-free guidance: label dropout, and guided distillation.
+
+  `model.cond_drop_prob` > 0 trains a guided teacher; a `guidance` section
+  (w_min, w_max, num_updates) adds stage one of guided distillation and
+  makes the students w-conditioned (see pipeline/stages.py).
+  """
+  drop = config.model.get('cond_drop_prob', 0.)
+  if drop:
+    _fraction(config, 'model.cond_drop_prob')
+    _require(config.dataset.args.get('class_conditional', False),
+             'model.cond_drop_prob', 'label dropout (classifier-free '
+             'guidance) needs dataset.args.class_conditional=True')
+  values = (config.get('eval') or {}).get('guidance') or ()
+  for w in values:
+    _require(isinstance(w, (int, float)) and not isinstance(w, bool) and
+             math.isfinite(w), 'eval.guidance',
+             f'must hold finite guidance strengths, got {w!r}')
+  if 'guidance' not in config:
+    _require(not values or drop > 0, 'eval.guidance',
+             'needs a guided model (model.cond_drop_prob > 0)')
+    return
+  _require(drop > 0, 'guidance', 'guided distillation needs a guided '
+           'teacher: set model.cond_drop_prob > 0 (label dropout)')
+  _require('distillation' in config, 'guidance',
+           'guided distillation needs a distillation section')
+  lo = _number(config, 'guidance.w_min')
+  hi = _positive_number(config, 'guidance.w_max')
+  _require(0 <= lo < hi, 'guidance.w_min',
+           f'must be in [0, guidance.w_max = {hi}), got {lo}')
+  _positive_int(config, 'guidance.num_updates')
+  outside = [w for w in values if not lo <= w <= hi]
+  _require(not outside, 'eval.guidance',
+           f'{outside} outside the trained range [{lo}, {hi}] '
+           '(guidance.w_min, guidance.w_max)')
 
 
 def validate_config(config, device_count=None, process_count=None):
   """Raises ConfigError naming the first invalid field of a training config."""
+  unsupported = official_fields.refused(config)
+  if unsupported:
+    raise ConfigError('config.{}: {}'.format(*unsupported))
   validate_model(config)
   _validate_train(config, device_count or jax.device_count(),
                   process_count or jax.process_count())
@@ -142,36 +186,58 @@ def _validate_train(config, device_count: int, process_count: int):
   _positive_int(config, 'train.checkpoint_every_steps')
   _positive_int(config, 'train.keep_checkpoints')
   _positive_int(config, 'train.learning_rate_warmup_steps', allow_zero=True)
-  _require(_get(config, 'train.optimizer') == 'adam', 'train.optimizer',
-           f"only 'adam' is supported, got {config.train.optimizer!r}")
+  _one_of(config, 'train.optimizer', OPTIMIZERS)
   _positive_number(config, 'train.learning_rate')
   _positive_number(config, 'train.grad_clip')
   _positive_number(config, 'train.weight_decay', allow_zero=True)
-  for field in ('ema_decay', 'adam_beta1', 'adam_beta2'):
+  for field in ('adam_beta1', 'adam_beta2'):
     _fraction(config, f'train.{field}')
+  _validate_official_training(config)
   every_secs = _get(config, 'train.checkpoint_every_secs')
   _require(isinstance(every_secs, (int, float)) and every_secs > 0,
            'train.checkpoint_every_secs',
            f'must be > 0 (inf: never by time), got {every_secs!r}')
 
 
+def _validate_official_training(config):
+  """The official optimizer, averaging, clipping and evaluation options.
+
+  As the official `step_fn`, a set `train.ema_decay` takes precedence over
+  `train.avg_type`; both set is refused, since one would be ignored.
+  """
+  train = config.train
+  if train.get('optimizer_beta') is not None:
+    _fraction(config, 'train.optimizer_beta')
+  if train.get('eval_every_steps') is not None:
+    _positive_int(config, 'train.eval_every_steps', allow_zero=True)
+  _require(isinstance(train.get('grad_clip_per_device', False), bool),
+           'train.grad_clip_per_device',
+           f'must be true or false, got {train.get("grad_clip_per_device")!r}')
+  avg_type = train.get('avg_type') or ''
+  _require(avg_type in AVG_TYPES, 'train.avg_type',
+           f'must be one of {AVG_TYPES}, got {avg_type!r}')
+  if avg_type:
+    _positive_int(config, 'train.avg_steps')
+  if _get(config, 'train.ema_decay') is None:
+    return
+  _fraction(config, 'train.ema_decay')
+  _require(not avg_type, 'train.avg_type',
+           f'{avg_type!r} has no effect while train.ema_decay is set (it '
+           'takes precedence, as in the official code); set '
+           'train.ema_decay=None in the config file to average by avg_type')
+
+
 def _validate_eval(config):
   _one_of(config, 'eval.metric', METRICS)
-  for sampler in config.eval.samplers:
-    _require(sampler in sampling.SAMPLERS, 'eval.samplers',
-             f'unknown sampler {sampler!r}; known: {sampling.SAMPLERS}')
+  for field in ('samplers', 'student_samplers'):
+    for sampler in config.eval.get(field, ()):
+      _require(sampler in sampling.SAMPLERS, f'eval.{field}',
+               f'unknown sampler {sampler!r}; known: {sampling.SAMPLERS}')
   _require(isinstance(config.eval.num_samples, int) and
            config.eval.num_samples >= 2, 'eval.num_samples',
            f'must be an integer >= 2 (a covariance needs two samples), got '
            f'{config.eval.num_samples!r}')
   _positive_int(config, 'eval.batch_size')
-  _require(not (config.eval.run_after_training and
-                config.eval.metric == 'inception' and
-                not config.eval.inception_path),
-           'eval.inception_path',
-           'is empty but eval.run_after_training needs the Inception '
-           'weights for the inception metric; set it or set '
-           'eval.run_after_training=False')
 
 
 def _validate_distillation(config):
@@ -229,10 +295,13 @@ def read_saved_config(path) -> dict:
 # seed, stage plan) are refused: they would change what finished stages mean.
 _SAFE_FIELDS = ('train.log_loss_every_steps', 'train.checkpoint_every_steps',
                 'train.checkpoint_every_secs', 'train.keep_checkpoints',
-                'train.substeps', 'eval', 'dataset.data_dir')
+                'train.substeps', 'train.eval_every_steps', 'eval',
+                'dataset.data_dir')
 # Training settings: they apply to the updates from now on.
 _FUTURE_FIELDS = ('train.learning_rate', 'train.learning_rate_warmup_steps',
                   'train.grad_clip', 'train.enable_update_skip',
+                  'train.grad_clip_per_device', 'train.optimizer',
+                  'train.optimizer_beta', 'train.avg_type', 'train.avg_steps',
                   'train.adam_beta1', 'train.adam_beta2',
                   'train.weight_decay', 'train.ema_decay', 'train.batch_size',
                   'distillation.learning_rate',
@@ -243,6 +312,11 @@ _FUTURE_FIELDS = ('train.learning_rate', 'train.learning_rate_warmup_steps',
                   'model.eval_sampling_num_steps', 'dataset.args.randflip',
                   'sampler')
 BASE_STEPS = 'train.num_train_steps'
+# Fields added after workdirs were made: absent from an old config.json, they
+# had these values.
+_ADDED_FIELDS = {'train.grad_clip_per_device': False,
+                 'train.optimizer_beta': 0.9, 'train.avg_type': '',
+                 'train.avg_steps': 0, 'train.eval_every_steps': 0}
 
 
 @dataclasses.dataclass
@@ -274,7 +348,7 @@ def check_rerun(saved: dict, config) -> Rerun:
   old, new = _flatten(saved), _flatten(config.to_dict())
   rerun = Rerun([], False)
   for field in sorted(set(old) | set(new)):
-    before, after = old.get(field), new.get(field)
+    before, after = old.get(field, _ADDED_FIELDS.get(field)), new.get(field)
     if before == after or _matches(field, _SAFE_FIELDS):
       continue
     if _matches(field, _FUTURE_FIELDS):

@@ -8,3 +8,13 @@ class UserError(ValueError):
   command-line tools print it as `error: <message>` and exit with status 2;
   anything else that escapes is a bug in this package.
   """
+
+
+class ModelError(UserError):
+  """A model that cannot be loaded or sampled as asked.
+
+  The one type `diffusion_distillation.load` and a loaded model's `sample`
+  raise for a wrong combination (a student never distilled, labels for an
+  unconditional model, a checkpoint that does not fit its config, ...); the
+  message says what is available.
+  """

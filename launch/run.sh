@@ -14,6 +14,10 @@
 #                   / TPU_WORKER_HOSTNAMES is set; else cuda if `nvidia-smi`
 #                   runs; else cpu. Installs ".[tpu]" (jax[tpu]),
 #                   ".[cuda]" (jax[cuda12]) or "." (CPU jax).
+#   DD_EXTRAS       more extras, comma-separated. Added by themselves: "tfds"
+#                   (TensorFlow Datasets) for any --config other than
+#                   configs/digits*.py, "gcs" (gcsfs) when an argument holds a
+#                   gs:// path.
 #   DD_VENV         virtualenv directory (default: <repo>/.venv).
 #   DD_PYTHON       interpreter used to create the venv (default: python3).
 #   DD_DRY_RUN=1    print the commands instead of running them (nothing is
@@ -71,11 +75,11 @@ hash_stdin() {
   fi
 }
 
-# Identifies what an install depends on: the accelerator and the package
-# metadata files.
+# Identifies what an install depends on: the accelerator, the extras and the
+# package metadata files.
 install_fingerprint() {
   {
-    echo "accelerator=$ACCELERATOR"
+    echo "accelerator=$ACCELERATOR extras=$EXTRAS"
     local f
     for f in setup.cfg pyproject.toml setup.py; do
       if [[ -f "$REPO/$f" ]]; then
@@ -95,12 +99,28 @@ else
   source_note="detected"
 fi
 case "$ACCELERATOR" in
-  tpu) SPEC="$REPO[tpu]" ;;
-  cuda) SPEC="$REPO[cuda]" ;;
-  cpu) SPEC="$REPO" ;;
+  tpu|cuda) EXTRAS="$ACCELERATOR" ;;
+  cpu) EXTRAS="" ;;
   *) die "DD_ACCELERATOR must be tpu, cuda or cpu (got '$ACCELERATOR')" ;;
 esac
 say "accelerator: $ACCELERATOR ($source_note)"
+
+# --- extras the command needs --------------------------------------------------
+add_extra() {
+  case ",$EXTRAS," in *",$1,"*) ;; *) EXTRAS="${EXTRAS:+$EXTRAS,}$1" ;; esac
+}
+for arg in "$@"; do
+  case "$arg" in
+    --config=*digits*) ;;
+    --config=*) add_extra tfds ;;
+  esac
+  case "$arg" in *gs://*) add_extra gcs ;; esac
+done
+REQUESTED="${DD_EXTRAS:-}"
+for extra in ${REQUESTED//,/ }; do
+  add_extra "$extra"
+done
+SPEC="$REPO${EXTRAS:+[$EXTRAS]}"
 
 # --- virtualenv --------------------------------------------------------------
 PY="$VENV/bin/python"
@@ -124,8 +144,10 @@ else
 fi
 
 # --- packages ----------------------------------------------------------------
+# The stamp holds one line per install (accelerator + extras) done since the
+# package metadata last changed.
 FINGERPRINT="$(install_fingerprint)"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FINGERPRINT" ]]; then
+if [[ -f "$STAMP" ]] && grep -qxF "$FINGERPRINT" "$STAMP"; then
   say "install: up to date ($ACCELERATOR)"
 else
   say "install: pip install -e $SPEC"
@@ -138,7 +160,7 @@ else
   if is_dry_run; then
     echo "+ write $STAMP $FINGERPRINT"
   else
-    echo "$FINGERPRINT" > "$STAMP"
+    echo "$FINGERPRINT" >> "$STAMP"
   fi
 fi
 

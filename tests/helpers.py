@@ -5,10 +5,13 @@ in conftest.py.
 """
 
 import os
+import subprocess
 import sys
 
 from absl import flags
+import jax
 from ml_collections import config_flags
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, 'configs')
@@ -88,3 +91,70 @@ def damage_arrays(step_dir):
   middle = len(data) // 2
   data[middle:middle + 64] = bytes(range(64))
   target.write_bytes(bytes(data))
+
+
+def random_params(model, seed):
+  """Random parameters (numpy, no compilation) of the model's shapes.
+
+  Unlike `init_params`, whose output conv is zero, every stage gets a distinct
+  non-trivial network.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
+
+  def leaf(path, s):
+    if 'scale' in jax.tree_util.keystr(path):
+      value = 1 + 0.1 * rng.standard_normal(s.shape)
+    elif len(s.shape) >= 2:
+      value = rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))
+    else:
+      value = 0.1 * rng.standard_normal(s.shape)
+    return value.astype(s.dtype)
+
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+def run_module(module, *args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+  return subprocess.run(
+      [PYTHON, '-m', f'diffusion_distillation.{module}', *args],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def snapshot(path):
+  """Every directory and file under `path` with file contents; None: absent."""
+  if not os.path.exists(path):
+    return None
+  tree = {}
+  for root, dirs, files in os.walk(path):
+    for d in dirs:
+      tree[os.path.relpath(os.path.join(root, d), path)] = 'dir'
+    for f in files:
+      with open(os.path.join(root, f), 'rb') as fh:
+        tree[os.path.relpath(os.path.join(root, f), path)] = fh.read()
+  return tree
+
+
+def assert_rejected(result, *expected):
+  """Non-zero exit, no traceback, and `expected` in the last stderr lines."""
+  assert result.returncode != 0, result.stdout + result.stderr
+  assert 'Traceback' not in result.stderr, result.stderr
+  tail = '\n'.join(result.stderr.strip().splitlines()[-3:])
+  for text in expected:
+    assert text in tail, f'{text!r} not in the last lines of stderr:\n{tail}'
+
+
+CONFIG_FILE = """import json
+import ml_collections
+
+def get_config():
+  with open({path!r}) as f:
+    return ml_collections.ConfigDict(json.load(f))
+"""
+
+
+def write_config_file(directory, config_json_path):
+  """A config file (as `--config=` takes) returning a saved config.json."""
+  path = directory / 'config.py'
+  path.write_text(CONFIG_FILE.format(path=str(config_json_path)))
+  return path

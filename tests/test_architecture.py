@@ -21,8 +21,10 @@ LAYERS = {
     'models': 2,
     'data': 2,
     'config': 3,
+    'official_fields': 3,
     'pipeline': 4,
     'evaluation': 5,
+    'api': 5,
     'cli': 6,
 }
 TOP = 7  # the package itself and the `python -m diffusion_distillation.X` shims

@@ -9,49 +9,20 @@ exist). No case gets as far as building a model or compiling anything.
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from helpers import assert_rejected
 from helpers import load_config
+from helpers import REPO
+from helpers import run_module
 from helpers import set_fields
+from helpers import snapshot
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(REPO, 'configs', 'digits.py')
 
 # ml_collections loads config files with the deprecated `load_module()`.
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
-
-
-def run_module(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
-  return subprocess.run(
-      [sys.executable, '-m', f'diffusion_distillation.{module}', *args],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-def snapshot(path):
-  """Every directory and file under `path` with file contents; None: absent."""
-  if not os.path.exists(path):
-    return None
-  tree = {}
-  for root, dirs, files in os.walk(path):
-    for d in dirs:
-      tree[os.path.relpath(os.path.join(root, d), path)] = 'dir'
-    for f in files:
-      with open(os.path.join(root, f), 'rb') as fh:
-        tree[os.path.relpath(os.path.join(root, f), path)] = fh.read()
-  return tree
-
-
-def assert_rejected(result, *expected):
-  """Non-zero exit, no traceback, and `expected` in the last stderr lines."""
-  assert result.returncode != 0, result.stdout + result.stderr
-  assert 'Traceback' not in result.stderr, result.stderr
-  tail = '\n'.join(result.stderr.strip().splitlines()[-3:])
-  for text in expected:
-    assert text in tail, f'{text!r} not in the last lines of stderr:\n{tail}'
 
 
 def digits_config_dict(**changes):

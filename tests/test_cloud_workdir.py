@@ -1,19 +1,16 @@
 """`--workdir=gs://bucket/run`: the pipeline reaches the workdir only through
 the layers that speak GCS, never through the local file-system API.
 
-GCS itself cannot be reached from the tests, and two of the three layers the
-pipeline writes through cannot be pointed at an emulator (TensorFlow's GCS
-file system, used by epath and tf.summary, always talks to
-storage.googleapis.com). So each layer is redirected at its own entry point to
-a local directory standing in for the bucket:
+GCS itself cannot be reached from the tests, and one of the two layers the
+pipeline writes through cannot be pointed at an emulator (epath's GCS back
+ends always talk to storage.googleapis.com). So each layer is redirected at
+its own entry point to a local directory standing in for the bucket:
 
-* epath (config.json, sample grids and .npz, orbax's directories and JSON
-  metadata): a `gs://` backend for `epath.Path` that maps `gs://B/P` to
-  ROOT/B/P;
+* epath (config.json, sample grids and .npz, TensorBoard event files,
+  orbax's directories and JSON metadata): a `gs://` backend for `epath.Path`
+  that maps `gs://B/P` to ROOT/B/P;
 * TensorStore (orbax's array data): orbax's `gs://` -> kvstore spec function
-  returns a `file` kvstore under ROOT instead of a `gcs` one;
-* tf.summary (clu's TensorBoard writer): `tf.summary.create_file_writer` maps
-  `gs://` to ROOT.
+  returns a `file` kvstore under ROOT instead of a `gcs` one.
 
 orbax still sees `gs://` paths and so takes its GCS code paths (commit-file
 finalization instead of directory renames). Meanwhile every local file-system
@@ -146,12 +143,10 @@ def bucket(tmp_path, monkeypatch):
   from etils.epath import backend as backend_lib  # pylint: disable=g-import-not-at-top
   from etils.epath import gpath  # pylint: disable=g-import-not-at-top
   from orbax.checkpoint._src.path import gcs_utils  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   root = tmp_path / 'gcs'
   (root / BUCKET).mkdir(parents=True)
   fake = _BucketBackend(root, backend_lib.os_backend)
-  fake.kvstores, fake.summary_dirs, fake.guarded = [], [], []
+  fake.kvstores, fake.guarded = [], []
   fake.bucket_lookups = []
 
   original_backend = gpath._GPath._backend  # pylint: disable=protected-access
@@ -176,15 +171,6 @@ def bucket(tmp_path, monkeypatch):
 
   monkeypatch.setattr(gcs_utils, 'get_bucket', get_bucket)
 
-  create_file_writer = tf.summary.create_file_writer
-
-  def file_writer(logdir, *args, **kwargs):
-    fake.summary_dirs.append(str(logdir))
-    if str(logdir).startswith('gs://'):
-      logdir = fake.local(str(logdir))
-    return create_file_writer(logdir, *args, **kwargs)
-
-  monkeypatch.setattr(tf.summary, 'create_file_writer', file_writer)
   # Anything that still reaches a real GCS client fails at once, offline.
   monkeypatch.setenv('TENSORSTORE_GCS_HTTP_URL', 'http://127.0.0.1:9')
   monkeypatch.setenv('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'offline')
@@ -205,9 +191,9 @@ def test_fake_bucket_routes_each_layer_and_refuses_local_api(bucket):
 
   from etils import epath  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from diffusion_distillation.pipeline import checkpoints  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.pipeline import summaries  # pylint: disable=g-import-not-at-top
 
   root = pathlib.Path(bucket.root) / BUCKET
   path = epath.Path(f'gs://{BUCKET}/x/config.json')
@@ -228,9 +214,8 @@ def test_fake_bucket_routes_each_layer_and_refuses_local_api(bucket):
   assert bucket.kvstores and bucket.bucket_lookups == [BUCKET] * len(
       bucket.bucket_lookups)
 
-  writer = tf.summary.create_file_writer(f'gs://{BUCKET}/x/tb')
-  with writer.as_default():
-    tf.summary.scalar('loss', 1.0, step=0)
+  writer = summaries.SummaryWriter(f'gs://{BUCKET}/x/tb')
+  writer.write_scalars(0, {'loss': 1.0})
   writer.close()
   assert any(n.startswith('events.out.tfevents')
              for n in os.listdir(root / 'x' / 'tb'))
@@ -281,8 +266,6 @@ def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
       bucket.dir_renames)
   # orbax's array data went through TensorStore, at gs:// paths.
   assert any(k.startswith(f'{WORKDIR}/checkpoints/') for k in bucket.kvstores)
-  assert all(d.startswith(f'{WORKDIR}/tensorboard/')
-             for d in bucket.summary_dirs), bucket.summary_dirs
 
   # A rerun finds every stage finished and trains nothing.
   steps = [f for f in files if f.startswith('checkpoints/')]
@@ -311,7 +294,7 @@ def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
 # --- No local file API on the workdir, statically ---------------------------
 
 # Modules that read or write the workdir (or outputs given as paths) must go
-# through epath / orbax / tf.summary only. The exceptions are functions that
+# through epath / orbax only. The exceptions are functions that
 # work on the local cache directory (evaluate.py: `--cache_dir`, local by
 # design, shared by all workdirs).
 _WORKDIR_MODULES = (
@@ -319,7 +302,8 @@ _WORKDIR_MODULES = (
     'pipeline/checkpoints.py', 'pipeline/workdirs.py', 'pipeline/teachers.py',
     'models/images.py', 'models/generation.py', 'parallel/distributed.py',
     'parallel/sharding.py', 'evaluation/evaluate.py', 'evaluation/report.py',
-    'evaluation/scorers.py', 'pipeline/workdir_lock.py')
+    'evaluation/scorers.py', 'pipeline/workdir_lock.py',
+    'pipeline/summaries.py')
 _LOCAL_CACHE_FUNCTIONS = {
     'evaluation/scorers.py': {'_local_weights', '_read_reference_stats'},
     'pipeline/workdir_lock.py': {'_flock'},  # local paths only

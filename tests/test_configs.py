@@ -56,7 +56,8 @@ def test_config_loads_and_validates(name):
   assert re.search(rf'--config=configs/{name}\.py', source)
 
 
-@pytest.mark.parametrize('name', [n for n in CONFIG_NAMES if n != 'digits'])
+@pytest.mark.parametrize('name', [n for n in CONFIG_NAMES
+                                  if not n.startswith('digits')])
 def test_paper_configs_validate_on_their_hardware_and_need_no_extra_step(name):
   config = load_config(name)
   # The paper used 8 TPUv4 chips for CIFAR-10 and 64 for the other data sets.
@@ -72,7 +73,10 @@ def test_paper_configs_validate_on_their_hardware_and_need_no_extra_step(name):
     assert config.eval.teacher_max_steps == config.model.eval_sampling_num_steps
   else:
     assert config.train.num_train_steps == 0
+    # No guided teacher was released: a guided distill config reads the
+    # workdir its base config's command writes.
     assert config.distillation.teacher_checkpoint_path.startswith(
+        'workdirs/' if 'guided' in name else
         'gs://gresearch/diffusion-distillation/')
     assert config.eval.teacher_max_steps == config.distillation.start_num_steps
 
@@ -219,6 +223,39 @@ def test_digits_teacher_max_steps_follows_start_num_steps():
   config = load_with_flags('digits', '--config.distillation.start_num_steps=64')
   assert config.eval.teacher_max_steps == 64
   assert load_config('digits').eval.teacher_max_steps == 128
+
+
+@pytest.mark.parametrize('name', ['digits_guided', 'imagenet64_guided_base',
+                                  'imagenet64_guided_distill'])
+def test_guided_configs_are_their_unguided_configs_plus_guidance(name):
+  """Label dropout, the w range, the guided evaluation; nothing else."""
+  unguided = {'digits_guided': 'digits',
+              'imagenet64_guided_base': 'imagenet64_base',
+              'imagenet64_guided_distill': 'imagenet64_distill'}[name]
+  config, plain = load_config(name).to_dict(), load_config(unguided).to_dict()
+  assert config['model'].pop('cond_drop_prob') == 0.1  # the paper's p_uncond
+  guidance = config.pop('guidance', None)
+  if name != 'imagenet64_guided_base':
+    assert (guidance['w_min'], guidance['w_max']) == (0., 4.)
+    assert guidance['num_updates'] > 0
+  assert config['eval'].pop('guidance')
+  for field in ('student_samplers', 'samplers', 'teacher_steps'):
+    config['eval'].pop(field, None), plain['eval'].pop(field, None)
+  if name == 'digits_guided':
+    config['dataset']['args']['class_conditional'] = False
+  if name == 'imagenet64_guided_distill':
+    config['distillation'].pop('teacher_checkpoint_path')
+    plain['distillation'].pop('teacher_checkpoint_path')
+  assert config == plain
+
+
+def test_imagenet64_guided_network_adds_the_no_class_label_and_w():
+  model = model_lib.DiffusionModel.from_config(
+      load_config('imagenet64_guided_distill'), (64, 64, 3), num_classes=1000)
+  params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
+  assert params['class_emb']['kernel'].shape == (1001, 768)
+  assert params['dense_w0']['kernel'].shape == (192, 768)
+  assert params['dense_w1']['kernel'].shape == (768, 768)
 
 
 def test_imagenet64_network_builds_with_heads_of_64_channels():

@@ -164,6 +164,22 @@ def test_digits_does_not_import_tensorflow():
   subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, check=True)
 
 
+def test_tfds_dataset_without_tensorflow_names_the_extra(monkeypatch):
+  """Without the tfds extra, asking for its data sets fails in one line."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(
+      importlib.util, 'find_spec',
+      lambda name, *a: None if name == 'tensorflow_datasets' else find_spec(
+          name, *a))
+  with pytest.raises(data_tfds.MissingExtraError,
+                     match=r"'cifar10' is read with TensorFlow Datasets, but "
+                     r"tensorflow_datasets is not installed; install the "
+                     r"tfds extra: pip install -e '\.\[tfds\]'"):
+    data_lib.get_dataset('cifar10')
+  assert isinstance(data_lib.get_dataset('digits'), data_lib.Digits)
+
+
 def test_from_config():
   config = ml_collections.ConfigDict(dict(dataset=dict(
       name='digits', args=dict(class_conditional=True, randflip=False),

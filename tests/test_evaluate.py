@@ -11,26 +11,30 @@ agreement between the files, the returned rows and independent computations.
 
 import json
 import math
-import subprocess
 from pathlib import Path
+import subprocess
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import PYTHON, REPO, tiny_config
-from diffusion_distillation.pipeline import checkpoints
 from diffusion_distillation.evaluation import evaluate
 from diffusion_distillation.evaluation import report
 from diffusion_distillation.evaluation import scorers
 from diffusion_distillation.evaluation import settings
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.models import generation
+from diffusion_distillation.pipeline import checkpoints
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import workdirs
+
+from helpers import PYTHON
+from helpers import random_params
+from helpers import REPO
+from helpers import tiny_config
 
 NUM_SAMPLES = 12
 INCEPTION_DIVISOR = 16  # every Inception width / 16: a fast forward pass
@@ -56,27 +60,6 @@ def eval_config(dataset='digits'):
     config.dataset.args.class_conditional = True
     config.eval.metric = 'inception'
   return config
-
-
-def random_params(model, seed):
-  """Random parameters (numpy, no compilation) of the model's shapes.
-
-  Unlike `init_params`, whose output conv is zero, every stage gets a distinct
-  non-trivial network.
-  """
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
-
-  def leaf(path, s):
-    if 'scale' in jax.tree_util.keystr(path):
-      value = 1 + 0.1 * rng.standard_normal(s.shape)
-    elif len(s.shape) >= 2:
-      value = rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-    else:
-      value = 0.1 * rng.standard_normal(s.shape)
-    return value.astype(s.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 def make_finished_workdir(workdir, config, data_shape, num_classes):
@@ -180,6 +163,9 @@ def test_digits_evaluation(digits_workdir, cache_dir, monkeypatch, capsys):
   One test rather than several, so that pytest-xdist cannot spread the
   expensive part over both workers.
   """
+  # Other test files in this process may have compiled samplers of an equal
+  # model (same tiny config) for other batch shapes.
+  generation.compiled_sampler.cache_clear()
   results = evaluate.run_evaluation(digits_workdir, cache_dir=cache_dir)
   check_rows(results)
   check_files(digits_workdir, results)
@@ -211,7 +197,7 @@ def test_digits_evaluation(digits_workdir, cache_dir, monkeypatch, capsys):
   assert '| steps | distilled | teacher ancestral |' in md
 
 
-def test_bad_requests(digits_workdir, cache_dir, tmp_path):
+def test_bad_requests(digits_workdir, cache_dir, tmp_path, monkeypatch):
   run = lambda **kw: evaluate.run_evaluation(digits_workdir,
                                              cache_dir=cache_dir, **kw)
   with pytest.raises(settings.EvalError, match='unknown sampler'):
@@ -224,9 +210,11 @@ def test_bad_requests(digits_workdir, cache_dir, tmp_path):
     run(metric='fid')
   with pytest.raises(settings.EvalError, match='no config.json'):
     evaluate.run_evaluation(tmp_path / 'nothing', cache_dir=cache_dir)
-  # The weights are checked before anything is sampled.
-  with pytest.raises(settings.EvalError,
-                     match='inception_path.*empty.*inception-2015-12-05'):
+  # The weights are checked before anything is sampled; offline, with none
+  # given and none cached, the error says where to put them.
+  monkeypatch.setenv('DD_INCEPTION_URL', 'http://127.0.0.1:9/x.tgz')
+  with pytest.raises(settings.EvalError, match='could not download.*Put '
+                     'classify_image_graph_def.pb at .*inception-2015-12-05'):
     run(metric='inception', inception_path='')
   with pytest.raises(settings.EvalError, match='not found.*tar xzf'):
     run(metric='inception', inception_path=str(tmp_path / 'missing.pb'))
@@ -309,6 +297,7 @@ def synthetic_inception_npz(path, divisor, seed=0):
 
 def test_fid_on_mock_cifar10(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   from diffusion_distillation import data as data_lib
   from diffusion_distillation.evaluation.metrics import frechet
   from diffusion_distillation.evaluation.metrics import inception

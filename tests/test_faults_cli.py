@@ -19,16 +19,16 @@ import threading
 import time
 
 import pytest
-from test_cli_errors import assert_rejected
-from test_cli_errors import run_module
-from test_cli_errors import snapshot
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation.parallel import preemption
 from diffusion_distillation.pipeline import workdir_lock
 
+from helpers import assert_rejected
 from helpers import override_flags
 from helpers import REPO
+from helpers import run_module
+from helpers import snapshot
 from helpers import tiny_config
 
 DIGITS = os.path.join(REPO, 'configs', 'digits.py')

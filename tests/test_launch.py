@@ -240,7 +240,8 @@ def _no_gpu(fake):
 
 
 @pytest.mark.parametrize('accelerator, spec', [
-    ('cpu', str(REPO)), ('cuda', f'{REPO}[cuda]'), ('tpu', f'{REPO}[tpu]')])
+    ('cpu', f'{REPO}[tfds]'), ('cuda', f'{REPO}[cuda,tfds]'),
+    ('tpu', f'{REPO}[tpu,tfds]')])
 def test_run_sh_dry_run_fresh(fake, accelerator, spec):
   venv = fake.tmp / 'venv'
   args = ['--config=configs/cifar10_distill.py', '--workdir=/tmp/w d', "it's"]
@@ -295,6 +296,24 @@ def test_run_sh_detection(fake, setup, env, expected):
   assert _dry_commands(proc.stdout)[2][-1] == spec[expected]
 
 
+@pytest.mark.parametrize('args, env, spec', [
+    (['--config=configs/digits.py', '--workdir=w'], {}, str(REPO)),
+    (['--config=configs/digits.py', '--workdir=gs://b/w'], {},
+     f'{REPO}[gcs]'),
+    (['--config=configs/imagenet64_distill.py',
+      '--config.distillation.teacher_checkpoint_path=gs://b/t'], {},
+     f'{REPO}[tfds,gcs]'),
+    (['--config=configs/digits.py'], {'DD_EXTRAS': 'gcs,tfds,gcs'},
+     f'{REPO}[gcs,tfds]'),
+])
+def test_run_sh_installs_the_extras_a_command_needs(fake, args, env, spec):
+  """TFDS only for the TFDS data sets, gcsfs only for gs:// paths."""
+  proc = _run(RUN_SH, fake, *args, DD_DRY_RUN='1', DD_VENV=fake.tmp / 'venv',
+              DD_ACCELERATOR='cpu', **env)
+  assert proc.returncode == 0, proc.stderr
+  assert _dry_commands(proc.stdout)[2][-1] == spec
+
+
 def test_run_sh_bad_accelerator(fake):
   proc = _run(RUN_SH, fake, DD_DRY_RUN='1', DD_VENV=fake.tmp / 'venv',
               DD_ACCELERATOR='gpu')
@@ -342,14 +361,14 @@ def test_run_sh_real_run_with_stand_in_pythons(fake):
       ['python', '-m', 'pip', 'install', '--quiet',
        '--disable-pip-version-check', '--upgrade', 'pip'],
       ['python', '-m', 'pip', 'install', '--quiet',
-       '--disable-pip-version-check', '-e', str(REPO)],
+       '--disable-pip-version-check', '-e', f'{REPO}[tfds]'],
       ['python', '-m', 'diffusion_distillation.main', *args]]
   assert (venv / '.dd_install_stamp').read_text().strip()
   assert Path(py).exists()
 
   # Second launch: nothing is created or installed again.
   fake.log.unlink()
-  proc = _run(RUN_SH, fake, '--x=2', **env)
+  proc = _run(RUN_SH, fake, args[0], '--x=2', **env)
   assert proc.returncode == 0, proc.stderr
   assert fake.calls() == [['python', '-m', 'diffusion_distillation.main',
-                           '--x=2']]
+                           args[0], '--x=2']]

@@ -6,6 +6,7 @@ BatchNormWithGlobalNormalization nodes carrying its attributes), at a reduced
 width for the forward pass; the full-width structure is checked abstractly.
 """
 
+import os
 import subprocess
 
 from flax import traverse_util
@@ -283,3 +284,107 @@ def test_conv_batchnorm_matches_tf(kernel, stride, padding, scale, tmp_path):
   layer = inception.ConvBN(6, kernel, stride, padding, 1e-3)
   got = np.asarray(layer.apply({'params': params}, jnp.asarray(x)))
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Download into the cache (a local HTTP server stands in for the host).
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory, graph_path):
+  """Serves `good.tgz` (the graph), `empty.tgz` and `junk.tgz`; counts GETs."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import http.server  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('host')
+  with tarfile.open(root / 'good.tgz', 'w:gz') as tar:
+    tar.add(graph_path, arcname=inception.GRAPH_FILENAME)
+  with tarfile.open(root / 'empty.tgz', 'w:gz') as tar:
+    tar.add(graph_path, arcname='imagenet_synset_to_human_label_map.txt')
+  (root / 'junk.tgz').write_bytes(b'not an archive')
+  requests = []
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      requests.append(self.path)
+      super().do_GET()
+
+    def log_message(self, *args):
+      del args
+
+  httpd = http.server.ThreadingHTTPServer(
+      ('127.0.0.1', 0), functools.partial(Handler, directory=str(root)))
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield f'http://127.0.0.1:{httpd.server_address[1]}', requests
+  httpd.shutdown()
+
+
+UNREACHABLE = 'http://127.0.0.1:9/inception-2015-12-05.tgz'
+
+
+def test_download_checks_caches_and_reuses(server, graph_path, tmp_path,
+                                           monkeypatch):
+  from diffusion_distillation.evaluation.metrics import inception_download  # pylint: disable=g-import-not-at-top
+  base, requests = server
+  monkeypatch.setenv(inception_download.URL_ENV, f'{base}/good.tgz')
+  path = inception_download.ensure_weights(str(tmp_path), divisor=DIVISOR)
+  assert path == str(tmp_path / 'inception' / inception.GRAPH_FILENAME)
+  assert (tmp_path / 'inception').is_dir()
+  assert os.listdir(tmp_path / 'inception') == [inception.GRAPH_FILENAME]
+  assert open(path, 'rb').read() == graph_path.read_bytes()
+  assert requests.count('/good.tgz') == 1
+  # Reused: no second download, even offline.
+  monkeypatch.setenv(inception_download.URL_ENV, UNREACHABLE)
+  assert inception_download.ensure_weights(str(tmp_path),
+                                           divisor=DIVISOR) == path
+  assert requests.count('/good.tgz') == 1
+
+
+@pytest.mark.parametrize('name, match', [
+    ('empty.tgz', 'holds no classify_image_graph_def.pb'),
+    ('junk.tgz', 'not a .tgz archive'),
+    ('absent.tgz', r'could not download .*absent.tgz \(File not found\)'),
+])
+def test_bad_download_caches_nothing(server, tmp_path, name, match):
+  from diffusion_distillation.evaluation.metrics import inception_download  # pylint: disable=g-import-not-at-top
+  base, _ = server
+  with pytest.raises(inception_download.WeightsDownloadError, match=match):
+    inception_download.ensure_weights(str(tmp_path), f'{base}/{name}',
+                                      divisor=DIVISOR)
+  assert not list(tmp_path.rglob('*.pb')) and not list(
+      tmp_path.rglob('.download-*'))
+
+
+def test_download_of_another_graph_is_refused(server, tmp_path):
+  """The loader's checks run before the file is cached (full width here)."""
+  from diffusion_distillation.evaluation.metrics import inception_download  # pylint: disable=g-import-not-at-top
+  base, _ = server
+  with pytest.raises(inception.InceptionWeightsError, match='has shape'):
+    inception_download.ensure_weights(str(tmp_path), f'{base}/good.tgz')
+  assert not list((tmp_path / 'inception').iterdir())
+
+
+def test_evaluate_offline_says_where_to_put_the_file(finished_workdir,
+                                                     tmp_path):
+  """`evaluate --metric=inception` without weights, offline: one line."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_workdir[0], workdir)
+  cache = tmp_path / 'cache'
+  env = dict(os.environ, DD_INCEPTION_URL=UNREACHABLE, DD_CACHE_DIR=str(cache),
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [PYTHON, '-m', 'diffusion_distillation.evaluate', f'--workdir={workdir}',
+       '--metric=inception'], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=300, check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  expected = cache / 'inception' / inception.GRAPH_FILENAME
+  assert last.startswith(f'error: could not download the Inception weights '
+                         f'from {UNREACHABLE}')
+  assert f'Put {inception.GRAPH_FILENAME} at {expected} ' in last
+  assert inception.INCEPTION_URL in last and '--inception_path' in last
+  assert not (workdir / 'eval').exists()

@@ -25,7 +25,8 @@ SHORT_RUN = ('--config.train.num_train_steps=20',
 NOISE = ('Traceback', "Unable to initialize backend 'tpu'",
          'SetuptoolsDeprecationWarning', 'Editable installation',
          'orbax-checkpoint version', 'Given directory is read only',
-         'CheckpointManagerOptions.read_only')
+         'CheckpointManagerOptions.read_only', 'oneDNN',
+         'Setting work unit notes')
 
 
 def quick_start_commands() -> list[str]:

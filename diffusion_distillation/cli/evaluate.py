@@ -11,8 +11,10 @@ the teacher with each of `--samplers` at 1, 2, 4, ... steps up to
 `config.eval.teacher_max_steps` (or at `--teacher_steps`; `none` skips the
 teacher). Flags default to the workdir's `config.eval`; given flags override
 it. `--metric=digits` (8x8 digits only) is not comparable with any published
-number; `--metric=inception` (FID against the train split, and IS) needs the
-2015-12-05 Inception weights (`--inception_path`).
+number; `--metric=inception` (FID against the train split, and IS) uses the
+2015-12-05 Inception weights: `--inception_path`, else the copy downloaded
+once into `<cache_dir>/inception/` (from `$DD_INCEPTION_URL`, default the
+official archive).
 
 Process 0 writes WORKDIR/eval/results.json, results.md and
 quality_vs_steps.png, rewritten after every row (`complete` turns true at the
@@ -71,7 +73,8 @@ def define_flags():
                     'Quality metric (default: config.eval.metric).')
   common.DEFINE_path('inception_path', None,
                      'classify_image_graph_def.pb or its .npz (default: '
-                     'config.eval.inception_path).')
+                     'config.eval.inception_path, else downloaded once into '
+                     'the cache directory).')
   flags.DEFINE_integer('seed', 0, 'Random seed (the same for every row).')
   flags.DEFINE_integer('batch_size', None,
                        'Samples per compiled call (default: '

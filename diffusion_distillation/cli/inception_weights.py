@@ -3,8 +3,9 @@ r"""Writes the FID Inception weights of a `.pb` graph to an `.npz`.
     python -m diffusion_distillation.inception_weights \
         --pb=classify_image_graph_def.pb --npz=inception.npz
 
-Reading the `.pb` needs TensorFlow; the `.npz` does not (e.g. on TPU hosts),
-and `--inception_path` / `config.eval.inception_path` accept either.
+The `.npz` holds only the tensors the network needs (smaller and faster to
+read than the graph); `--inception_path` / `config.eval.inception_path`
+accept either. Neither needs TensorFlow.
 """
 
 from absl import flags
@@ -26,7 +27,7 @@ def main(argv):
   del argv  # checked by common.run
   try:
     print(inception.convert(FLAGS.pb, FLAGS.npz))
-  except (FileNotFoundError, ImportError, inception.InceptionWeightsError) as e:
+  except (FileNotFoundError, inception.InceptionWeightsError) as e:
     common.fail(str(e))
 
 

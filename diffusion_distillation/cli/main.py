@@ -31,8 +31,8 @@ def main(argv):
   workdir_lock.check_directory(FLAGS.workdir, f'--workdir={FLAGS.workdir}')
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
-  # Imported here, after the flags are checked: it loads TensorFlow (via
-  # clu), which takes seconds that a mistyped flag should not cost.
+  # Imported here, after the flags are checked: it loads orbax and the
+  # model, which takes seconds that a mistyped flag should not cost.
   from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top
   config = common.resolve_config_paths(FLAGS.config)
   summary = loop.run(config, FLAGS.workdir)

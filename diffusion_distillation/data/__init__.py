@@ -29,6 +29,7 @@ import functools
 from diffusion_distillation.data.base import Batch
 from diffusion_distillation.data.base import Dataset
 from diffusion_distillation.data.digits import Digits
+from diffusion_distillation.data.tfds import check_installed
 from diffusion_distillation.data.tfds import CIFAR10
 from diffusion_distillation.data.tfds import ImageNet
 from diffusion_distillation.data.tfds import import_tensorflow
@@ -96,8 +97,11 @@ def get_dataset(name: str,
   if name not in _BUILDERS:
     raise ValueError(f'Unknown dataset {name!r}; known datasets: '
                      f'{", ".join(DATASET_NAMES)}.')
-  return _BUILDERS[name](name=name, class_conditional=class_conditional,
-                         randflip=randflip, data_dir=data_dir)
+  dataset = _BUILDERS[name](name=name, class_conditional=class_conditional,
+                            randflip=randflip, data_dir=data_dir)
+  if isinstance(dataset, TFDSDataset):
+    check_installed(name)
+  return dataset
 
 
 def from_config(config) -> Dataset:

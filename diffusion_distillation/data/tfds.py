@@ -13,16 +13,39 @@ Distillation code:
 TensorFlow and TFDS are imported lazily, on the first use of one of these data
 sets, so that importing this module (or using the digits data set) never pays
 for, or touches the GPU through, TensorFlow. TensorFlow is always hidden from
-the GPUs.
+the GPUs. They are the package's `tfds` extra (`pip install
+'diffusion_distillation[tfds]'`); asking for one of these data sets without
+them stops in one line that says so.
 """
 
 from __future__ import annotations
 
 import abc
 import functools
+import importlib.util
 from typing import Any, Iterator
 
 from diffusion_distillation.data import base
+from diffusion_distillation.errors import UserError
+
+
+class MissingExtraError(UserError):
+  """A TFDS data set was asked for, but TensorFlow (Datasets) is missing."""
+
+
+def check_installed(dataset: str):
+  """Raises MissingExtraError unless TensorFlow and TFDS can be imported.
+
+  Checked without importing them (`find_spec`), so it costs nothing.
+  """
+  missing = [m for m in ('tensorflow', 'tensorflow_datasets')
+             if importlib.util.find_spec(m) is None]
+  if missing:
+    raise MissingExtraError(
+        f"data set '{dataset}' is read with TensorFlow Datasets, but "
+        f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} not "
+        "installed; install the tfds extra: "
+        "pip install -e '.[tfds]' (launch/run.sh: DD_EXTRAS=tfds)")
 
 
 @functools.cache

@@ -73,12 +73,15 @@ def teacher_target(teacher_fn: ModelFn, z_t, u, i, num_steps, *,
   logsnr_mid = logsnr_schedule_fn(u - 0.5 / num_steps)
   logsnr_s = logsnr_schedule_fn(u - 1. / num_steps)
 
-  x_1 = process.interpret_output(teacher_fn(z_t, logsnr_t), z_t, logsnr_t,
-                                 mean_type).x
-  z_mid = process.ddim_step(z_t, x_1, logsnr_t, logsnr_mid)
-  x_2 = process.interpret_output(teacher_fn(z_mid, logsnr_mid), z_mid,
-                                 logsnr_mid, mean_type).x
-  z_s = process.ddim_step(z_mid, x_2, logsnr_mid, logsnr_s)
+  # As the official training_losses: each DDIM step keeps the teacher's own
+  # eps prediction (the network output for mean_type 'eps').
+  pred_1 = process.interpret_output(teacher_fn(z_t, logsnr_t), z_t, logsnr_t,
+                                    mean_type)
+  z_mid = process.ddim_step(z_t, pred_1.x, logsnr_t, logsnr_mid, pred_1.eps)
+  pred_2 = process.interpret_output(teacher_fn(z_mid, logsnr_mid), z_mid,
+                                    logsnr_mid, mean_type)
+  x_2 = pred_2.x
+  z_s = process.ddim_step(z_mid, x_2, logsnr_mid, logsnr_s, pred_2.eps)
 
   x_target = process.distillation_target(z_t, z_s, logsnr_t, logsnr_s)
   last = process.broadcast_from_left(i == 0, z_t.shape)

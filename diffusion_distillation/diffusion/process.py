@@ -179,12 +179,19 @@ def interpret_output(output, z, logsnr, mean_type: str, clip_x: bool = False):
 # --- Sampler steps and the distillation target -----------------------------------
 
 
-def ddim_step(z_t, x_pred, logsnr_t, logsnr_s):
-  """One deterministic DDIM step from t to s: keep the implied eps, move x.
+def ddim_step(z_t, x_pred, logsnr_t, logsnr_s, eps_pred=None):
+  """One deterministic DDIM step from t to s: keep the eps prediction, move x.
 
-  z_s = alpha_s * x_pred + sigma_s * eps_pred, eps_pred = eps_from_x(z_t, x_pred).
+  z_s = alpha_s * x_pred + sigma_s * eps_pred. Pass the model's `eps_pred`
+  (`Prediction.eps`) as the official `dpm.Model.ddim_step` does: for
+  mean_type 'eps' without clipping it is the network output itself, which
+  stays exact where re-deriving it from x loses float32 precision (high
+  logSNR: eps = (z - alpha x) / sigma divides a cancellation by a tiny
+  sigma). Without it, eps_pred = eps_from_x(z_t, x_pred, logsnr_t), the same
+  value for every other mean_type and for clipped x.
   """
-  eps_pred = eps_from_x(z_t, x_pred, logsnr_t)
+  if eps_pred is None:
+    eps_pred = eps_from_x(z_t, x_pred, logsnr_t)
   return diffuse(x_pred, eps_pred, logsnr_s)
 
 

@@ -8,7 +8,36 @@ import jax.numpy as jnp
 from diffusion_distillation.diffusion import process
 from diffusion_distillation.diffusion.losses import ModelFn
 
-SAMPLERS = ('ddim', 'ancestral')
+SAMPLERS = ('ddim', 'ancestral', 'stochastic')
+# The samplers that draw fresh noise inside the loop (they need an rng).
+NOISY_SAMPLERS = ('ancestral', 'stochastic')
+
+
+def renoise(z_u, logsnr_u, logsnr_s, noise):
+  """A draw from q(z_s | z_u) for s noisier than u (logsnr_s < logsnr_u).
+
+  z_s = (alpha_s / alpha_u) z_u + sigma_{s|u} noise, with
+  sigma_{s|u}^2 = sigma_s^2 - (alpha_s / alpha_u)^2 sigma_u^2
+               = sigma_s^2 (1 - SNR(s) / SNR(u)).
+  """
+  logsnr_u = process.broadcast_from_left(logsnr_u, z_u.shape)
+  logsnr_s = process.broadcast_from_left(logsnr_s, z_u.shape)
+  alpha_su = jnp.sqrt(jax.nn.sigmoid(logsnr_s) / jax.nn.sigmoid(logsnr_u))
+  var = jax.nn.sigmoid(-logsnr_s) * -jnp.expm1(logsnr_s - logsnr_u)
+  return alpha_su * z_u + jnp.sqrt(var) * noise
+
+
+def stochastic_step(z_t, x_pred, logsnr_t, logsnr_u, logsnr_s, noise):
+  """One step t -> s = t - 1/N of the stochastic sampler of Meng et al.
+
+  A deterministic DDIM step of twice the step length, to u = t - 2/N, then
+  back up by one step length to s with fresh noise (a draw from
+  q(z_s | z_u)). Still one network evaluation per step. ("On Distillation of
+  Guided Diffusion Models", arXiv 2210.03142, Sec. 5, N-step stochastic
+  sampling, after the stochastic sampler of Karras et al., 2022.)
+  """
+  z_u = process.ddim_step(z_t, x_pred, logsnr_t, logsnr_u)
+  return renoise(z_u, logsnr_u, logsnr_s, noise)
 
 
 def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
@@ -21,29 +50,37 @@ def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
   last step (i = 0) returns the model's x prediction rather than z_0, as in the
   official code. `num_steps` may be traced, so one compiled loop serves every
   step count. 'ddim' is deterministic; 'ancestral' draws from the posterior
-  with the given `variance` and needs `rng`.
+  with the given `variance`; 'stochastic' (for distilled students) jumps to
+  (i - 1) / N and renoises to i / N (`stochastic_step`). The noisy samplers
+  need `rng`.
   """
   if sampler not in SAMPLERS:
     raise ValueError(f'unknown sampler {sampler!r}; known: {SAMPLERS}')
-  if sampler == 'ancestral' and rng is None:
-    raise ValueError('the ancestral sampler needs an rng')
+  if sampler in NOISY_SAMPLERS and rng is None:
+    raise ValueError(f'the {sampler} sampler needs an rng')
   batch = z_init.shape[0]
+
+  def logsnr_at(j):
+    return jnp.full((batch,), logsnr_schedule_fn(
+        j.astype(jnp.float32) / num_steps))
 
   def body(k, z_t):
     i = num_steps - 1 - k
-    logsnr_t = logsnr_schedule_fn((i + 1).astype(jnp.float32) / num_steps)
-    logsnr_s = logsnr_schedule_fn(i.astype(jnp.float32) / num_steps)
-    logsnr_t = jnp.full((batch,), logsnr_t)
-    logsnr_s = jnp.full((batch,), logsnr_s)
+    logsnr_t, logsnr_s = logsnr_at(i + 1), logsnr_at(i)
     pred = process.interpret_output(model_fn(z_t, logsnr_t), z_t, logsnr_t,
                                     mean_type, clip_x=clip_x)
     if sampler == 'ddim':
-      z_s = process.ddim_step(z_t, pred.x, logsnr_t, logsnr_s)
-    else:
-      noise = jax.random.normal(jax.random.fold_in(rng, i), z_t.shape,
-                                z_t.dtype)
+      return jnp.where(i == 0, pred.x,
+                       process.ddim_step(z_t, pred.x, logsnr_t, logsnr_s,
+                                         pred.eps))
+    noise = jax.random.normal(jax.random.fold_in(rng, i), z_t.shape,
+                              z_t.dtype)
+    if sampler == 'ancestral':
       z_s = process.ancestral_step(z_t, pred.x, logsnr_t, logsnr_s, noise,
                                    variance)
+    else:  # i >= 1 here whenever the result is used: u = (i - 1) / N >= 0
+      z_s = stochastic_step(z_t, pred.x, logsnr_t,
+                            logsnr_at(jnp.maximum(i - 1, 0)), logsnr_s, noise)
     return jnp.where(i == 0, pred.x, z_s)
 
   return jax.lax.fori_loop(0, num_steps, body, z_init)

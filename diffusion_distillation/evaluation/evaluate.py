@@ -20,6 +20,7 @@ from absl import logging
 from etils import epath
 import jax
 
+from diffusion_distillation.evaluation import bpd
 from diffusion_distillation.evaluation import report
 from diffusion_distillation.evaluation import scorers
 from diffusion_distillation.evaluation.settings import check_arguments
@@ -27,6 +28,8 @@ from diffusion_distillation.evaluation.settings import EvalError
 from diffusion_distillation.evaluation.settings import plan_rows
 from diffusion_distillation.evaluation.settings import resolve_settings
 from diffusion_distillation.models import generation
+from diffusion_distillation.pipeline import progress
+from diffusion_distillation.pipeline import summaries
 from diffusion_distillation.pipeline import workdir_lock
 
 
@@ -67,6 +70,8 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
       teacher_steps=teacher_steps, metric=metric,
       inception_path=inception_path, seed=seed, batch_size=batch_size,
       cache_dir=cache_dir)
+  if settings.metric == 'bpd':  # the teacher's likelihood, not its samples
+    return bpd.run_bpd(workdir, loaded, settings)
   specs = plan_rows(loaded.student_steps(), settings)
   if not specs:
     raise EvalError('nothing to evaluate: no finished student and no teacher '
@@ -128,24 +133,52 @@ def _results_header(workdir, loaded, settings, scorer) -> dict:
       metric_info=scorer.info, complete=False, seconds=None, rows=[])
 
 
+def _row_progress(i: int, count: int, t_rows: float) -> str:
+  """`row 3/15, ETA 1m 10s`: the rows left at the mean time of those done."""
+  if not i:
+    return f'row 1/{count}'
+  left = (time.time() - t_rows) / i * (count - i)
+  return f'row {i + 1}/{count}, ETA {progress.format_duration(left)}'
+
+
+def _write_scalars(writer, row, scorer):
+  """`eval/<value>/<column>` against the sampler steps, for TensorBoard."""
+  column = report.column_name(row['model'], row['sampler'],
+                              row.get('guidance'))
+  writer.write_scalars(row['steps'], {
+      f'eval/{name}/{column.lower().replace(" ", "_")}': row[name]
+      for name in scorer.value_names if row[name] is not None})
+  writer.flush()
+
+
 def _evaluate_rows(workdir, loaded, settings, specs, scorer, results,
                    t_start: float):
-  """Samples and scores every row into `results`, writing after each."""
+  """Samples and scores every row into `results`, writing after each.
+
+  Also writes each row's values to the TensorBoard run WORKDIR/tensorboard/
+  eval, against the sampler steps.
+  """
   teacher = (loaded.teacher_params()
              if any(s.model == 'teacher' for s in specs) else None)
   write = jax.process_index() == 0
+  writer = summaries.SummaryWriter(
+      epath.Path(workdir) / 'tensorboard' / 'eval', enabled=write)
   logging.info('%d rows, %d samples each; the first row of each sampler '
                'includes compiling it', len(specs), settings.num_samples)
+  t_rows = time.time()
   for i, spec in enumerate(specs):
     params = (loaded.student_params(spec.steps) if spec.model == 'distilled'
               else teacher)
-    results['rows'].append(_evaluate_row(loaded, params, spec, settings,
-                                         scorer, f'[{i + 1}/{len(specs)}]'))
+    row = _evaluate_row(loaded, params, spec, settings, scorer,
+                        _row_progress(i, len(specs), t_rows))
+    results['rows'].append(row)
+    _write_scalars(writer, row, scorer)
     last = i + 1 == len(specs)
     if last:
       results.update(complete=True, seconds=round(time.time() - t_start, 1))
     if write:  # after every row: an interrupted run keeps what it measured
       report.write_results(workdir, results, plot=last)
+  writer.close()
 
 
 def _finite_or_none(value):
@@ -153,14 +186,14 @@ def _finite_or_none(value):
   return value if math.isfinite(value) else None
 
 
-def _evaluate_row(loaded, params, spec, settings, scorer, progress: str):
+def _evaluate_row(loaded, params, spec, settings, scorer, where: str):
   """One row: samples `spec`'s model and scores the samples."""
   t0 = time.time()
-  samples, _ = generation.generate(
-      loaded.model, params, mesh=loaded.mesh,
-      num_samples=settings.num_samples, num_steps=spec.steps,
-      seed=settings.seed, sampler=spec.sampler,
-      batch_size=settings.batch_size)
+  samples, labels = generation.generate(
+      loaded.model.student() if spec.model == 'distilled' else loaded.model,
+      params, mesh=loaded.mesh, num_samples=settings.num_samples,
+      num_steps=spec.steps, seed=settings.seed, sampler=spec.sampler,
+      batch_size=settings.batch_size, guidance=spec.guidance)
   t1 = time.time()
   try:
     values = scorer.compute(samples)
@@ -168,14 +201,19 @@ def _evaluate_row(loaded, params, spec, settings, scorer, progress: str):
     logging.warning('%s %s %d steps: metric failed (%s)', spec.model,
                     spec.sampler, spec.steps, e)
     values = {name: float('nan') for name in scorer.value_names}
+  if scorer.class_accuracy and loaded.model.num_classes > 1:
+    values['class_accuracy'] = scorer.class_accuracy(samples, labels)
   t2 = time.time()
   row = dict(model=spec.model, sampler=spec.sampler, steps=spec.steps)
+  if spec.guidance is not None:
+    row['guidance'] = spec.guidance
   row.update({k: _finite_or_none(v) for k, v in values.items()})
   row.update(seconds=round(t2 - t0, 2), sample_seconds=round(t1 - t0, 2),
              metric_seconds=round(t2 - t1, 2))
   logging.info(
-      '%s %-9s %-9s %4d steps: %s (sampling %.1fs, metric %.1fs)', progress,
+      '%s: %-9s %-9s %4d steps%s: %s (sampling %.1fs, metric %.1fs)', where,
       spec.model, spec.sampler, spec.steps,
+      '' if spec.guidance is None else f', w={spec.guidance:g}',
       ' '.join(f'{k}={report.format_value(row[k])}'
                for k in scorer.value_names),
       t1 - t0, t2 - t1)

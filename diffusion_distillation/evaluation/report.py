@@ -19,20 +19,28 @@ PLOT_PNG = 'quality_vs_steps.png'
 _LOG_Y_SPREAD = 20.0
 
 
-def column_name(model: str, sampler: str) -> str:
-  """The table column (and plot label) of a (model, sampler) pair."""
+def column_name(model: str, sampler: str, guidance=None) -> str:
+  """The table column (and plot label) of a (model, sampler) pair, and of
+  its guidance strength w in a guided run."""
   if model == 'distilled':
-    return 'distilled' if sampler == 'ddim' else f'distilled {sampler}'
-  return f'teacher {"DDIM" if sampler == "ddim" else sampler}'
+    name = 'distilled' if sampler == 'ddim' else f'distilled {sampler}'
+  else:
+    name = f'teacher {"DDIM" if sampler == "ddim" else sampler}'
+  return name if guidance is None else f'{name} w={guidance:g}'
 
 
-def _columns(rows) -> list[tuple[str, str]]:
-  seen = []
-  for row in rows:
-    key = (row['model'], row['sampler'])
-    if key not in seen:
-      seen.append(key)
-  return seen
+def _key(row) -> tuple:
+  return (row['model'], row['sampler'], row.get('guidance'))
+
+
+def _columns(rows) -> list[tuple]:
+  """The (model, sampler, guidance) of `rows`, in order of appearance."""
+  return list(dict.fromkeys(_key(r) for r in rows))
+
+
+def _pairs(rows) -> list[tuple[str, str]]:
+  """The (model, sampler) pairs of `rows`, in order of appearance."""
+  return list(dict.fromkeys((r['model'], r['sampler']) for r in rows))
 
 
 def format_value(value) -> str:
@@ -43,21 +51,26 @@ def format_value(value) -> str:
 
 
 def _table(rows, value: str) -> list[str]:
-  columns = _columns(rows)
-  cells = {(r['model'], r['sampler'], r['steps']): r.get(value) for r in rows}
-  steps = sorted({r['steps'] for r in rows})
-  lines = ['| steps | ' + ' | '.join(column_name(*c) for c in columns) + ' |',
-           '|---:|' + '---:|' * len(columns)]
-  for n in steps:
-    lines.append(f'| {n} | ' + ' | '.join(
-        format_value(cells[(*c, n)]) if (*c, n) in cells else ''
-        for c in columns) + ' |')
-  return lines
+  """One line per step count (per guidance w and step count in a guided
+  run), one column per (model, sampler)."""
+  pairs = _pairs(rows)
+  cells = {(*_key(r), r['steps']): r.get(value) for r in rows}
+  lines = sorted({(r.get('guidance'), r['steps']) for r in rows},
+                 key=lambda k: (k[0] or 0., k[1]))
+  guided = any(w is not None for w, _ in lines)
+  out = ['| ' + ('w | ' if guided else '') + 'steps | ' +
+         ' | '.join(column_name(*p) for p in pairs) + ' |',
+         '|' + '---:|' * (len(pairs) + 1 + guided)]
+  for w, n in lines:
+    out.append('| ' + (f'{w:g} | ' if guided else '') + f'{n} | ' + ' | '.join(
+        format_value(cells[(*p, w, n)]) if (*p, w, n) in cells else ''
+        for p in pairs) + ' |')
+  return out
 
 
 def format_markdown(results: dict) -> str:
-  """Two tables (main metric, IS): one line per step count, one column per
-  (model, sampler)."""
+  """Tables of the main metric, IS and (when measured) class accuracy: one
+  line per step count (and guidance w), one column per (model, sampler)."""
   main, score = results['metric_names'][:2]
   header = (f"{results['dataset']} | {results['num_samples']} samples per "
             f"cell | seed {results['seed']} | distilled students sample with "
@@ -69,23 +82,34 @@ def format_markdown(results: dict) -> str:
   lines += _table(results['rows'], main)
   lines += ['', f'### {score} (higher is better)', '']
   lines += _table(results['rows'], score)
+  if any('class_accuracy' in r for r in results['rows']):
+    lines += ['', '### class accuracy (fraction of samples classified as '
+              'their requested label; higher is better)', '']
+    lines += _table(results['rows'], 'class_accuracy')
   return '\n'.join(lines) + '\n'
 
 
 def _plot_lines(ax, results: dict, main: str):
-  """One line per (model, sampler); returns (plotted values, step counts)."""
+  """One line per (model, sampler) (and guidance w: one colour per w, one
+  line style per (model, sampler)); returns (plotted values, step counts)."""
   values, steps = [], set()
-  for model, sampler in _columns(results['rows']):
+  columns = _columns(results['rows'])
+  pairs = _pairs(results['rows'])
+  strengths = list(dict.fromkeys(c[2] for c in columns))
+  for model, sampler, guidance in columns:
     pts = sorted((r['steps'], r[main]) for r in results['rows']
-                 if (r['model'], r['sampler']) == (model, sampler)
+                 if _key(r) == (model, sampler, guidance)
                  and r.get(main) is not None)
     if not pts:
       continue
     xs, ys = zip(*pts)
     values += ys
     steps.update(xs)
+    style = {} if guidance is None else dict(
+        color=f'C{strengths.index(guidance) % 10}',
+        linestyle=('-', '--', ':', '-.')[pairs.index((model, sampler)) % 4])
     ax.plot(xs, ys, marker='o', linewidth=2.2 if model == 'distilled' else 1.5,
-            label=column_name(model, sampler))
+            label=column_name(model, sampler, guidance), **style)
   return values, steps
 
 

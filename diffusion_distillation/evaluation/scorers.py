@@ -34,6 +34,7 @@ from diffusion_distillation.evaluation.metrics import batching
 from diffusion_distillation.evaluation.metrics import fingerprint as fingerprint_lib
 from diffusion_distillation.evaluation.metrics import frechet
 from diffusion_distillation.evaluation.metrics import inception
+from diffusion_distillation.evaluation.metrics import inception_download
 from diffusion_distillation.evaluation.settings import EvalError
 from diffusion_distillation.evaluation.settings import Settings
 from diffusion_distillation.models import images as images_lib
@@ -53,6 +54,9 @@ class Metric:
   score: str  # the Inception-Score-like value (higher is better)
   compute: Callable[[np.ndarray], dict[str, float]]
   info: dict[str, Any]  # goes into results.json (reference statistics etc.)
+  # (samples, requested labels) -> the fraction classified as requested;
+  # None when the metric has no classifier of the data set's classes.
+  class_accuracy: Optional[Callable[[np.ndarray, np.ndarray], float]] = None
 
   @property
   def value_names(self) -> tuple[str, ...]:
@@ -83,7 +87,8 @@ def digits_metric(cache_dir: str) -> Metric:
       classifier_heldout_accuracy=round(classifier.heldout_accuracy, 4),
       classifier_fingerprint=classifier.fingerprint,
       reference='all 1797 scikit-learn digits',
-      reference_num_examples=reference[2]))
+      reference_num_examples=reference[2]),
+                class_accuracy=lambda x, y: dc.accuracy(classifier, x, y))
 
 
 # --- Inception ---------------------------------------------------------------
@@ -139,18 +144,18 @@ def _local_weights(path: str, cache_dir: str) -> str:
 
 
 def load_inception_or_fail(path: str, cache_dir: str, divisor: int = 1):
-  """`inception.load_inception`, with a one-line EvalError on failure."""
-  if not path:
-    prefix = ("metric 'inception' needs the Inception weights, but "
-              '--inception_path (config.eval.inception_path) is empty. ')
-  else:
-    prefix = ''
+  """`inception.load_inception`, with a one-line EvalError on failure.
+
+  Without a `path`, the standard file is downloaded once into `cache_dir`
+  (`inception_download`).
+  """
   try:
+    if not path:
+      path = inception_download.ensure_weights(cache_dir, divisor=divisor)
     return inception.load_inception(_local_weights(path, cache_dir),
                                     divisor=divisor)
-  except FileNotFoundError as e:
-    raise EvalError(prefix + str(e)) from None
-  except (inception.InceptionWeightsError, ImportError) as e:
+  except (FileNotFoundError, inception_download.WeightsDownloadError,
+          inception.InceptionWeightsError) as e:
     raise EvalError(str(e)) from None
 
 

@@ -4,12 +4,15 @@ Arguments override the workdir's `config.eval`; fields neither sets get
 defaults. Every student is sampled with DDIM at its own step count; the
 teacher with each sampler at 1, 2, 4, ... steps up to
 `config.eval.teacher_max_steps` (else `distillation.start_num_steps`, else
-`model.eval_sampling_num_steps`), or at the given `teacher_steps`.
+`model.eval_sampling_num_steps`), or at the given `teacher_steps` (else
+`config.eval.teacher_steps`). `config.eval.student_samplers` adds samplers
+for the students ('stochastic', Meng et al. 2023). A guided run adds a
+guidance axis: every row is sampled at each w of `config.eval.guidance`.
 """
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -35,6 +38,8 @@ class Settings:
   seed: int
   inception_path: str
   cache_dir: str
+  student_samplers: tuple[str, ...] = ('ddim',)
+  guidance: tuple[float, ...] = ()  # guidance strengths w; () = unguided
 
 
 def default_cache_dir() -> str:
@@ -118,6 +123,8 @@ def check_arguments(*, num_samples=None, samplers=None, teacher_steps=None,
 
 def _default_teacher_steps(config) -> tuple[int, ...]:
   ev = config.get('eval') or {}
+  if ev.get('teacher_steps'):
+    return parse_int_list(ev.teacher_steps, 'config.eval.teacher_steps')
   distill = config.get('distillation')
   max_steps = ev.get('teacher_max_steps') or (
       distill.start_num_steps if distill else
@@ -152,7 +159,9 @@ def resolve_settings(config, *, num_samples=None, samplers=None,
       seed=_check_int(seed, 'seed', -2**31),
       inception_path=(inception_path if inception_path is not None
                       else ev.get('inception_path', '')) or '',
-      cache_dir=cache_dir or default_cache_dir())
+      cache_dir=cache_dir or default_cache_dir(),
+      student_samplers=parse_samplers(ev.get('student_samplers', ('ddim',))),
+      guidance=tuple(float(w) for w in ev.get('guidance') or ()))
   check_arguments(num_samples=settings.num_samples, metric=settings.metric,
                   batch_size=settings.batch_size)
   if settings.metric == 'digits' and dataset != 'digits':
@@ -167,13 +176,21 @@ class RowSpec:
   model: str  # 'distilled' or 'teacher'
   sampler: str
   steps: int
+  guidance: Optional[float] = None  # the guidance strength w of a guided run
 
 
 def plan_rows(student_steps: Sequence[int],
               settings: Settings) -> list[RowSpec]:
-  """Students (DDIM, most steps first), then the teacher per sampler."""
-  rows = [RowSpec('distilled', 'ddim', n) for n in sorted(student_steps,
-                                                          reverse=True)]
-  for sampler in settings.samplers:
-    rows += [RowSpec('teacher', sampler, n) for n in settings.teacher_steps]
+  """Per guidance strength (if guided): the students per student sampler
+  (most steps first; a noisy sampler from 2 steps, where it differs from
+  DDIM), then the teacher per sampler."""
+  rows = []
+  for w in settings.guidance or (None,):
+    for sampler in settings.student_samplers:
+      rows += [RowSpec('distilled', sampler, n, w)
+               for n in sorted(student_steps, reverse=True)
+               if sampler == 'ddim' or n > 1]
+    for sampler in settings.samplers:
+      rows += [RowSpec('teacher', sampler, n, w)
+               for n in settings.teacher_steps]
   return rows

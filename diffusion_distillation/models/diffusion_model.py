@@ -3,14 +3,22 @@
 A `DiffusionModel` is a small, hashable description (network + how to read its
 output + schedules); every method is a pure function of explicit parameters,
 so the same object serves training, distillation, sampling and evaluation.
+
+Guided runs (classifier-free guidance, `model.cond_drop_prob` > 0) add a "no
+class" label `num_classes`; with a `guidance` config section (guided
+distillation, Meng et al., 2023) the network also has the w input of the
+students, and `student()` is the model whose parameters take it. Every model
+of one run shares one parameter tree: the teacher never calls its w layers.
 """
 
 import dataclasses
+import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
+from diffusion_distillation.diffusion import guidance as guidance_lib
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.diffusion import schedules
 from diffusion_distillation.models import unet as unet_lib
@@ -44,6 +52,9 @@ class DiffusionModel:
   eval_schedule: tuple
   clip_x: bool
   variance: str
+  cond_drop_prob: float = 0.  # > 0: a guided teacher (label dropout)
+  w_range: Optional[tuple] = None  # (w_min, w_max) of guided distillation
+  w_conditioned: bool = False  # these parameters take w (see `student`)
 
   @classmethod
   def from_config(cls, config, data_shape, num_classes,
@@ -54,10 +65,14 @@ class DiffusionModel:
       args['dropout'] = dropout
     args['ch_mult'] = tuple(args['ch_mult'])
     args['attn_resolutions'] = tuple(args['attn_resolutions'])
+    cond_drop_prob = float(config.model.get('cond_drop_prob', 0.))
+    guided = config.get('guidance')
+    w_range = (float(guided.w_min), float(guided.w_max)) if guided else None
     network = unet_lib.UNet(
-        num_classes=num_classes,
+        num_classes=num_classes + (1 if cond_drop_prob > 0 else 0),
         out_ch=out_channels(config.model.mean_type, data_shape[-1]),
         dtype=config.model.dtype,
+        w_max=w_range[1] if w_range else 0.,
         **args)
     schedule = lambda s: (s.name, float(s.logsnr_min), float(s.logsnr_max))
     return cls(
@@ -70,7 +85,51 @@ class DiffusionModel:
         train_schedule=schedule(config.model.train_logsnr_schedule),
         eval_schedule=schedule(config.model.eval_logsnr_schedule),
         clip_x=config.model.eval_clip_denoised,
-        variance=config.model.logvar_type)
+        variance=config.model.logvar_type,
+        cond_drop_prob=cond_drop_prob,
+        w_range=w_range)
+
+  @property
+  def guided(self) -> bool:
+    """Trained with label dropout: the teacher samples at any guidance w."""
+    return self.cond_drop_prob > 0
+
+  @property
+  def null_label(self) -> int:
+    """The "no class" label of a guided model (its unconditional input)."""
+    return self.num_classes
+
+  def student(self) -> 'DiffusionModel':
+    """The model of this run's distilled students: w-conditioned if guided."""
+    return dataclasses.replace(self, w_conditioned=self.w_range is not None)
+
+  def without_w_layers(self) -> 'DiffusionModel':
+    """This model without the students' w layers: the parameter tree of a
+    guided teacher trained by a config without a guidance section."""
+    return dataclasses.replace(self, network=self.network.clone(w_max=0.),
+                               w_range=None)
+
+  def add_w_layers(self, params, rng):
+    """`params` of `without_w_layers()` plus freshly initialized w layers
+    (`dense_w1` starts at zero: the student starts as the teacher)."""
+    fresh = jax.jit(self.init_params)(rng)
+    return dict(params, dense_w0=fresh['dense_w0'], dense_w1=fresh['dense_w1'])
+
+  def check_guidance(self, w: float, *, student: bool):
+    """Raises GuidanceError unless the student (or teacher) serves guidance w.
+
+    A w-conditioned student serves its trained range only; a guided teacher
+    any w (guidance is arithmetic on its two predictions).
+    """
+    if student:
+      w_range, what = self.w_range, "this run's students"
+      reason = ('the config has no guidance section: they were distilled '
+                'without guidance')
+    else:
+      w_range = (-math.inf, math.inf) if self.guided else None
+      what = 'the teacher'
+      reason = 'it was trained without label dropout, model.cond_drop_prob = 0'
+    guidance_lib.check_w(w, w_range, what, reason)
 
   def logsnr_schedule(self, which: str = 'train'):
     name, lo, hi = self.train_schedule if which == 'train' else (
@@ -80,34 +139,48 @@ class DiffusionModel:
   def init_params(self, rng):
     """Parameters for one example batch shape (the same on every host)."""
     x = jnp.zeros((1, *self.data_shape), jnp.float32)
+    w = jnp.zeros((1,), jnp.float32) if self.w_range else None
     return self.network.init(
         {'params': rng}, x, jnp.zeros((1,), jnp.float32),
-        jnp.zeros((1,), jnp.int32), train=False)['params']
+        jnp.zeros((1,), jnp.int32), train=False, w=w)['params']
 
-  def bind(self, params, labels, *, train: bool = False, rng=None):
-    """Returns `model_fn(z, logsnr)` with parameters and labels fixed."""
+  def bind(self, params, labels, *, train: bool = False, rng=None,
+           guidance=None):
+    """Returns `model_fn(z, logsnr)` with parameters and labels fixed.
+
+    `guidance` (None, a scalar or shape (B,)) is the guidance strength w: a
+    w-conditioned student takes it as an input (one evaluation), a guided
+    teacher combines its conditional and unconditional predictions (two).
+    """
     rngs = {'dropout': rng} if train else None
 
-    def model_fn(z, logsnr):
-      return self.network.apply({'params': params}, z, logsnr, labels,
+    def apply(z, logsnr, y, w=None):
+      return self.network.apply({'params': params}, z, logsnr, y, w=w,
                                 train=train, rngs=rngs)
 
-    return model_fn
+    if guidance is None:
+      if self.w_conditioned:
+        raise ValueError('a w-conditioned student needs a guidance strength')
+      return lambda z, logsnr: apply(z, logsnr, labels)
+    w = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32), labels.shape)
+    if self.w_conditioned:
+      return lambda z, logsnr: apply(z, logsnr, labels, w)
+    return guidance_lib.guided_model_fn(apply, labels, self.null_label, w)
 
   def generate(self, params, rng, labels, *, num_steps, sampler: str = 'ddim',
-               batch_sharding=None):
+               batch_sharding=None, guidance=None):
     """Samples images in [0, 255] (float) for the given labels.
 
     `labels` has shape (B,) and fixes the batch size (zeros when
     unconditional). `batch_sharding` splits the batch over devices; without it
-    XLA would run the whole batch on every device.
+    XLA would run the whole batch on every device. `guidance`: see `bind`.
     """
     rng_init, rng_loop = jax.random.split(rng)
     z = jax.random.normal(rng_init, (labels.shape[0], *self.data_shape))
     if batch_sharding is not None:
       z = jax.lax.with_sharding_constraint(z, batch_sharding)
     x = sampling.sample_loop(
-        self.bind(params, labels), z, num_steps=num_steps,
+        self.bind(params, labels, guidance=guidance), z, num_steps=num_steps,
         logsnr_schedule_fn=self.logsnr_schedule('eval'),
         mean_type=self.mean_type, sampler=sampler, clip_x=self.clip_x,
         variance=self.variance, rng=rng_loop)

@@ -268,6 +268,13 @@ class UNet(nn.Module):
     head_dim: per-head width, alternative to num_heads.
     dtype: computation dtype, a dtype or its name ('float32', 'bfloat16').
       Parameters stay float32 and the output is float32 regardless.
+    w_max: > 0 adds the input `w` of a w-conditioned student of guided
+      distillation (Meng et al., 2023), a guidance strength in [0, w_max]:
+      Fourier-embedded like logSNR (after scaling by 1 / w_max) through
+      `dense_w0` and a zero-initialized `dense_w1`, and added to the
+      conditioning embedding. 0: no `w` input and no such layers (the
+      official parameter tree). Calls with w=None skip these layers, which
+      is how the guided teacher runs.
   """
 
   num_classes: int
@@ -284,6 +291,7 @@ class UNet(nn.Module):
   resblock_resample: bool = False
   head_dim: Optional[int] = None
   dtype: Any = jnp.float32
+  w_max: float = 0.
 
   def __post_init__(self):
     # Configs (ml_collections) hand over lists and dtype names. Store tuples
@@ -295,11 +303,13 @@ class UNet(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x, logsnr, y, *, train: bool):
+  def __call__(self, x, logsnr, y, *, train: bool, w=None):
     self._check_config()
     self._check_inputs(x, logsnr, y)
     dtype = self.dtype
     emb = self._embedding(logsnr, y, dtype)
+    if w is not None:
+      emb = emb + self._w_embedding(w, x.shape[0], dtype)
     block = self._block_fn(emb, train, dtype)
 
     def maybe_attend(h, name):
@@ -357,6 +367,24 @@ class UNet(nn.Module):
       y_onehot = jax.nn.one_hot(y, self.num_classes, dtype=dtype)
       emb = emb + dense(self.emb_ch, 'class_emb', dtype)(y_onehot)
     return emb
+
+  def _w_embedding(self, w, batch: int, dtype):
+    """Embedding (B, emb_ch) of the guidance strength `w` (shape (B,)).
+
+    Like the logSNR's: sinusoids of w / w_max, then two dense layers; the
+    second starts at zero, so that a student initialized from its guided
+    teacher starts as the teacher's conditional model (Meng et al., Sec. 4.1).
+    """
+    if self.w_max <= 0:
+      raise ValueError('this UNet takes no w input (w_max = 0)')
+    if w.shape != (batch,):
+      raise ValueError(f'w must have shape (B,) = ({batch},), got {w.shape}')
+    emb = timestep_embedding(w.astype(jnp.float32) / self.w_max, self.ch,
+                             max_time=1.)
+    emb = dense(self.emb_ch, 'dense_w0', dtype)(emb.astype(dtype))
+    return nn.Dense(self.emb_ch, dtype=dtype, param_dtype=PARAM_DTYPE,
+                    kernel_init=nn.initializers.zeros,
+                    name='dense_w1')(nonlinearity(emb))
 
   def _block_fn(self, emb, train, dtype):
     """Returns `block(h, name, out_ch=None, resample=None)` -> ResnetBlock."""

@@ -28,7 +28,11 @@ from diffusion_distillation.parallel import distributed
 from diffusion_distillation.parallel import preemption
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import eval_loss
 from diffusion_distillation.pipeline import optimization
+from diffusion_distillation.pipeline import progress as progress_lib
+from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import summaries
 from diffusion_distillation.pipeline import teachers
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import update
@@ -63,19 +67,10 @@ def _start_state(ctx: Context, stage: Stage, opt, manager, teacher_params):
   return state, meta
 
 
-def _writers(ctx: Context, stage: Stage):
-  """TensorBoard (process 0; the others log only) and progress with ETA."""
-  # Imported here: clu's writers pull in TensorFlow (seconds), which sampling,
-  # evaluation and argument checking do not need.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(
-      str(ctx.workdir / 'tensorboard' / stage.name),
-      just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=stage.num_updates, writer=writer,
-      every_steps=ctx.config.train.log_loss_every_steps, every_secs=60.)
-  return writer, progress
+def stage_writer(ctx: Context, stage: Stage) -> summaries.SummaryWriter:
+  """The stage's TensorBoard run `WORKDIR/tensorboard/<stage>` (process 0)."""
+  return summaries.SummaryWriter(ctx.workdir / 'tensorboard' / stage.name,
+                                 enabled=jax.process_index() == 0)
 
 
 class DivergenceError(UserError):
@@ -128,6 +123,7 @@ def _log(writer, guard, state, step, metrics, skipped) -> float:
   guard.check_loss(step, scalars['loss'])
   guard.check_state(step, state)
   writer.write_scalars(step, scalars)
+  writer.flush()
   return scalars['loss']
 
 
@@ -136,10 +132,14 @@ def _compiled_update(ctx: Context, stage: Stage, opt):
   key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), stage.index)
   return update.compile_train_steps(
       update.make_train_steps(optimization.stage_model(ctx, opt), opt, key,
-                              distill=stage.is_distillation), ctx.mesh)
+                              distill=stage.is_distillation,
+                              guided_kind=stages.guided_kind(ctx.config,
+                                                             stage)),
+      ctx.mesh)
 
 
-def run_stage(ctx: Context, stage: Stage, teacher_params) -> dict[str, Any]:
+def run_stage(ctx: Context, stage: Stage, teacher_params,
+              run_progress: progress_lib.RunProgress) -> dict[str, Any]:
   """Trains one stage to its end (or to preemption); returns its meta record.
 
   `teacher_params` are the frozen teacher's for distillation (also the
@@ -159,8 +159,9 @@ def run_stage(ctx: Context, stage: Stage, teacher_params) -> dict[str, Any]:
       global_batch_size=train.batch_size,
       seed=config.seed * 1000 + stage.index, start_step=step,
       process_index=jax.process_index(), process_count=jax.process_count())
-  writer, progress = _writers(ctx, stage)
-  guard = _DivergenceGuard(config, stage)
+  writer, progress = stage_writer(ctx, stage), run_progress.stage(stage)
+  writer.write_hparams(config)
+  guard, evals = _DivergenceGuard(config, stage), eval_loss.EvalLoss(ctx, stage)
   every, log_every = train.checkpoint_every_steps, train.log_loss_every_steps
   last_save, stop = time.time(), False
   skipped = jnp.zeros((), jnp.float32) if opt.skip_nonfinite else None
@@ -175,13 +176,13 @@ def run_stage(ctx: Context, stage: Stage, teacher_params) -> dict[str, Any]:
       state, metrics = train_steps(state, batches, teacher)
       if skipped is not None:  # summed on the device: no sync per call
         skipped = skipped + metrics['skipped'].sum()
-      for s in range(step + 1, step + n + 1):
-        progress(s)
       step += n
+      evals.after(step, n, state, teacher, writer)  # train.eval_every_steps
       logged = (step // log_every != (step - n) // log_every or
                 step == stage.num_updates)
       if logged:  # checks the loss and this state
         meta['loss'] = _log(writer, guard, state, step, metrics, skipped)
+        progress.log(step, meta['loss'])
       stop = preemption.preempted()
       if (step % every == 0 or step == stage.num_updates or stop or
           time.time() - last_save > train.checkpoint_every_secs):
@@ -200,17 +201,26 @@ def run_stage(ctx: Context, stage: Stage, teacher_params) -> dict[str, Any]:
 
 
 def write_stage_grid(ctx: Context, stage: Stage, params) -> epath.Path:
-  """A PNG grid of samples from a finished stage, at its own step count."""
+  """A grid of samples from a finished stage, at its own step count.
+
+  A PNG under WORKDIR/samples, and an image of the stage's TensorBoard run.
+  """
   config = ctx.config
   num_steps = grid_steps(config, stage)
   samples, _ = generation.generate(
-      ctx.base_model, params, mesh=ctx.mesh,
+      stages.sampling_model(ctx, stage), params, mesh=ctx.mesh,
       num_samples=config.eval.grid_samples, num_steps=num_steps,
       seed=config.seed, sampler=config.sampler,
-      batch_size=config.eval.batch_size)
+      batch_size=config.eval.batch_size,
+      guidance=stages.grid_guidance(config, stage))
   path = ctx.workdir / 'samples' / f'{stage.name}_{num_steps}steps.png'
+  scale = max(1, 64 // samples.shape[1])
   if jax.process_index() == 0:
-    images.save_grid(path, samples, scale=max(1, 64 // samples.shape[1]))
+    images.save_grid(path, samples, scale=scale)
+  writer = stage_writer(ctx, stage)
+  writer.write_images(stage.num_updates, {
+      f'samples/{num_steps}_steps': images.tile(samples, scale=scale)})
+  writer.close()
   return path
 
 
@@ -276,13 +286,14 @@ def _run_stages(ctx: Context, stages, teacher_params):
   """The stages in order: finished ones are verified, the others trained."""
   config = ctx.config
   summary = []
+  run_progress = progress_lib.RunProgress(stages, config.train.batch_size)
   for stage in stages:
     t0 = time.time()
     finished = checkpoints.finished_stage(ctx, stage)
     if finished:
       teacher_params, meta = finished
     else:
-      meta = run_stage(ctx, stage, teacher_params)
+      meta = run_stage(ctx, stage, teacher_params, run_progress)
       teacher_params = checkpoints.final_params(ctx, stage)
     grid = write_stage_grid(ctx, stage, teacher_params)
     meta.update(grid=str(grid), seconds=round(time.time() - t0, 1),

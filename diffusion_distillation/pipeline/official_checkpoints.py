@@ -19,8 +19,8 @@ names (`dense0`, `conv_in`, `down_0.block_0`, `mid.attn_1`, ...) our UNet keeps.
 A checkpoint path is either such a file, or a directory of files named
 `checkpoint_<step>` (what the official training loop writes); the one with the
 highest step is used, as the official `latest_checkpoint_path` does.
-Paths go through `etils.epath`, so `gs://` works where a GCS backend
-(`gcsfs` or TensorFlow) is installed.
+Paths go through `etils.epath`, so `gs://` works where the `gcs` extra
+(gcsfs) is installed.
 """
 
 import re
@@ -246,15 +246,23 @@ def load_official_checkpoint(path, abstract_params) -> Tuple[Any,
       do not match `abstract_params` (the first mismatching path is named).
   """
   file, state = read_official_state(path)
-  loaded = _ema_params(file, state)
-  num_sample_steps = _num_sample_steps(state)
-  del state
-  params = map_onto(loaded, abstract_params,
-                    source=f'official checkpoint {file}')
-  return params, num_sample_steps
+  return params_of_state(file, state, abstract_params)
 
 
-def _to_numpy_tree(params) -> dict:
+def params_of_state(file, state: dict, abstract_params,
+                    source: str = 'official checkpoint'):
+  """(params, num_sample_steps) of a state read by `read_official_state`.
+
+  For callers that look at the state's other entries before mapping its
+  parameters (an exported model's description), so the file is read once.
+  """
+  params = map_onto(_ema_params(file, state), abstract_params,
+                    source=f'{source} {file}')
+  return params, _num_sample_steps(state)
+
+
+def to_numpy_tree(params) -> dict:
+  """Parameters as nested dicts of numpy arrays, the form msgpack stores."""
   params = serialization.to_state_dict(jax.device_get(params))
   return jax.tree.map(np.asarray, params)
 
@@ -287,7 +295,7 @@ def write_official_checkpoint(path, params, num_sample_steps: Optional[int],
   if p.is_dir():
     p = p / f'checkpoint_{int(step)}'
   p.parent.mkdir(parents=True, exist_ok=True)
-  params = _to_numpy_tree(params)
+  params = to_numpy_tree(params)
   if adam_state:
     param_states = jax.tree.map(
         lambda x: {'grad_ema': np.zeros_like(x),
@@ -303,11 +311,17 @@ def write_official_checkpoint(path, params, num_sample_steps: Optional[int],
       'ema_params': params,
       'num_sample_steps': int(num_sample_steps or 0),
   }
+  write_state(p, state)
+  logging.info('Wrote official checkpoint %s', p)
+  return str(p)
+
+
+def write_state(path, state: dict):
+  """Writes a msgpack state atomically: a reader never sees half a file."""
+  p = epath.Path(path)
   tmp = p.parent / (p.name + '.tmp')
   tmp.write_bytes(serialization.msgpack_serialize(state))
   tmp.replace(p)
-  logging.info('Wrote official checkpoint %s', p)
-  return str(p)
 
 
 def _natural_key(name: str):

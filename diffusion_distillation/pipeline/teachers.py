@@ -49,18 +49,33 @@ def _load_own(path: epath.Path, abstract_params):
   return params, meta.get('num_sample_steps') or None
 
 
+def _load(path: epath.Path, model):
+  """(params, num_steps) of the teacher at `path`, shaped for `model`."""
+  abstract = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
+  if official_checkpoints.is_official_checkpoint(path):
+    return official_checkpoints.load_official_checkpoint(path, abstract)
+  return _load_own(path, abstract)
+
+
 def load_external_teacher(ctx, config):
-  """The teacher's parameters, checked against the config's architecture."""
+  """The teacher's parameters, checked against the config's architecture.
+
+  Guided distillation: a guided teacher trained without the students' w
+  layers (configs/imagenet64_guided_base.py) gets fresh ones (see
+  `DiffusionModel.add_w_layers`).
+  """
   path = epath.Path(config.distillation.teacher_checkpoint_path)
-  abstract = jax.eval_shape(ctx.base_model.init_params, jax.random.PRNGKey(0))
+  model = ctx.base_model
   try:
-    if official_checkpoints.is_official_checkpoint(path):
-      params, num_steps = official_checkpoints.load_official_checkpoint(
-          path, abstract)
-    else:
-      params, num_steps = _load_own(path, abstract)
+    params, num_steps = _load(path, model)
   except ValueError as e:
-    raise ConfigError(f'{FIELD}: {e}') from None
+    if not model.w_range:
+      raise ConfigError(f'{FIELD}: {e}') from None
+    try:
+      params, num_steps = _load(path, model.without_w_layers())
+    except ValueError:
+      raise ConfigError(f'{FIELD}: {e}') from None
+    params = model.add_w_layers(params, jax.random.PRNGKey(config.seed))
   start = config.distillation.start_num_steps
   if num_steps and num_steps != start:
     raise ConfigError(

@@ -2,18 +2,55 @@
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
 from diffusion_distillation.diffusion import losses
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.parallel import sharding
+from diffusion_distillation.pipeline import guided_loss
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline.optimization import Optimization
 
 
+def make_per_example_loss(model: model_lib.DiffusionModel, *, distill: bool,
+                          guided_kind=None, train: bool = True):
+  """`loss_fn(params, batch, rng, num_steps, teacher_params)`: the training
+  (or, with `distill`, distillation) loss per example, with dropout when
+  `train` (the official `Model.loss_fn(rng, train, batch, params)`); a guided
+  run's (`guided_kind`, see `stages.guided_kind`) comes from `guided_loss`."""
+  schedule_fn = model.logsnr_schedule('train')
+
+  def loss_fn(params, batch, rng, num_steps, teacher_params):
+    if guided_kind is not None:
+      return guided_loss.per_example_loss(model, guided_kind, params,
+                                          teacher_params, batch, rng,
+                                          num_steps, train=train)
+    labels = batch['label']
+    rng_loss, rng_dropout = jax.random.split(rng)
+    teacher_fn = model.bind(teacher_params, labels) if distill else None
+    return losses.diffusion_loss(
+        model.bind(params, labels, train=train, rng=rng_dropout),
+        model_lib.normalize_images(batch['image']), rng_loss,
+        logsnr_schedule_fn=schedule_fn, mean_type=model.mean_type,
+        weight_type=model.weight_type, num_steps=num_steps,
+        teacher_fn=teacher_fn)
+
+  return loss_fn
+
+
+def make_loss_fn(model: model_lib.DiffusionModel, *, distill: bool,
+                 guided_kind=None):
+  """`loss_fn(params, batch, rng, num_steps, teacher_params)`: the batch mean
+  of `make_per_example_loss`'s training loss."""
+  per_example = make_per_example_loss(model, distill=distill,
+                                      guided_kind=guided_kind)
+  return lambda *args: per_example(*args).mean()
+
+
 def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
-                     key, *, distill: bool):
+                     key, *, distill: bool, guided_kind=None):
   """Returns `train_steps(state, batches, teacher_params) -> (state, metrics)`.
 
   `batches` stacks several steps' batches on a leading axis; they run in one
@@ -23,34 +60,30 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
   The teacher's two forward passes happen inside the same program, without
   gradients.
   """
-  schedule_fn = model.logsnr_schedule('train')
-
-  def loss_fn(params, batch, rng, num_steps, teacher_params):
-    labels = batch['label']
-    rng_loss, rng_dropout = jax.random.split(rng)
-    teacher_fn = model.bind(teacher_params, labels) if distill else None
-    per_example = losses.diffusion_loss(
-        model.bind(params, labels, train=True, rng=rng_dropout),
-        model_lib.normalize_images(batch['image']), rng_loss,
-        logsnr_schedule_fn=schedule_fn, mean_type=model.mean_type,
-        weight_type=model.weight_type, num_steps=num_steps,
-        teacher_fn=teacher_fn)
-    return per_example.mean()
+  loss_fn = make_loss_fn(model, distill=distill, guided_kind=guided_kind)
 
   def one_step(state, batch, teacher_params):
     rng = jax.random.fold_in(key, state.step)
     num_steps = state.num_sample_steps if distill else model.train_num_steps
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng,
-                                              num_steps, teacher_params)
+    loss_of = lambda p, b, r, t: loss_fn(p, b, r, num_steps, t)
+    if opt.clip_per_device is None:
+      loss, grads = jax.value_and_grad(loss_of)(state.params, batch, rng,
+                                                teacher_params)
+      grad_norm = optax.tree.norm(grads)
+    else:
+      loss, grads, grad_norm = per_device_clipped_grads(
+          loss_of, opt.clip_per_device)(state.params, batch, rng,
+                                        teacher_params)
     updates, opt_state = opt.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
+    metrics = {'loss': loss, 'grad_norm': grad_norm,
                'learning_rate': jnp.asarray(opt.schedule(state.step),
                                             jnp.float32)}
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         ema_params=train_state.update_ema(state.ema_params, params,
-                                          opt.ema_decay, state.step))
+                                          opt.ema_decay(state.step),
+                                          state.step))
     if opt.skip_nonfinite:
       new_state, metrics['skipped'] = skip_if_nonfinite(state, new_state)
     return new_state, metrics
@@ -64,6 +97,45 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
                         batches)
 
   return train_steps
+
+
+def clip_by_global_norm(tree, clip_norm):
+  """(tree scaled to global norm <= clip_norm, its norm before clipping).
+
+  The official `utils.clip_by_global_norm` formula: scale = clip_norm *
+  min(1 / norm, 1 / clip_norm).
+  """
+  norm = optax.tree.norm(tree)
+  scale = clip_norm * jnp.minimum(1. / norm, 1. / clip_norm)
+  return jax.tree.map(lambda x: x * scale, tree), norm
+
+
+def per_device_clipped_grads(loss_fn, clip_norm, mesh=None):
+  """`(params, batch, rng, teacher) -> (loss, grads, grad_norm)`, the official
+  `step_fn` way (`train.grad_clip_per_device`).
+
+  Each device of the `data` axis takes the gradient of `loss_fn` on its own
+  shard of the batch (rng folded with its index, as the official
+  `fold_in(rng, axis_index('batch'))`), clips it to `clip_norm` by its own
+  global norm, and only then are gradients averaged over devices (`pmean`),
+  as are the loss and the norms. With shards of unequal norm this differs
+  from clipping the averaged gradient, and depends on the device count.
+  `mesh` defaults to `sharding.make_mesh()`, the mesh training runs on.
+  """
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  axis = sharding.DATA_AXIS
+
+  def local(params, batch, rng, teacher_params):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch, rng,
+                                              teacher_params)
+    grads, norm = clip_by_global_norm(grads, clip_norm)
+    return jax.lax.pmean((loss, grads, norm), axis)
+
+  # check_vma=False: with it, JAX would sum the gradients of the replicated
+  # parameters over devices inside `value_and_grad`, before the clipping.
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(), P()),
+                       out_specs=P(), check_vma=False)
 
 
 def all_finite(tree) -> jnp.ndarray:

@@ -10,7 +10,7 @@ from etils import epath
 import ml_collections
 
 from diffusion_distillation import config as config_lib
-from diffusion_distillation.errors import UserError
+from diffusion_distillation.errors import ModelError
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import checkpoints
@@ -19,7 +19,7 @@ from diffusion_distillation.pipeline import teachers
 from diffusion_distillation.pipeline import workdir_lock
 
 
-class WorkdirError(UserError):
+class WorkdirError(ModelError):
   """The workdir is missing, or lacks the requested model."""
 
 
@@ -53,7 +53,8 @@ class LoadedWorkdir:
     raise WorkdirError(
         f'no student distilled for {num_steps} steps in '
         f'{self.ctx.workdir}; available step counts: {available} '
-        '(or use --model=teacher for the teacher with any step count)')
+        "(or load the teacher, --model=teacher / model='teacher', for any "
+        'step count)')
 
   def teacher_params(self):
     for stage in self.stages:

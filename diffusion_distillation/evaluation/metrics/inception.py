@@ -9,8 +9,9 @@ pytorch-fid) all use one specific network: the 2015-12-05 Inception-v3 graph
 It differs from later Inception-v3 releases (slim, Keras, torchvision), so using
 any other weights gives numbers that cannot be compared with the literature.
 This module re-implements that graph op by op and reads its weights from the
-`.pb` itself (or from an `.npz` written by `convert`, so TPU hosts need no
-TensorFlow). Quirks of the graph that are reproduced here (documented by
+`.pb` itself (parsed with the `tensorboard` package's copy of TensorFlow's
+protos, so no TensorFlow is needed) or from an `.npz` written by `convert`
+(only the tensors the network needs: smaller and faster to read). Quirks of the graph that are reproduced here (documented by
 pytorch-fid's FIDInceptionA/C/E_1/E_2 and torch-fidelity):
 
 * Input: images with values in [0, 255] are bilinearly resized to 299x299 by
@@ -400,17 +401,18 @@ def params_from_arrays(arrays, divisor: int = 1, source: str = 'weights'):
 
 
 def _graph_def(path):
-  """Parses a binary GraphDef (TensorFlow is only needed for `.pb` files)."""
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f'reading {path} needs tensorflow; on a machine without it, use an '
-        f'.npz written by `{CONVERT_COMMAND}`') from e
-  graph_def = tf.compat.v1.GraphDef()
+  """Parses a binary GraphDef with TensorBoard's protos (no TensorFlow)."""
+  from google.protobuf import message  # pylint: disable=g-import-not-at-top
+  from tensorboard.compat.proto import graph_pb2  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  graph_def = graph_pb2.GraphDef()
   with open(path, 'rb') as f:
-    graph_def.ParseFromString(f.read())
-  return graph_def, tf.make_ndarray
+    try:
+      graph_def.ParseFromString(f.read())
+    except message.DecodeError as e:
+      raise InceptionWeightsError(
+          f'{path}: not a GraphDef ({e}); expected {GRAPH_FILENAME}') from None
+  return graph_def, tensor_util.make_ndarray
 
 
 def read_graph_arrays(path) -> dict[str, np.ndarray]:

@@ -1,0 +1,226 @@
+"""`load`: a model from a workdir, an exported file or a released checkpoint.
+
+What each source gives and what the caller adds:
+
+* a training workdir: its config and every finished model; `num_steps` picks
+  the distilled student, `model='teacher'` the base model (any step count).
+* a file written by `export` (native format): everything; no config.
+* an official released checkpoint (a msgpack file, or a directory of
+  `checkpoint_<step>` files; local or gs://): parameters and, where recorded,
+  the step count they were distilled for; the architecture, schedules and data
+  set come from `config=` (see `api.configs`).
+
+Every wrong combination raises `ModelError`, whose message says what is
+available. The device mesh is all devices.
+"""
+
+import contextlib
+import functools
+import json
+import logging as std_logging
+import os
+
+from etils import epath
+import jax
+import ml_collections
+
+from diffusion_distillation import config as config_lib
+from diffusion_distillation import data as data_lib
+from diffusion_distillation.api import configs
+from diffusion_distillation.api import exporting
+from diffusion_distillation.api import model as model_api
+from diffusion_distillation.api.model import KINDS
+from diffusion_distillation.api.model import Model
+from diffusion_distillation.errors import ModelError
+from diffusion_distillation.errors import UserError
+from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.parallel import sharding
+from diffusion_distillation.pipeline import official_checkpoints
+from diffusion_distillation.pipeline import workdirs
+
+
+def _one_error_type(fn):
+  """Any UserError of the layers below becomes a ModelError (same message)."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except ModelError:
+      raise
+    except UserError as e:
+      raise ModelError(str(e)) from None
+
+  return wrapped
+
+
+class _ReadOnlyNotices(std_logging.Filter):
+  """Drops orbax's warnings on each checkpoint opened read-only on purpose."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith(
+        ('Given directory is read only', 'CheckpointManagerOptions.read_only'))
+
+
+@contextlib.contextmanager
+def _quiet_read_only():
+  logger, notices = std_logging.getLogger('absl'), _ReadOnlyNotices()
+  logger.addFilter(notices)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notices)
+
+
+def _absolute(path) -> str:
+  """A local path made absolute (orbax needs it; a later `cd` would too)."""
+  path = str(path)
+  return path if '://' in path else os.path.abspath(os.path.expanduser(path))
+
+
+def _check_args(model, num_steps):
+  if model is not None and model not in KINDS:
+    raise ModelError(f'model={model!r}: must be one of {KINDS}')
+  if num_steps is not None:
+    model_api.steps_argument(num_steps)
+
+
+@_one_error_type
+def load(path, num_steps=None, model=None, config=None) -> Model:
+  """Loads a model to sample from; see the module docstring.
+
+  Args:
+    path: a training workdir, a file written by `export`, or an official
+      released checkpoint (file or directory; local or gs://).
+    num_steps: the distilled student's step count (a workdir: required for a
+      student; a file: defaults to the step count it records), or a teacher's
+      default step count.
+    model: 'distilled' or 'teacher'. Default: what an exported file says it
+      holds, 'distilled' otherwise.
+    config: for a released checkpoint only: a config name (`config_names()`),
+      the path of a config file, or a ConfigDict.
+
+  Returns:
+    A `Model`; `model.sample(n, seed=0)` draws uint8 images [n, H, W, C].
+  """
+  _check_args(model, num_steps)
+  path = _absolute(path)
+  p = epath.Path(path)
+  if not p.exists():
+    raise ModelError(f'{path} does not exist')
+  if p.is_dir() and (p / 'config.json').exists():
+    return from_workdir(path, num_steps=num_steps, model=model, config=config)
+  if official_checkpoints.is_official_checkpoint(p):
+    return from_checkpoint(path, num_steps=num_steps, model=model,
+                           config=config)
+  raise ModelError(
+      f'{path} is neither a training workdir (no config.json), a file '
+      'written by export, nor an official checkpoint (a msgpack file or a '
+      'directory of checkpoint_<step> files)')
+
+
+@_one_error_type
+def from_workdir(workdir, num_steps=None, model=None, config=None) -> Model:
+  """A workdir's distilled student for `num_steps`, or its teacher."""
+  _check_args(model, num_steps)
+  workdir = _absolute(workdir)
+  if config is not None:
+    raise ModelError(f'{workdir} is a training workdir: it has its own config '
+                     '(config.json); leave out config')
+  kind = model or 'distilled'
+  with _quiet_read_only():
+    loaded = workdirs.open_workdir(workdir)
+    if kind == 'teacher':
+      params = loaded.teacher_params()
+      num_steps = num_steps or loaded.config.model.eval_sampling_num_steps
+    elif num_steps is None:
+      available = ', '.join(map(str, loaded.student_steps())) or 'none'
+      raise ModelError(f'which distilled student of {workdir}? pass '
+                       f'num_steps; available step counts: {available}')
+    else:
+      params = loaded.student_params(num_steps)
+  return Model(loaded.model, params, config=loaded.config, kind=kind,
+               num_steps=num_steps, mesh=loaded.mesh, source=workdir)
+
+
+@_one_error_type
+def student_steps(workdir) -> list[int]:
+  """The step counts of a workdir's finished distilled students, ascending."""
+  with _quiet_read_only():
+    return workdirs.open_workdir(_absolute(workdir)).student_steps()
+
+
+def _exported_model(description: dict, config):
+  """(config, model) of a native exported file, from its description."""
+  if config is not None:
+    raise ModelError('this file was written by export: it has its own config; '
+                     'leave out config')
+  if description.get('version') != exporting.VERSION:
+    raise ModelError(f'exported with format version '
+                     f'{description.get("version")!r}; this version of '
+                     f'diffusion_distillation reads {exporting.VERSION}')
+  config = ml_collections.ConfigDict(json.loads(description['config']))
+  return config, model_lib.DiffusionModel.from_config(
+      config, tuple(description['data_shape']), description['num_classes'])
+
+
+def _released_model(path, config):
+  """(config, model) of a released checkpoint, from the config it pairs with."""
+  if config is None:
+    raise ModelError(
+        f'{path} is an official released checkpoint: it holds parameters '
+        'only; pass the config it pairs with (config=NAME or a config file; '
+        f'names: {", ".join(configs.config_names())})')
+  config = configs.resolve_config(config)
+  config_lib.validate_model(config)
+  try:
+    dataset = data_lib.from_config(config)  # shape, classes; reads no data
+  except ValueError as e:
+    raise ModelError(f'config.dataset: {e}') from None
+  return config, model_lib.DiffusionModel.from_config(
+      config, dataset.data_shape, dataset.num_classes)
+
+
+def _file_steps(file, kind, num_steps, recorded, config) -> int:
+  """The step count of a file's model: what it records, or what is asked."""
+  if kind == 'teacher':
+    return num_steps or recorded or config.model.eval_sampling_num_steps
+  if num_steps is None:
+    if recorded is None:
+      raise ModelError(f'{file} does not record the step count it was '
+                       'distilled for; pass num_steps')
+    return recorded
+  if recorded is not None and num_steps != recorded:
+    raise ModelError(
+        f'{file} holds the {recorded}-step distilled student, not a '
+        f'{num_steps}-step one; pass num_steps={recorded} (or leave it out), '
+        "or model='teacher' to sample it with any step count")
+  return num_steps
+
+
+@_one_error_type
+def from_checkpoint(path, num_steps=None, model=None, config=None) -> Model:
+  """An exported file (no config) or a released checkpoint (with config)."""
+  _check_args(model, num_steps)
+  path = _absolute(path)
+  try:
+    file, state = official_checkpoints.read_official_state(path)
+  except (OSError, ValueError) as e:
+    raise ModelError(str(e)) from None
+  description = state.get(exporting.DESCRIPTION_KEY)
+  if isinstance(description, dict):
+    config, diffusion = _exported_model(description, config)
+    kind, source = model or description['model'], 'exported model'
+  else:
+    config, diffusion = _released_model(path, config)
+    kind, source = model or 'distilled', 'official checkpoint'
+  abstract = jax.eval_shape(diffusion.init_params, jax.random.PRNGKey(0))
+  try:
+    params, recorded = official_checkpoints.params_of_state(
+        file, state, abstract, source=source)
+  except ValueError as e:
+    advice = '' if description else '; is it the config it pairs with?'
+    raise ModelError(f'{e}{advice}') from None
+  num_steps = _file_steps(file, kind, num_steps, recorded, config)
+  return Model(diffusion, params, config=config, kind=kind,
+               num_steps=num_steps, mesh=sharding.make_mesh(), source=path)

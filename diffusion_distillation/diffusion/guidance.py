@@ -1,0 +1,112 @@
+"""Classifier-free guidance and its distillation: the maths, on arrays.
+
+Classifier-free guidance (Ho & Salimans, 2022) trains one network with and
+without the class label (the label is dropped to a "no class" index with
+probability p_uncond) and samples with
+
+    x_w = (1 + w) * x_cond - w * x_uncond,
+
+two network evaluations per sampler step. *On Distillation of Guided
+Diffusion Models* (Meng, Rombach, Gao, Kingma, Ermon, Ho, Salimans; CVPR
+2023; arXiv 2210.03142) removes the second evaluation in two stages. Stage
+one (Sec. 4.1) trains a student that takes `w` as an input to match `x_w` at
+data-noised z_t, with w ~ U[w_min, w_max] and t ~ U[0, 1], under the usual
+weighting of the x error; stage two (Sec. 4.2) is progressive distillation
+of that student with w drawn per example and given to teacher and student.
+
+The weights (1 + w) and -w sum to one, so for a fixed z_t the combination is
+the same whether it is taken on x, eps, v or the raw network outputs of any
+parameterization: `guided_model_fn` combines raw outputs, and clipping (when
+sampling) applies to the guided x, as in the paper.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_distillation.diffusion import losses
+from diffusion_distillation.diffusion import process
+from diffusion_distillation.errors import ModelError
+
+
+class GuidanceError(ModelError):
+  """A guidance strength the model cannot serve (unguided, out of range)."""
+
+
+def guided_combination(cond, uncond, w):
+  """(1 + w) * cond - w * uncond, with w of shape (B,) or a scalar."""
+  w = process.broadcast_from_left(jnp.asarray(w, cond.dtype), cond.shape)
+  return (1. + w) * cond - w * uncond
+
+
+def guided_model_fn(apply_fn, labels, null_label: int, w):
+  """`model_fn(z, logsnr)` of a guided teacher: two evaluations, one batch.
+
+  `apply_fn(z, logsnr, y)` is the class-conditional network; the
+  unconditional prediction is the one for the "no class" label `null_label`.
+  Conditional and unconditional inputs run as one batch of 2B.
+  """
+
+  def model_fn(z, logsnr):
+    both = apply_fn(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]),
+                    jnp.concatenate([labels, jnp.full_like(labels,
+                                                           null_label)]))
+    cond, uncond = jnp.split(both, 2)
+    return guided_combination(cond, uncond, w)
+
+  return model_fn
+
+
+def drop_labels(rng, labels, drop_prob: float, null_label: int):
+  """Each label replaced by `null_label` with probability `drop_prob`.
+
+  The label dropout of classifier-free guidance training (p_uncond), which
+  teaches the same network the unconditional model.
+  """
+  drop = jax.random.bernoulli(rng, drop_prob, labels.shape)
+  return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
+
+
+def sample_w(rng, batch_size: int, w_min: float, w_max: float):
+  """Guidance strengths w ~ U[w_min, w_max], one per example (paper Sec. 4)."""
+  return jax.random.uniform(rng, (batch_size,), jnp.float32, w_min, w_max)
+
+
+def check_w(w: float, w_range, what: str, unguided_reason: str = ''):
+  """Raises GuidanceError unless `w` is finite and lies in `w_range`.
+
+  `w_range` = (w_min, w_max), or None when `what` was not trained for
+  guidance at all (`unguided_reason` says why).
+  """
+  if not math.isfinite(w):
+    raise GuidanceError(f'guidance must be a finite number, got {w}')
+  if w_range is None:
+    raise GuidanceError(
+        f'guidance={w:g}: {what} cannot be guided ({unguided_reason}); '
+        'leave the guidance out')
+  lo, hi = w_range
+  if not lo <= w <= hi:
+    raise GuidanceError(
+        f'guidance={w:g} is outside the range {what} were trained for, '
+        f'[{lo:g}, {hi:g}]')
+
+
+def matching_loss(student_fn: losses.ModelFn, teacher_fn: losses.ModelFn, x,
+                  rng, *, logsnr_schedule_fn, mean_type: str,
+                  weight_type: str):
+  """Stage one of guided distillation: per-example loss, shape (B,).
+
+  z_t = alpha_t x + sigma_t eps at t ~ U[0, 1] (data-noised, continuous
+  time); the target is the guided teacher's x prediction at z_t (no sampler
+  step in between), under stop_gradient, weighted like the base loss
+  (`losses.weighted_mse`; the paper's omega(lambda_t)).
+  """
+  rng_t, rng_eps = jax.random.split(rng)
+  u, _ = losses.sample_times(rng_t, x.shape[0], 0)
+  logsnr = logsnr_schedule_fn(u)
+  z = process.diffuse(x, jax.random.normal(rng_eps, x.shape, x.dtype), logsnr)
+  x_target = jax.lax.stop_gradient(
+      process.interpret_output(teacher_fn(z, logsnr), z, logsnr, mean_type).x)
+  pred = process.interpret_output(student_fn(z, logsnr), z, logsnr, mean_type)
+  return losses.weighted_mse(pred, x_target, z, logsnr, weight_type)

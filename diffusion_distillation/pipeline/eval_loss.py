@@ -1,0 +1,102 @@
+"""The loss on the eval split with the EMA parameters, during training.
+
+The official `Model.step_fn(train=False)` evaluates the training (or
+distillation) loss with `state.ema_params` and no dropout; its configs ask for
+it every `train.eval_every_steps` updates (0 here: never). Each evaluation
+covers the whole eval split once, in global batches of `train.batch_size`
+(the last one padded and masked), and its randomness is a function of the
+stage and the step only (`fold_in(eval_key, step)`, then the batch index), so
+a resumed run writes the same values as an uninterrupted one. The value goes
+to TensorBoard as `eval/loss` and to the log.
+"""
+
+import math
+from typing import Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_distillation.parallel import sharding
+from diffusion_distillation.pipeline import optimization
+from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import update
+from diffusion_distillation.pipeline.stages import Context
+from diffusion_distillation.pipeline.stages import Stage
+
+
+class EvalLoss:
+  """`after(...)` evaluates when an update call crossed a multiple of
+  `train.eval_every_steps`; `loss(...)` evaluates now."""
+
+  def __init__(self, ctx: Context, stage: Stage):
+    self.every = ctx.config.train.get('eval_every_steps', 0) or 0
+    self._ctx, self._stage, self._fn = ctx, stage, None
+    stage_key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed),
+                                   stage.index)
+    # A stream apart from the updates' fold_in(stage_key, step).
+    self._key = jax.random.split(stage_key)[1]
+
+  def after(self, step: int, n: int, state, teacher, writer) -> Optional[float]:
+    """After `n` updates that ended at `step`: evaluate if one was due."""
+    if not self.every or step // self.every == (step - n) // self.every:
+      return None
+    value = self.loss(state.ema_params, teacher, step)
+    writer.write_scalars(step, {'eval/loss': value})
+    logging.info('%s step %d: eval/loss %.6g', self._stage.name, step, value)
+    return value
+
+  def loss(self, params, teacher, step: int) -> float:
+    """The mean loss of `params` over the eval split at `step`'s randomness."""
+    if self._fn is None:
+      self._fn = self._compile()
+    rng = jax.random.fold_in(self._key, step)
+    total = count = jnp.zeros((), jnp.float32)
+    for i, (batch, mask) in enumerate(self._batches()):
+      batch_total, batch_count = self._fn(
+          params, sharding.global_batch(batch, self._ctx.mesh),
+          sharding.global_batch(mask, self._ctx.mesh),
+          jax.random.fold_in(rng, i), teacher)
+      total, count = total + batch_total, count + batch_count
+    return float(sharding.to_host(total)) / float(sharding.to_host(count))
+
+  def _compile(self):
+    ctx, stage = self._ctx, self._stage
+    opt = optimization.optimization_for(ctx.config, stage)
+    model = optimization.stage_model(ctx, opt)
+    loss_fn = update.make_per_example_loss(
+        model, distill=stage.is_distillation, train=False,
+        guided_kind=stages.guided_kind(ctx.config, stage))
+    num_steps = (stage.num_sample_steps if stage.is_distillation else
+                 model.train_num_steps)
+
+    def sums(params, batch, mask, rng, teacher):
+      per_example = loss_fn(params, batch, rng, num_steps, teacher)
+      return jnp.sum(per_example * mask), jnp.sum(mask)
+
+    rep, split = (sharding.replicated(ctx.mesh),
+                  sharding.batch_sharding(ctx.mesh))
+    return jax.jit(sums, in_shardings=(rep, split, split, rep, rep),
+                   out_shardings=rep)
+
+  def _batches(self):
+    """This process's share of the eval split: equal counts of batches of
+    `train.batch_size / process_count` examples, zero-padded, with masks."""
+    dataset = self._ctx.dataset
+    processes = jax.process_count()
+    local = self._ctx.config.train.batch_size // processes
+    num_batches = math.ceil(math.ceil(dataset.num_eval / processes) / local)
+    batches = dataset.eval_batches(batch_size=local,
+                                   process_index=jax.process_index(),
+                                   process_count=processes)
+    for _ in range(num_batches):
+      batch = next(batches, None)
+      size = 0 if batch is None else len(batch['label'])
+      padded = {
+          'image': np.zeros((local, *dataset.data_shape), np.float32),
+          'label': np.zeros((local,), np.int32)}
+      if size:
+        padded['image'][:size] = batch['image']
+        padded['label'][:size] = batch['label']
+      yield padded, (np.arange(local) < size).astype(np.float32)

@@ -1,0 +1,230 @@
+"""The Python API: `dd.load(...)` then `model.sample(...)`, as a user calls it.
+
+Sources: the suite's finished tiny workdir (students for 4, 2 and 1 steps),
+files in the official release layout written here from it (a file, and a
+directory of `checkpoint_<step>` files), and a class-conditional model at
+ImageNet's 64x64x3 with 1000 classes whose config comes by name or file.
+Every wrong combination raises `dd.ModelError` saying what is available.
+"""
+
+import os
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+import diffusion_distillation as dd
+from diffusion_distillation.api import configs
+from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.models import generation
+from diffusion_distillation.pipeline import official_checkpoints
+from diffusion_distillation.pipeline import workdirs
+
+from helpers import PYTHON
+from helpers import random_params
+from helpers import REPO
+from helpers import subprocess_env
+from helpers import write_config_file
+
+pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
+
+
+
+@pytest.fixture(scope='module')
+def workdir(finished_workdir):
+  return str(finished_workdir[0])
+
+
+@pytest.fixture(scope='module')
+def student(workdir):
+  return dd.load(workdir, num_steps=2)
+
+
+@pytest.fixture(scope='module')
+def released(workdir, tmp_path_factory):
+  """The 2-step student as a released file, and the config file it pairs with."""
+  directory = tmp_path_factory.mktemp('released')
+  params = workdirs.open_workdir(workdir).student_params(2)
+  file = official_checkpoints.write_official_checkpoint(
+      directory / 'digits_2', params, 2)
+  return file, write_config_file(directory, f'{workdir}/config.json')
+
+
+def imagenet_like_config():
+  """configs/imagenet64_base.py (by name) with a tiny network."""
+  config = configs.resolve_config('imagenet64')
+  config.model.args.update(ch=32, emb_ch=32, ch_mult=(1,), num_res_blocks=1,
+                           attn_resolutions=(), num_heads=1, head_dim=None)
+  return config
+
+
+@pytest.fixture(scope='module')
+def conditional(tmp_path_factory):
+  """A released-layout file of a 1000-class 64x64 model, random parameters."""
+  config = imagenet_like_config()
+  model = model_lib.DiffusionModel.from_config(config, (64, 64, 3), 1000)
+  params = random_params(model, seed=1)  # labels matter (init's do not)
+  directory = tmp_path_factory.mktemp('conditional')
+  file = official_checkpoints.write_official_checkpoint(
+      directory / 'imagenet_2', params, 2)
+  return file, config
+
+
+def test_importing_the_package_imports_no_jax():
+  code = ('import sys, diffusion_distillation as dd; '
+          'assert "jax" not in sys.modules; dd.load; '
+          'assert "jax" in sys.modules; print(sorted(dd.__all__))')
+  done = subprocess.run([PYTHON, '-c', code], env=subprocess_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'load' in done.stdout and 'ModelError' in done.stdout
+
+
+def test_a_workdir_student_samples_as_the_pipeline_does(workdir, student):
+  images = student.sample(5, seed=3)
+  assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8
+  np.testing.assert_array_equal(student.sample(5, seed=3), images)
+  assert (student.sample(5, seed=4) != images).any()
+  loaded = workdirs.open_workdir(workdir)
+  direct, _ = generation.generate(loaded.model, loaded.student_params(2),
+                                  mesh=loaded.mesh, num_samples=5,
+                                  num_steps=2, seed=3)
+  np.testing.assert_array_equal(images, direct)
+  assert (student.kind, student.num_steps, student.num_classes,
+          student.image_shape) == ('distilled', 2, 1, (8, 8, 1))
+  assert student.config.model.mean_type == loaded.config.model.mean_type
+  assert '2-step distilled student' in repr(student)
+  assert dd.student_steps(workdir) == [1, 2, 4]
+
+
+def test_a_teacher_samples_with_any_step_count(workdir):
+  teacher = dd.load(workdir, model='teacher', num_steps=16)
+  assert (teacher.kind, teacher.num_steps) == ('teacher', 16)
+  three = teacher.sample(4, seed=1, num_steps=3)
+  assert three.shape == (4, 8, 8, 1)
+  assert (three != teacher.sample(4, seed=1)).any()  # 16 steps
+  assert teacher.sample(4, seed=1, num_steps=3, sampler='ancestral').shape == (
+      4, 8, 8, 1)
+  assert dd.load(workdir, model='teacher').num_steps == 8  # the config's
+
+
+def test_a_released_file_or_directory_with_its_config(released, student,
+                                                      tmp_path):
+  file, config_file = released
+  expected = student.sample(6, seed=0)
+  for config in (str(config_file), student.config):
+    model = dd.load(file, config=config)  # steps recorded in the file
+    assert (model.kind, model.num_steps) == ('distilled', 2)
+    np.testing.assert_array_equal(model.sample(6, seed=0), expected)
+  # A directory of checkpoint_<step> files: the latest one.
+  directory = tmp_path / 'run'
+  directory.mkdir()
+  zeros = jax.tree.map(np.zeros_like, student.params)
+  official_checkpoints.write_official_checkpoint(directory, zeros, 2, step=1)
+  official_checkpoints.write_official_checkpoint(
+      directory, jax.device_get(student.params), 2, step=20)
+  from_dir = dd.load(str(directory), config=str(config_file))
+  np.testing.assert_array_equal(from_dir.sample(6, seed=0), expected)
+  as_teacher = dd.load(file, config=str(config_file), model='teacher')
+  assert as_teacher.sample(2, seed=0, num_steps=5).shape == (2, 8, 8, 1)
+
+
+def test_a_released_imagenet_model_takes_shape_and_classes_from_config(
+    conditional):
+  file, config = conditional
+  model = dd.load(file, config=config)
+  assert model.image_shape == (64, 64, 3) and model.num_classes == 1000
+  trucks = model.sample(4, seed=0, labels=[867] * 4)
+  assert trucks.shape == (4, 64, 64, 3) and trucks.dtype == np.uint8
+  np.testing.assert_array_equal(model.sample(4, seed=0, labels=[867] * 4),
+                                trucks)
+  assert (model.sample(4, seed=0, labels=[2] * 4) != trucks).any()
+  assert {'imagenet64', 'imagenet64_base', 'cifar10', 'digits'} <= set(
+      dd.config_names())
+
+
+def _bad_requests(workdir, student, released, conditional, tmp_path):
+  """(call, words the message must hold), for every wrong combination."""
+  file, config_file = released
+  cond_file, cond_config = conditional
+  not_a_model = tmp_path / 'notes.txt'
+  not_a_model.write_text('hello')
+  cond = lambda: dd.load(cond_file, config=cond_config)
+  return [
+      (lambda: dd.load(workdir, num_steps=3), ['3 steps', '1, 2, 4']),
+      (lambda: dd.load(workdir), ['pass num_steps', '1, 2, 4']),
+      (lambda: dd.load(workdir, num_steps=2, config='digits'),
+       ['own config', 'leave out config']),
+      (lambda: dd.load(workdir, num_steps=2, model='student'),
+       ["model='student'", 'distilled', 'teacher']),
+      (lambda: dd.load(workdir, num_steps=0), ['num_steps must be >= 1']),
+      (lambda: dd.load(tmp_path / 'missing'), ['does not exist']),
+      (lambda: dd.load(not_a_model), ['neither a training workdir']),
+      (lambda: student.sample(4, labels=[0] * 4), ['unconditional']),
+      (lambda: student.sample(4, num_steps=4),
+       ['2-step distilled student', "model='teacher'"]),
+      (lambda: student.sample(4, sampler='ancestral'), ["sampler='ddim'"]),
+      (lambda: student.sample(0), ['>= 1']),
+      (lambda: dd.load(file), ['pass the config', 'imagenet64', 'cifar10']),
+      (lambda: dd.load(file, config='imagenet64'),
+       ["does not match the config's architecture", 'class_emb']),
+      (lambda: dd.load(file, config='imagenet'),
+       ["config='imagenet'", 'known names', 'imagenet64']),
+      (lambda: dd.load(file, config=str(tmp_path / 'missing.py')),
+       ['no such config file']),
+      (lambda: dd.load(file, config=str(config_file), num_steps=4),
+       ['2-step distilled student', 'num_steps=2']),
+      (lambda: cond().sample(2, labels=[0, 1000]),
+       ['label 1000 is out of range', '1000 classes', '0..999']),
+      (lambda: cond().sample(4, labels=[1, 2, 3]), ['3 labels for 4 samples']),
+      (lambda: cond().sample(2, labels=['a', 'b']), ['integer class ids']),
+  ]
+
+
+def test_every_wrong_combination_is_one_error_type(workdir, student, released,
+                                                   conditional, tmp_path):
+  for call, words in _bad_requests(workdir, student, released, conditional,
+                                   tmp_path):
+    with pytest.raises(dd.ModelError) as info:
+      call()
+    message = str(info.value)
+    assert '\n' not in message
+    for word in words:
+      assert word in message, (word, message)
+
+
+def test_an_unrecorded_step_count_must_be_given(student, tmp_path):
+  file = official_checkpoints.write_official_checkpoint(
+      tmp_path / 'old', jax.device_get(student.params), None)
+  with pytest.raises(dd.ModelError, match='does not record the step count'):
+    dd.load(file, config=student.config)
+  model = dd.load(file, config=student.config, num_steps=2)
+  np.testing.assert_array_equal(model.sample(3, seed=0),
+                                student.sample(3, seed=0))
+
+
+
+def test_the_readme_example_runs(workdir):
+  """The README's Python API block, on the suite's workdir (but gs://)."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  block = readme.split('## Python API', 1)[1].split('```python\n', 1)[1]
+  lines = [line for line in block.split('```', 1)[0].splitlines()
+           if 'released' not in line and 'trucks' not in line]
+  assert len(lines) == 5, lines
+  scope = {}
+  exec('\n'.join(lines).replace('"workdirs/digits"', repr(workdir)), scope)  # pylint: disable=exec-used
+  assert scope['images'].shape == (16, 8, 8, 1)
+  assert scope['more'].shape == (16, 8, 8, 1)
+  assert scope['teacher'].num_steps == 128
+
+
+def test_relative_paths(workdir, released, monkeypatch):
+  monkeypatch.chdir(os.path.dirname(workdir))
+  model = dd.load(os.path.basename(workdir), num_steps=1)
+  assert model.sample(2, seed=0).shape == (2, 8, 8, 1)
+  file, config_file = released
+  monkeypatch.chdir(os.path.dirname(file))
+  assert dd.load(os.path.basename(file),
+                 config=os.path.basename(config_file)).num_steps == 2
