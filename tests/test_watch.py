@@ -11,6 +11,9 @@ import subprocess
 
 import pytest
 
+from diffusion_distillation.pipeline import progress
+from diffusion_distillation.pipeline.stages import Stage
+
 from helpers import override_flags
 from helpers import PYTHON
 from helpers import REPO
@@ -64,6 +67,23 @@ def test_progress_lines_say_stage_k_of_n_and_eta(watched_run):
   assert 'run ETA ~' in lines[1] and lines[1].endswith('(estimate)')
   assert not lines[-1].endswith('(estimate)')
   assert 'Setting work unit notes' not in output
+
+
+def test_run_eta_adds_each_later_stage_updates_and_overhead():
+  base = Stage(0, 'base', 100, 0, False)
+  students = [Stage(1, 'distill_4', 10, 4, True),
+              Stage(2, 'distill_2', 10, 2, True)]
+  run = progress.RunProgress([base, *students], batch_size=8)
+  run.seconds_per_update[False] = 0.5
+  run.startup[False] = 4.  # the teacher's compiling, while it trains
+  assert run.remaining_after(base) == (2 * (10 * 0.5 + 4.), True)
+  run.finished(base, 60.)  # 50 s of updates, 10 s compiling and the grid
+  # The students' rate and overhead are not measured: the teacher's stand in.
+  assert run.remaining_after(base) == (2 * (10 * 0.5 + 10.), True)
+  run.seconds_per_update[True] = 0.2
+  run.finished(students[0], 5.)  # 2 s of updates, 3 s besides
+  assert run.remaining_after(students[0]) == (10 * 0.2 + 3., False)
+  assert run.remaining_after(students[1]) == (0., False)
 
 
 def test_evaluation_reports_rows_and_eta(watched_run):

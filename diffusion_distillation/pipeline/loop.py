@@ -159,7 +159,7 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
       global_batch_size=train.batch_size,
       seed=config.seed * 1000 + stage.index, start_step=step,
       process_index=jax.process_index(), process_count=jax.process_count())
-  writer, progress = stage_writer(ctx, stage), run_progress.stage(stage)
+  writer, progress = stage_writer(ctx, stage), run_progress.stage(stage, step)
   writer.write_hparams(config)
   guard, evals = _DivergenceGuard(config, stage), eval_loss.EvalLoss(ctx, stage)
   every, log_every = train.checkpoint_every_steps, train.log_loss_every_steps
@@ -296,6 +296,8 @@ def _run_stages(ctx: Context, stages, teacher_params):
       meta = run_stage(ctx, stage, teacher_params, run_progress)
       teacher_params = checkpoints.final_params(ctx, stage)
     grid = write_stage_grid(ctx, stage, teacher_params)
+    if not finished:
+      run_progress.finished(stage, time.time() - t0)
     meta.update(grid=str(grid), seconds=round(time.time() - t0, 1),
                 sampler_steps=grid_steps(config, stage))
     logging.info('%s finished: loss %s, samples %s', stage.name,

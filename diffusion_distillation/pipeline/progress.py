@@ -5,9 +5,13 @@
 
 The first interval of a stage includes compiling its update, so rates are
 measured from the end of that interval on. The run's ETA adds the remaining
-stages, estimated from their update counts at the rate measured for their
-kind (teacher training or distillation); while a kind has not been measured
-yet the rate of the other kind stands in and the ETA says `(estimate)`.
+stages, each estimated from its update count at the rate measured for its
+kind (teacher training or distillation) plus the time a finished stage of
+that kind spent outside its measured updates (compiling, the sample grid);
+until a stage has finished, the current stage's time to its first logged
+step beyond its updates (compiling) stands in for that, and until a kind has
+been measured the other kind's figures stand in; the ETA then says
+`(estimate)`.
 """
 
 import time
@@ -35,30 +39,63 @@ class RunProgress:
     self.stages = list(stages)
     self.batch_size = batch_size
     self.seconds_per_update = {}  # is_distillation -> measured rate
+    self.overhead = {}  # is_distillation -> a finished stage's other seconds
+    self.startup = {}  # is_distillation -> seconds to the first logged step
 
-  def stage(self, stage: Stage) -> 'StageProgress':
-    return StageProgress(self, stage)
+  def stage(self, stage: Stage, start_step: int = 0) -> 'StageProgress':
+    """The progress of `stage`, which (re)starts at `start_step` now."""
+    return StageProgress(self, stage, start_step)
+
+  def finished(self, stage: Stage, seconds: float):
+    """Records what a stage trained here spent besides its updates."""
+    rate = self.seconds_per_update.get(stage.is_distillation)
+    if rate is not None:
+      self.overhead[stage.is_distillation] = max(
+          0., seconds - rate * stage.num_updates)
 
   def remaining_after(self, stage: Stage) -> tuple[Optional[float], bool]:
     """(seconds, is_estimate) for the stages after `stage`."""
     total, estimate = 0.0, False
     for later in self.stages[self.stages.index(stage) + 1:]:
-      rate = self.seconds_per_update.get(later.is_distillation)
-      if rate is None:
-        rate = next(iter(self.seconds_per_update.values()), None)
-        estimate = True
+      rate, rate_known = _measured(self.seconds_per_update,
+                                   later.is_distillation)
       if rate is None:
         return None, True
-      total += rate * later.num_updates
+      overhead, overhead_known = self._overhead(later.is_distillation)
+      total += rate * later.num_updates + (overhead or 0.)
+      estimate |= not (rate_known and overhead_known)
     return total, estimate
+
+  def _overhead(self, kind: bool) -> tuple[Optional[float], bool]:
+    """(seconds, measured) a stage of `kind` spends besides its updates.
+
+    A finished stage's of that kind; else, in that order, the compiling of
+    a stage of that kind, a finished stage's of the other kind, the other
+    kind's compiling.
+    """
+    for by_kind in (self.overhead, self.startup):
+      if kind in by_kind:
+        return by_kind[kind], by_kind is self.overhead
+    for by_kind in (self.overhead, self.startup):
+      if by_kind:
+        return next(iter(by_kind.values())), False
+    return None, False
+
+
+def _measured(by_kind: dict, kind: bool) -> tuple[Optional[float], bool]:
+  """(value, measured for this kind): the other kind's value stands in."""
+  if kind in by_kind:
+    return by_kind[kind], True
+  return next(iter(by_kind.values()), None), False
 
 
 class StageProgress:
   """Logs the progress line of one stage; feeds its rate to the run."""
 
-  def __init__(self, run: RunProgress, stage: Stage):
+  def __init__(self, run: RunProgress, stage: Stage, start_step: int = 0):
     self._run, self._stage = run, stage
     self._index = run.stages.index(stage) + 1
+    self._start = (time.time(), start_step)
     self._origin = None  # (time, step) once the first interval is done
 
   def log(self, step: int, loss: float):
@@ -74,6 +111,9 @@ class StageProgress:
     else:
       rate = (now - self._origin[0]) / (step - self._origin[1])
       self._run.seconds_per_update[stage.is_distillation] = rate
+      self._run.startup.setdefault(stage.is_distillation, max(0., (
+          self._origin[0] - self._start[0]) - rate * (
+              self._origin[1] - self._start[1])))
       left = rate * (total - step)
       parts += [f'{self._run.batch_size / rate:.0f} images/s',
                 f'stage ETA {format_duration(left)}']
