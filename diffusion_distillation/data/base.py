@@ -34,7 +34,6 @@ class Dataset(abc.ABC):
   num_train: int
   num_eval: int
 
-  @abc.abstractmethod
   def train_batches(self,
                     *,
                     global_batch_size: int,
@@ -48,10 +47,16 @@ class Dataset(abc.ABC):
     `randflip=True`. The first batch is for training step `start_step`, the
     next for `start_step + 1`, and so on. Each has
     `global_batch_size // process_count` examples; `global_batch_size` must be
-    divisible by `process_count`.
+    divisible by `process_count`. The arguments are checked here, at the
+    call, not at the first batch.
     """
+    local_batch_size = check_train_args(global_batch_size, start_step,
+                                        process_index, process_count)
+    return self._train_batches(
+        global_batch_size=global_batch_size, local_batch_size=local_batch_size,
+        seed=seed, start_step=start_step, process_index=process_index,
+        process_count=process_count)
 
-  @abc.abstractmethod
   def eval_batches(self,
                    *,
                    batch_size: int,
@@ -63,8 +68,23 @@ class Dataset(abc.ABC):
     No augmentation is applied. The last batch may be smaller than
     `batch_size`. The processes' shares are disjoint, contiguous and together
     cover the whole split. `split` is `'eval'` (the test/validation split) or
-    `'train'`.
+    `'train'`. The arguments are checked here, at the call.
     """
+    check_eval_args(batch_size, process_index, process_count, split)
+    return self._eval_batches(batch_size=batch_size,
+                              process_index=process_index,
+                              process_count=process_count, split=split)
+
+  @abc.abstractmethod
+  def _train_batches(self, *, global_batch_size: int, local_batch_size: int,
+                     seed: int, start_step: int, process_index: int,
+                     process_count: int) -> Iterator[Batch]:
+    """`train_batches` after its arguments were checked."""
+
+  @abc.abstractmethod
+  def _eval_batches(self, *, batch_size: int, process_index: int,
+                    process_count: int, split: str) -> Iterator[Batch]:
+    """`eval_batches` after its arguments were checked."""
 
 
 def check_process(process_index: int, process_count: int) -> None:

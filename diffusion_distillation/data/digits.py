@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Iterator
 
 import numpy as np
 
@@ -56,20 +55,9 @@ class Digits(base.Dataset):
     labels = self._labels if self.class_conditional else self._zero_labels
     return {'image': images, 'label': labels[indices]}
 
-  def train_batches(self,
-                    *,
-                    global_batch_size: int,
-                    seed: int,
-                    start_step: int = 0,
-                    process_index: int = 0,
-                    process_count: int = 1) -> Iterator[base.Batch]:
-    local_batch_size = base.check_train_args(global_batch_size, start_step,
-                                             process_index, process_count)
-    return self._train_batches(seed, global_batch_size, local_batch_size,
-                               start_step, process_index)
-
-  def _train_batches(self, seed, global_batch_size, local_batch_size,
-                     start_step, process_index):
+  def _train_batches(self, *, global_batch_size, local_batch_size, seed,
+                     start_step, process_index, process_count):
+    del process_count  # the offsets of process_index cover it
     num = len(self._images)
 
     @functools.lru_cache(maxsize=4)
@@ -93,13 +81,8 @@ class Digits(base.Dataset):
           indices[here], flips[here] = perm[within[here]], flip[within[here]]
       yield self._batch(indices, flips if self.randflip else None)
 
-  def eval_batches(self,
-                   *,
-                   batch_size: int,
-                   process_index: int = 0,
-                   process_count: int = 1,
-                   split: str = 'eval') -> Iterator[base.Batch]:
-    base.check_eval_args(batch_size, process_index, process_count, split)
+  def _eval_batches(self, *, batch_size, process_index, process_count, split):
+    del split  # no held-out split: both are all the images
     # Same partition as `tfds.even_splits`: the first shards get the remainder.
     shard = np.array_split(np.arange(len(self._images)),
                            process_count)[process_index]

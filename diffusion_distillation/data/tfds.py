@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import functools
 import importlib.util
-from typing import Any, Iterator
+from typing import Any
 
 from diffusion_distillation.data import base
 from diffusion_distillation.errors import UserError
@@ -143,15 +143,9 @@ class TFDSDataset(base.Dataset):
       label = tf.zeros([], tf.int32)
     return {'image': image, 'label': label}
 
-  def train_batches(self,
-                    *,
-                    global_batch_size: int,
-                    seed: int,
-                    start_step: int = 0,
-                    process_index: int = 0,
-                    process_count: int = 1) -> Iterator[base.Batch]:
-    local_batch_size = base.check_train_args(global_batch_size, start_step,
-                                             process_index, process_count)
+  def _train_batches(self, *, global_batch_size, local_batch_size, seed,
+                     start_step, process_index, process_count):
+    del global_batch_size  # each process batches its own split
     tf, tfds = import_tensorflow()
     file_seed, shuffle_seed, flip_seed = (
         int(s) for s in
@@ -179,13 +173,7 @@ class TFDSDataset(base.Dataset):
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
 
-  def eval_batches(self,
-                   *,
-                   batch_size: int,
-                   process_index: int = 0,
-                   process_count: int = 1,
-                   split: str = 'eval') -> Iterator[base.Batch]:
-    base.check_eval_args(batch_size, process_index, process_count, split)
+  def _eval_batches(self, *, batch_size, process_index, process_count, split):
     tf, tfds = import_tensorflow()
     shard = tfds.split_for_jax_process(
         self.splits[split], process_index=process_index,
