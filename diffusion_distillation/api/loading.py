@@ -14,11 +14,8 @@ Every wrong combination raises `ModelError`, whose message says what is
 available. The device mesh is all devices.
 """
 
-import contextlib
 import functools
 import json
-import logging as std_logging
-import os
 
 from etils import epath
 import jax
@@ -26,6 +23,7 @@ import ml_collections
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
+from diffusion_distillation import paths
 from diffusion_distillation.api import configs
 from diffusion_distillation.api import exporting
 from diffusion_distillation.api import model as model_api
@@ -54,30 +52,6 @@ def _one_error_type(fn):
   return wrapped
 
 
-class _ReadOnlyNotices(std_logging.Filter):
-  """Drops orbax's warnings on each checkpoint opened read-only on purpose."""
-
-  def filter(self, record):
-    return not str(record.msg).startswith(
-        ('Given directory is read only', 'CheckpointManagerOptions.read_only'))
-
-
-@contextlib.contextmanager
-def _quiet_read_only():
-  logger, notices = std_logging.getLogger('absl'), _ReadOnlyNotices()
-  logger.addFilter(notices)
-  try:
-    yield
-  finally:
-    logger.removeFilter(notices)
-
-
-def _absolute(path) -> str:
-  """A local path made absolute (orbax needs it; a later `cd` would too)."""
-  path = str(path)
-  return path if '://' in path else os.path.abspath(os.path.expanduser(path))
-
-
 def _check_args(model, num_steps):
   if model is not None and model not in KINDS:
     raise ModelError(f'model={model!r}: must be one of {KINDS}')
@@ -104,7 +78,7 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
     A `Model`; `model.sample(n, seed=0)` draws uint8 images [n, H, W, C].
   """
   _check_args(model, num_steps)
-  path = _absolute(path)
+  path = paths.absolute_path(path)
   p = epath.Path(path)
   if not p.exists():
     raise ModelError(f'{path} does not exist')
@@ -123,22 +97,21 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
 def from_workdir(workdir, num_steps=None, model=None, config=None) -> Model:
   """A workdir's distilled student for `num_steps`, or its teacher."""
   _check_args(model, num_steps)
-  workdir = _absolute(workdir)
+  workdir = paths.absolute_path(workdir)
   if config is not None:
     raise ModelError(f'{workdir} is a training workdir: it has its own config '
                      '(config.json); leave out config')
   kind = model or 'distilled'
-  with _quiet_read_only():
-    loaded = workdirs.open_workdir(workdir)
-    if kind == 'teacher':
-      params = loaded.teacher_params()
-      num_steps = num_steps or loaded.config.model.eval_sampling_num_steps
-    elif num_steps is None:
-      available = ', '.join(map(str, loaded.student_steps())) or 'none'
-      raise ModelError(f'which distilled student of {workdir}? pass '
-                       f'num_steps; available step counts: {available}')
-    else:
-      params = loaded.student_params(num_steps)
+  loaded = workdirs.open_workdir(workdir)
+  if kind == 'teacher':
+    params = loaded.teacher_params()
+    num_steps = num_steps or loaded.config.model.eval_sampling_num_steps
+  elif num_steps is None:
+    available = ', '.join(map(str, loaded.student_steps())) or 'none'
+    raise ModelError(f'which distilled student of {workdir}? pass '
+                     f'num_steps; available step counts: {available}')
+  else:
+    params = loaded.student_params(num_steps)
   return Model(loaded.model, params, config=loaded.config, kind=kind,
                num_steps=num_steps, mesh=loaded.mesh, source=workdir)
 
@@ -146,8 +119,7 @@ def from_workdir(workdir, num_steps=None, model=None, config=None) -> Model:
 @_one_error_type
 def student_steps(workdir) -> list[int]:
   """The step counts of a workdir's finished distilled students, ascending."""
-  with _quiet_read_only():
-    return workdirs.open_workdir(_absolute(workdir)).student_steps()
+  return workdirs.open_workdir(paths.absolute_path(workdir)).student_steps()
 
 
 def _exported_model(description: dict, config):
@@ -202,7 +174,7 @@ def _file_steps(file, kind, num_steps, recorded, config) -> int:
 def from_checkpoint(path, num_steps=None, model=None, config=None) -> Model:
   """An exported file (no config) or a released checkpoint (with config)."""
   _check_args(model, num_steps)
-  path = _absolute(path)
+  path = paths.absolute_path(path)
   try:
     file, state = official_checkpoints.read_official_state(path)
   except (OSError, ValueError) as e:

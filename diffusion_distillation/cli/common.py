@@ -13,21 +13,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.paths import absolute_path
 
 # Config fields that hold local paths or URLs, resolved like path flags.
 CONFIG_PATH_FIELDS = ('distillation.teacher_checkpoint_path',
                       'eval.inception_path', 'dataset.data_dir')
-
-
-def absolute_path(path):
-  """A local path made absolute against the current directory; URLs as given.
-
-  Orbax (and any later `cd`) needs absolute local paths, so relative ones are
-  resolved once, where the user gives them.
-  """
-  if not path or '://' in str(path):
-    return path
-  return os.path.abspath(os.path.expanduser(str(path)))
 
 
 class _PathParser(flags.ArgumentParser):
@@ -55,20 +45,14 @@ def resolve_config_paths(config):
 
 
 class _DropInfo(std_logging.Filter):
-  """Drops INFO records of libraries whose INFO lines only bury ours.
-
-  Also orbax's warnings on every checkpoint opened read-only on purpose.
-  """
+  """Drops INFO records of libraries whose INFO lines only bury ours."""
 
   _QUIET = (f'{os.sep}orbax{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}')
-  _READ_ONLY = ('Given directory is read only',
-                'CheckpointManagerOptions.read_only=True')
 
   def filter(self, record):
     if not any(part in record.pathname for part in self._QUIET):
       return True
-    return (record.levelno > std_logging.INFO and
-            not str(record.msg).startswith(self._READ_ONLY))
+    return record.levelno > std_logging.INFO
 
 
 def quiet_library_logs():

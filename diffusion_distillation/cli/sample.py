@@ -23,6 +23,7 @@ from etils import epath
 import jax
 import numpy as np
 
+from diffusion_distillation import paths
 from diffusion_distillation.api import configs
 from diffusion_distillation.api import loading
 from diffusion_distillation.cli import common
@@ -107,7 +108,7 @@ def _labels(values):
 def _config_flag(value):
   """--config: a name as given; a local file path made absolute."""
   if value and (value.endswith('.py') or '/' in value):
-    return common.absolute_path(value)
+    return paths.absolute_path(value)
   return value
 
 

@@ -16,6 +16,7 @@ checkpoint of a stage is its final one and is never deleted, so any step count
 can be sampled later.
 """
 
+import logging as std_logging
 from typing import Any, Optional
 import zlib
 
@@ -58,19 +59,34 @@ def state_checksum(state) -> str:
   return f'{digest:08x}'
 
 
+class _ReadOnlyNotices(std_logging.Filter):
+  """Drops the warnings orbax logs whenever a manager is opened read-only."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith(
+        ('Given directory is read only', 'CheckpointManagerOptions.read_only'))
+
+
 class StageCheckpoints:
   """Saves and restores the checkpoints of one stage."""
 
   def __init__(self, directory, *, keep: int = 2, read_only: bool = False):
     self.directory = epath.Path(directory)
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
-            # A save killed midway leaves a temporary directory: removed when
-            # the stage is next opened for writing.
-            cleanup_tmp_directories=not read_only,
-            enable_async_checkpointing=False))
+    # Reading (sample, evaluate, load, a teacher) opens managers read-only
+    # on purpose; orbax warns about it three times each, at construction.
+    absl_logger, notices = std_logging.getLogger('absl'), _ReadOnlyNotices()
+    absl_logger.addFilter(notices)
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=keep, create=not read_only, read_only=read_only,
+              # A save killed midway leaves a temporary directory: removed
+              # when the stage is next opened for writing.
+              cleanup_tmp_directories=not read_only,
+              enable_async_checkpointing=False))
+    finally:
+      absl_logger.removeFilter(notices)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()

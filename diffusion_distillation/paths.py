@@ -1,0 +1,15 @@
+"""Local paths made absolute where the user gives them; URLs left as given.
+
+Orbax (and any later `cd`) needs absolute local paths, so a relative path from
+a flag, a config field or a Python call is resolved once, against the current
+directory, when it comes in.
+"""
+
+import os
+
+
+def absolute_path(path):
+  """`path` made absolute if it is local; `gs://...` and empty values as is."""
+  if not path or '://' in str(path):
+    return path
+  return os.path.abspath(os.path.expanduser(str(path)))
