@@ -1,5 +1,7 @@
 """Sampling loops."""
 
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,10 @@ import pytest
 from diffusion_distillation import diffusion
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.diffusion import schedules
+
+from helpers import PYTHON
+from helpers import REPO
+from helpers import subprocess_env
 
 SCHEDULE = schedules.get_logsnr_schedule('cosine', logsnr_min=-20.,
                                          logsnr_max=20.)
@@ -67,3 +73,32 @@ def test_bad_sampler_and_missing_rng():
     sampling.sample_loop(lambda z, l: z, jnp.zeros((1, 2, 2, 1)), num_steps=1,
                          logsnr_schedule_fn=SCHEDULE, mean_type='x',
                          sampler='ancestral')
+
+
+_MAP_BATCHES = '''
+import jax, numpy as np
+from diffusion_distillation.parallel import sharding
+mesh = sharding.make_mesh()
+calls = []
+def fn(k, batch):
+  x, y = batch
+  calls.append((k, x.shape, len(x.sharding.device_set)))
+  return jax.jit(lambda x, y: {'sum': x.sum(axis=1) + y, 'k': y * 0 + k},
+                 out_shardings=sharding.replicated(mesh))(x, y)
+x = np.arange(14, dtype=np.float32).reshape(7, 2)
+y = np.arange(7, dtype=np.float32)
+out = sharding.map_batches(fn, (x, y), batch_size=4, mesh=mesh)
+assert calls == [(0, (6, 2), 3), (1, (6, 2), 3)], calls
+np.testing.assert_array_equal(out['sum'], x.sum(axis=1) + y)
+np.testing.assert_array_equal(out['k'], [0] * 6 + [1])
+print('ok')
+'''
+
+
+def test_map_batches_pads_to_the_device_count_and_drops_the_padding():
+  """Batches of 4 on 3 devices hold 6 (one shape, one compile); 7 rows out."""
+  result = subprocess.run([PYTHON, '-c', _MAP_BATCHES], cwd=REPO,
+                          env=subprocess_env(num_devices=3),
+                          capture_output=True, text=True, timeout=120,
+                          check=False)
+  assert result.stdout.strip() == 'ok', result.stderr[-2000:]

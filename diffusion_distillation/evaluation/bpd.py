@@ -64,20 +64,11 @@ def run_bpd(workdir, loaded, settings) -> dict:
   x, labels = _examples(loaded.config, settings.num_samples)
   params, mesh = loaded.teacher_params(), loaded.mesh
   fn = _compile(loaded.model, mesh, num_steps)
-  devices = mesh.devices.size
-  batch = -(-min(settings.batch_size, len(x)) // devices) * devices
   key = jax.random.PRNGKey(settings.seed)
-  out = {name: [] for name in TERMS}
-  for k, start in enumerate(range(0, len(x), batch)):
-    n = len(x[start:start + batch])
-    pad = lambda a: np.pad(a, [(0, batch - n)] + [(0, 0)] * (a.ndim - 1))
-    put = lambda a: jax.make_array_from_callback(
-        a.shape, sharding.batch_sharding(mesh), lambda idx, a=a: a[idx])
-    terms = fn(params, put(pad(x[start:start + n])),
-               put(pad(labels[start:start + n])), jax.random.fold_in(key, k))
-    for name in TERMS:
-      out[name].append(np.asarray(sharding.to_host(terms[name]))[:n])
-  result = {name: float(np.mean(np.concatenate(v))) for name, v in out.items()}
+  out = sharding.map_batches(
+      lambda k, batch: fn(params, *batch, jax.random.fold_in(key, k)),
+      (x, labels), batch_size=settings.batch_size, mesh=mesh)
+  result = {name: float(np.mean(out[name])) for name in TERMS}
   result.update(num_examples=len(x), num_steps=num_steps, split='eval',
                 seed=settings.seed, seconds=round(time.time() - t0, 1))
   logging.info('teacher: %.4f bits/dim (prior %.4f, diffusion %.4f, decoder '

@@ -53,21 +53,14 @@ def generate(model, params, *, mesh, num_samples: int, num_steps: int,
     raise SampleError(f'unknown sampler {sampler!r}; known: {sampling.SAMPLERS}')
   labels = (default_labels(num_samples, model.num_classes) if labels is None
             else np.asarray(labels, np.int32))
-  devices = mesh.devices.size
-  batch = -(-min(batch_size, num_samples) // devices) * devices
   # (The unguided call keeps the three-argument cache key of callers that
   # look its program up.)
   fn = (compiled_sampler(model, sampler, mesh) if guidance is None else
         compiled_sampler(model, sampler, mesh, True))
   w = () if guidance is None else (jnp.float32(guidance),)
   key = jax.random.PRNGKey(seed)
-  out = []
-  for k, start in enumerate(range(0, num_samples, batch)):
-    y = labels[start:start + batch]
-    y = np.pad(y, (0, batch - len(y)))
-    y = jax.make_array_from_callback(
-        y.shape, sharding.batch_sharding(mesh), lambda idx, y=y: y[idx])
-    x = fn(params, jax.random.fold_in(key, k), y, jnp.int32(num_steps), *w)
-    out.append(np.asarray(sharding.to_host(x)))
-  samples = np.concatenate(out)[:num_samples]
+  samples = sharding.map_batches(
+      lambda k, y: fn(params, jax.random.fold_in(key, k), y,
+                      jnp.int32(num_steps), *w),
+      labels[:num_samples], batch_size=batch_size, mesh=mesh)
   return images.to_uint8(samples), labels

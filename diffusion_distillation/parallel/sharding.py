@@ -52,3 +52,32 @@ def to_host(tree):
   return jax.tree.map(
       lambda x: np.asarray(x.addressable_data(0))
       if isinstance(x, jax.Array) else np.asarray(x), tree)
+
+
+def map_batches(fn, inputs, *, batch_size: int, mesh: Mesh):
+  """`fn(k, batch)` on consecutive batches of `inputs`; outputs concatenated.
+
+  `inputs` is a pytree of host arrays with the examples on axis 0, the same
+  on every process. Each batch holds `batch_size` examples (at most all of
+  them) rounded up to a multiple of the device count, the last one
+  zero-padded, so `fn` compiles once; it is split over the data axis. `k`
+  counts the batches (for `fold_in`). `fn` returns a pytree of replicated
+  arrays with one row per example; the padding's rows are dropped.
+  """
+  num = len(jax.tree.leaves(inputs)[0])
+  devices = mesh.devices.size
+  size = -(-min(batch_size, num) // devices) * devices
+  split = batch_sharding(mesh)
+
+  def put(start, a):
+    chunk = np.asarray(a[start:start + size])
+    chunk = np.pad(chunk, [(0, size - len(chunk))] + [(0, 0)] *
+                   (chunk.ndim - 1))
+    return jax.make_array_from_callback(chunk.shape, split,
+                                        lambda idx: chunk[idx])
+
+  outs = []
+  for k, start in enumerate(range(0, num, size)):
+    out = to_host(fn(k, jax.tree.map(lambda a: put(start, a), inputs)))  # pylint: disable=cell-var-from-loop
+    outs.append(jax.tree.map(lambda o: o[:num - start], out))  # pylint: disable=cell-var-from-loop
+  return jax.tree.map(lambda *o: np.concatenate(o), *outs)
