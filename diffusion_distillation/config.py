@@ -161,7 +161,7 @@ def _validate_guidance(config):
 
 def validate_config(config, device_count=None, process_count=None):
   """Raises ConfigError naming the first invalid field of a training config."""
-  unsupported = official_fields.refused(config)
+  unsupported = official_fields.refused(flat_fields(config))
   if unsupported:
     raise ConfigError('config.{}: {}'.format(*unsupported))
   validate_model(config)
@@ -326,13 +326,21 @@ class Rerun:
   base_extended: bool  # more base updates: students of the old teacher are stale
 
 
-def _flatten(tree, prefix=''):
-  if isinstance(tree, dict):
-    out = {}
-    for key, value in tree.items():
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    return out
-  return {prefix[:-1]: json.loads(json.dumps(tree))}
+def flat_fields(tree, prefix: str = '') -> dict:
+  """A (nested) config or dict as `{'a.b': value}`, values as they are."""
+  flat = {}
+  for key, value in tree.items():
+    if hasattr(value, 'items'):
+      flat.update(flat_fields(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _flatten(tree) -> dict:
+  """`flat_fields` with JSON values, as config.json holds them."""
+  return {field: json.loads(json.dumps(value))
+          for field, value in flat_fields(tree).items()}
 
 
 def _matches(field: str, names) -> bool:

@@ -9,6 +9,7 @@ naming the field, so that no official setting is silently ignored. The README
 """
 
 _ANY = object()  # refused whatever its value
+_ABSENT = object()
 
 # field -> (the value that changes nothing here, or _ANY; why it is refused)
 UNSUPPORTED = {
@@ -42,27 +43,20 @@ UNSUPPORTED = {
 }
 
 
-def _lookup(config, field: str):
-  """(True, value) when `config` holds the dotted `field`, else (False, None)."""
-  node = config
-  for part in field.split('.'):
-    if not hasattr(node, 'get') or part not in node:
-      return False, None
-    node = node[part]
-  return True, node
-
-
 def _same(value, neutral) -> bool:
   if isinstance(neutral, tuple):
     return isinstance(value, (tuple, list)) and tuple(value) == neutral
   return value == neutral
 
 
-def refused(config):
-  """`(field, reason)` of the first unsupported official field set, or None."""
+def refused(fields: dict):
+  """`(field, reason)` of the first unsupported official field set, or None.
+
+  `fields`: the config as `{'a.b': value}` (`config.flat_fields`).
+  """
   for field, (neutral, why) in UNSUPPORTED.items():
-    found, value = _lookup(config, field)
-    if found and (neutral is _ANY or not _same(value, neutral)):
+    value = fields.get(field, _ABSENT)
+    if value is not _ABSENT and (neutral is _ANY or not _same(value, neutral)):
       return field, (f'is set to {value!r}, which this port does not '
                      f'implement: {why}')
   return None

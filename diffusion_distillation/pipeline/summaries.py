@@ -27,6 +27,8 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import record_writer
 
+from diffusion_distillation import config as config_lib
+
 REMOTE_FLUSH_SECS = 120.0
 # Numbers the event files of this process: two writers on one directory in
 # the same second (a stage and its sample grid) never share a file name.
@@ -44,18 +46,11 @@ def _png(image: np.ndarray) -> summary_pb2.Summary.Image:
       colorspace=image.shape[-1], encoded_image_string=buffer.getvalue())
 
 
-def _flat_hparams(config, prefix: str = '') -> dict:
+def _flat_hparams(config) -> dict:
   """A (nested) config as `{'a.b': value}` with TensorBoard's value types."""
-  flat = {}
-  for key, value in dict(config).items():
-    name = f'{prefix}{key}'
-    if hasattr(value, 'items'):
-      flat.update(_flat_hparams(value, f'{name}.'))
-    elif isinstance(value, (bool, int, float, str)):
-      flat[name] = value
-    else:  # None, tuples, lists
-      flat[name] = str(value)
-  return flat
+  return {field: value if isinstance(value, (bool, int, float, str))
+          else str(value)  # None, tuples, lists
+          for field, value in config_lib.flat_fields(config).items()}
 
 
 class SummaryWriter:
