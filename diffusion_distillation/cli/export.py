@@ -1,7 +1,7 @@
 r"""Write one model of a workdir as a single file.
 
     python -m diffusion_distillation.export --workdir=workdirs/digits \
-        --num_steps=4 --output=digits_4.msgpack
+        --num_steps=4 --output=digits_4.dd
 
 writes the 4-step distilled student (`--model=teacher`: the teacher, with
 `--num_steps` as its default step count) with everything needed to sample it:
