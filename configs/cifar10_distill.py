@@ -22,18 +22,13 @@ teacher rows at up to 8192 steps dominate it, so limit them with
 `--teacher_steps`.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from diffusion_distillation.configs import common
+from diffusion_distillation.configs import cifar10_base
 
 
 def get_config():
   return common.distill_from(
-      common.load_config('cifar10_base'),
+      cifar10_base.get_config(),
       teacher_checkpoint_path=(
           'gs://gresearch/diffusion-distillation/cifar_original'),
       start_num_steps=8192,

@@ -21,13 +21,7 @@ GPU). Data: TFDS `imagenet2012`, which TFDS cannot download; place the
 ILSVRC2012 tars in its manual directory first.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from diffusion_distillation.configs import common
 
 
 def get_config():

@@ -25,18 +25,13 @@ configs/imagenet64_base.py). Evaluation (off by default,
 the teacher rows with `--teacher_steps`.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from diffusion_distillation.configs import common
+from diffusion_distillation.configs import imagenet64_base
 
 
 def get_config():
   return common.distill_from(
-      common.load_config('imagenet64_base'),
+      imagenet64_base.get_config(),
       teacher_checkpoint_path=(
           'gs://gresearch/diffusion-distillation/imagenet_original'),
       start_num_steps=1024,

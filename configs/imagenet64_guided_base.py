@@ -29,17 +29,11 @@ by default) samples the teacher at each w of `eval.guidance` (the paper's
 ImageNet 64 values), two evaluations per step.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from diffusion_distillation.configs import imagenet64_base
 
 
 def get_config():
-  config = common.load_config('imagenet64_base')
+  config = imagenet64_base.get_config()
   config.model.cond_drop_prob = 0.1
   config.eval.guidance = (0., 0.3, 1., 2., 4.)
   return config

@@ -41,23 +41,19 @@ diffusion_distillation.evaluate`) samples 50k images per row at each w of
 `--num_samples` and `--teacher_steps`.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from diffusion_distillation import config as config_lib
+from diffusion_distillation.configs import common
+from diffusion_distillation.configs import imagenet64_guided_base
 
 
 def get_config():
   config = common.distill_from(
-      common.load_config('imagenet64_guided_base'),
+      imagenet64_guided_base.get_config(),
       teacher_checkpoint_path='workdirs/imagenet64_guided_base',
       start_num_steps=1024,
       learning_rate=1e-4,
       checkpoint_every_secs=1500,
   )
-  config.guidance = dict(w_min=0., w_max=4., num_updates=50_000)
+  config_lib.add_section(config, 'guidance')  # w in [0, 4], 50k updates
   config.eval.student_samplers = ('ddim', 'stochastic')
   return config

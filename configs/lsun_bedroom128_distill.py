@@ -22,18 +22,13 @@ Data: TFDS `lsun/bedroom`. Evaluation (off by default) samples 50k images per
 row; limit the teacher rows with `--teacher_steps`.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from diffusion_distillation.configs import common
+from diffusion_distillation.configs import lsun_bedroom128_base
 
 
 def get_config():
   return common.distill_from(
-      common.load_config('lsun_bedroom128_base'),
+      lsun_bedroom128_base.get_config(),
       teacher_checkpoint_path=(
           'gs://gresearch/diffusion-distillation/bedroom_original'),
       start_num_steps=1024,

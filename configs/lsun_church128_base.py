@@ -22,13 +22,7 @@ Data: TFDS `lsun/church_outdoor` (126k training images, downloaded on first
 use).
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from diffusion_distillation.configs import common
 
 
 def get_config():

@@ -24,18 +24,13 @@ default, `python -m diffusion_distillation.evaluate`) samples 50k images per
 row; limit the teacher rows with `--teacher_steps`.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+from diffusion_distillation.configs import common
+from diffusion_distillation.configs import lsun_church128_base
 
 
 def get_config():
   return common.distill_from(
-      common.load_config('lsun_church128_base'),
+      lsun_church128_base.get_config(),
       teacher_checkpoint_path=(
           'gs://gresearch/diffusion-distillation/church_original'),
       start_num_steps=1024,

@@ -13,3 +13,9 @@ def absolute_path(path):
   if not path or '://' in str(path):
     return path
   return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def is_config_name(text: str) -> bool:
+  """`--config` / `config=` text that names an installed config (`digits`)
+  rather than a config file's path."""
+  return not (text.endswith('.py') or os.sep in text or '/' in text)

@@ -5,6 +5,7 @@ in conftest.py.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -158,3 +159,28 @@ def write_config_file(directory, config_json_path):
   path = directory / 'config.py'
   path.write_text(CONFIG_FILE.format(path=str(config_json_path)))
   return path
+
+
+def fresh_copy(destination: str):
+  """The checkout's files as a clone has them (tracked + new, not ignored)."""
+  files = subprocess.run(
+      ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+      cwd=REPO, check=True, capture_output=True).stdout.decode().split('\0')
+  for name in filter(None, files):
+    source = os.path.join(REPO, name)
+    if os.path.isfile(source):
+      target = os.path.join(destination, name)
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.copy2(source, target)
+
+
+def newcomer_env(home: str) -> dict:
+  """A fresh HOME; pip keeps its download cache (the index is the same)."""
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('DD_', 'XLA_', 'JAX_', 'TF_', 'PYTHON',
+                              'VIRTUAL_ENV'))}
+  env['PIP_CACHE_DIR'] = os.environ.get(
+      'PIP_CACHE_DIR', os.path.expanduser('~/.cache/pip'))
+  env.update(HOME=home, PYTHONUNBUFFERED='1')
+  env.pop('XDG_CACHE_HOME', None)
+  return env

@@ -7,7 +7,10 @@ ImageNet's 64x64x3 with 1000 classes whose config comes by name or file.
 Every wrong combination raises `dd.ModelError` saying what is available.
 """
 
+import json
 import os
+import pathlib
+import shutil
 import subprocess
 
 import jax
@@ -15,16 +18,21 @@ import numpy as np
 import pytest
 
 import diffusion_distillation as dd
+from diffusion_distillation import config as config_lib
 from diffusion_distillation.api import configs
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.models import generation
+from diffusion_distillation.evaluation import evaluate
+from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import official_checkpoints
 from diffusion_distillation.pipeline import workdirs
 
 from helpers import PYTHON
 from helpers import random_params
 from helpers import REPO
+from helpers import run_module
 from helpers import subprocess_env
+from helpers import tiny_config
 from helpers import write_config_file
 
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
@@ -228,3 +236,39 @@ def test_relative_paths(workdir, released, monkeypatch):
   monkeypatch.chdir(os.path.dirname(file))
   assert dd.load(os.path.basename(file),
                  config=os.path.basename(config_file)).num_steps == 2
+
+
+def _without(tree: dict, fields) -> dict:
+  for field in fields:
+    *parents, leaf = field.split('.')
+    node = tree
+    for part in parents:
+      node = node[part]
+    del node[leaf]
+  return tree
+
+
+def test_a_workdir_made_before_the_schema_samples_evaluates_and_reruns(
+    workdir, student, tmp_path):
+  """Its config.json lacks the fields declared since (those the v16 file in
+  tests/data lacks); they take their defaults everywhere."""
+  old = tmp_path / 'old'
+  shutil.copytree(workdir, old)
+  v16 = config_lib.flat_fields(json.loads(
+      (pathlib.Path(__file__).parent / 'data' / 'digits_config_v16.json').read_text()))
+  saved = json.loads((old / 'config.json').read_text())
+  added = set(config_lib.flat_fields(saved)) - set(v16)
+  assert 'model.cond_drop_prob' in added and 'eval.student_samplers' in added
+  (old / 'config.json').write_text(json.dumps(_without(saved, added)))
+
+  images = dd.load(str(old), num_steps=2).sample(4, seed=3)
+  np.testing.assert_array_equal(images, student.sample(4, seed=3))
+  proc = run_module('sample', f'--workdir={old}', '--num_steps=2',
+                    '--num_samples=4', f'--output={tmp_path}/s.npz')
+  assert proc.returncode == 0, proc.stderr
+  results = evaluate.run_evaluation(old, metric='bpd', num_samples=4,
+                                    teacher_steps='2', print_table=False)
+  assert results['num_steps'] == 2 and results['bpd'] > 0
+  summary = loop.run(tiny_config(), str(old))  # finished: nothing trains
+  assert [m['stage'] for m in summary] == ['base', 'distill_4', 'distill_2',
+                                           'distill_1']

@@ -22,7 +22,6 @@ LAYERS = {
     'models': 2,
     'data': 2,
     'config': 3,
-    'official_fields': 3,
     'pipeline': 4,
     'evaluation': 5,
     'api': 5,

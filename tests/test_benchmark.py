@@ -85,4 +85,4 @@ def test_benchmark_stages_come_from_the_plan():
   base, distill, from_config = benchmark.benchmark_stages(base_only)
   assert base == plan[0] and not from_config
   assert distill.num_sample_steps == 4  # eval_sampling_num_steps // 2
-  assert not distill.is_distillation  # selects the base optimizer settings
+  assert distill.kind == stages.DISTILLATION  # with the base optimizer

@@ -5,9 +5,9 @@ import signal
 import types
 
 from absl import flags
-import ml_collections
 import pytest
 
+from diffusion_distillation import config as config_lib
 from diffusion_distillation.cli import common
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.parallel import preemption
@@ -30,11 +30,11 @@ def test_path_flag_resolves_local_paths_against_the_current_directory(
 def test_config_path_fields_become_absolute_and_empty_ones_stay_empty(
     tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  config = ml_collections.ConfigDict(dict(
-      distillation=dict(teacher_checkpoint_path='teachers/t'),
-      eval=dict(inception_path='gs://b/inception.pb'),
-      dataset=dict(data_dir='')))
-  common.resolve_config_paths(config)
+  config = config_lib.default_config()
+  config_lib.add_section(config, 'distillation',
+                         teacher_checkpoint_path='teachers/t')
+  config.eval.inception_path = 'gs://b/inception.pb'
+  config = common.complete_config(config)
   assert config.distillation.teacher_checkpoint_path == str(
       tmp_path / 'teachers' / 't')
   assert config.eval.inception_path == 'gs://b/inception.pb'

@@ -234,11 +234,12 @@ def test_guided_configs_are_their_unguided_configs_plus_guidance(name):
               'imagenet64_guided_distill': 'imagenet64_distill'}[name]
   config, plain = load_config(name).to_dict(), load_config(unguided).to_dict()
   assert config['model'].pop('cond_drop_prob') == 0.1  # the paper's p_uncond
+  assert plain['model'].pop('cond_drop_prob') == 0.
   guidance = config.pop('guidance', None)
   if name != 'imagenet64_guided_base':
     assert (guidance['w_min'], guidance['w_max']) == (0., 4.)
     assert guidance['num_updates'] > 0
-  assert config['eval'].pop('guidance')
+  assert config['eval'].pop('guidance') and not plain['eval'].pop('guidance')
   for field in ('student_samplers', 'samplers', 'teacher_steps'):
     config['eval'].pop(field, None), plain['eval'].pop(field, None)
   if name == 'digits_guided':

@@ -139,7 +139,7 @@ def test_update_skip_drops_a_non_finite_update_and_counts_it(
   opt = optimization.optimization_for(config, stage)
   steps = jax.jit(update.make_train_steps(
       optimization.stage_model(ctx, opt), opt, jax.random.PRNGKey(0),
-      distill=False))
+      stages.TEACHER))
   state = train_state.create(ctx.base_model.init_params(
       jax.random.PRNGKey(0)), opt.tx, 0)
   batch = next(ctx.dataset.train_batches(

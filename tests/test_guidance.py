@@ -169,8 +169,9 @@ def test_guided_stage_losses_run_and_stage_one_is_planned(guided):
   plan = stages.plan_stages(config)
   assert [s.name for s in plan] == ['base', 'guided_8', 'distill_4',
                                     'distill_2', 'distill_1']
-  assert [stages.guided_kind(config, s) for s in plan] == [
-      'base', 'guided', 'distill', 'distill', 'distill']
+  assert [s.kind for s in plan] == [
+      stages.GUIDED_TEACHER, stages.GUIDED_STAGE_ONE] + [
+          stages.GUIDED_DISTILLATION] * 3
   assert plan[1].num_updates == 4 and plan[1].num_sample_steps == 8
   # Sample grids: at the largest evaluated w; students need some w.
   assert [stages.grid_guidance(config, s) for s in plan[:2]] == [2., 2.]

@@ -72,7 +72,8 @@ def _batches():
 def _train_steps(dtype, distill):
   """The pipeline's update for this dtype: (train_steps, state, teacher)."""
   config = _config(dtype)
-  stage = (stages.Stage(1, f'distill_{STUDENT_STEPS}', 10, STUDENT_STEPS, True)
+  stage = (stages.Stage(1, f'distill_{STUDENT_STEPS}', 10, STUDENT_STEPS,
+                        stages.DISTILLATION)
            if distill else stages.plan_stages(config)[0])
   opt = optimization.optimization_for(config, stage)
   model = model_lib.DiffusionModel.from_config(config, (8, 8, 1), 1,
@@ -83,8 +84,9 @@ def _train_steps(dtype, distill):
   # annealed from its peak at step 0.
   state = train_state.create(params, opt.tx, stage.num_sample_steps).replace(
       step=jnp.asarray(_start_step(distill), jnp.int32))
-  return (update.make_train_steps(model, opt, jax.random.PRNGKey(3),
-                                  distill=distill),
+  return (update.make_train_steps(
+              model, opt, jax.random.PRNGKey(3),
+              stages.DISTILLATION if distill else stages.TEACHER),
           state, params if distill else None)
 
 

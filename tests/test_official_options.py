@@ -61,7 +61,7 @@ def one_update(per_device):
   state = train_state.create(params, opt.tx, 0)
   batch = next(ctx.dataset.train_batches(global_batch_size=8, seed=0))
   steps = update.compile_train_steps(
-      update.make_train_steps(model, opt, KEY, distill=False), ctx.mesh)
+      update.make_train_steps(model, opt, KEY, stages.TEACHER), ctx.mesh)
   new, metrics = steps(
       sharding.replicate(jax.tree.map(np.array, state), ctx.mesh),
       sharding.global_batch(update.stack_batches([batch]), ctx.mesh, 1), None)
@@ -69,7 +69,7 @@ def one_update(per_device):
 
 assert jax.device_count() == 4
 model, opt, params, state, batch, got = one_update(True)
-loss_fn = update.make_loss_fn(model, distill=False)
+loss_fn = update.make_loss_fn(model, stages.TEACHER)
 clipped, norms = [], []
 for k in range(4):  # device k: examples 2k, 2k + 1; rng folded with k
   shard = jax.tree.map(lambda b: b[2 * k:2 * k + 2], batch)
@@ -177,7 +177,7 @@ def test_update_skip_checks_the_new_parameters_not_the_gradients():
       tx=optax.chain(optax.scale(1e30), optax.scale(1e30)))
   steps = jax.jit(update.make_train_steps(
       optimization.stage_model(ctx, opt), opt, jax.random.PRNGKey(0),
-      distill=False))
+      stages.TEACHER))
   state = train_state.create(ctx.base_model.init_params(
       jax.random.PRNGKey(0)), opt.tx, 0)
   batch = next(ctx.dataset.train_batches(global_batch_size=8, seed=0))

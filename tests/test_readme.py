@@ -11,12 +11,14 @@ If the README's command changes, this test follows it.
 import os
 import re
 import shlex
-import shutil
 import subprocess
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import fresh_copy
+from helpers import newcomer_env
+from helpers import REPO
+
 SHORT_RUN = ('--config.train.num_train_steps=20',
              '--config.distillation.start_num_steps=4',
              '--config.distillation.steps_per_iter=5',
@@ -37,31 +39,6 @@ def quick_start_commands() -> list[str]:
   block = re.search(r'```sh\n(.*?)```', section, re.S).group(1)
   return [line.strip() for line in block.splitlines()
           if line.strip() and not line.strip().startswith('#')]
-
-
-def fresh_copy(destination: str):
-  """The checkout's files as a clone has them (tracked + new, not ignored)."""
-  files = subprocess.run(
-      ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
-      cwd=REPO, check=True, capture_output=True).stdout.decode().split('\0')
-  for name in filter(None, files):
-    source = os.path.join(REPO, name)
-    if os.path.isfile(source):
-      target = os.path.join(destination, name)
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.copy2(source, target)
-
-
-def newcomer_env(home: str) -> dict:
-  """A fresh HOME; pip keeps its download cache (the index is the same)."""
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(('DD_', 'XLA_', 'JAX_', 'TF_', 'PYTHON',
-                              'VIRTUAL_ENV'))}
-  env['PIP_CACHE_DIR'] = os.environ.get(
-      'PIP_CACHE_DIR', os.path.expanduser('~/.cache/pip'))
-  env.update(HOME=home, PYTHONUNBUFFERED='1')
-  env.pop('XDG_CACHE_HOME', None)
-  return env
 
 
 def run(command, cwd, env):

@@ -181,7 +181,7 @@ def test_substeps_in_one_call_equal_single_steps(finished_workdir):
   opt = optimization.optimization_for(config, stage)
   teacher = workdirs.open_workdir(str(workdir)).teacher_params()
   steps = update.make_train_steps(optimization.stage_model(ctx, opt), opt,
-                                  jax.random.PRNGKey(0), distill=True)
+                                  jax.random.PRNGKey(0), stages.DISTILLATION)
   state = train_state.create(teacher, opt.tx, stage.num_sample_steps)
   data = ctx.dataset.train_batches(global_batch_size=8, seed=0)
   batches = update.stack_batches([next(data), next(data)])

@@ -2,50 +2,50 @@
 
 A released official checkpoint holds parameters only; the architecture, the
 parameterization, the schedules and the data set (image shape, classes) come
-from the config it was trained with. The official configs are mirrored in the
-checkout's `configs/`, so a name is enough: `imagenet64` (the file
-`configs/imagenet64_base.py`), `imagenet64_base`, `cifar10`, `digits`, ...
+from the config it was trained with. The configs (the checkout's `configs/`)
+are installed with the package as `diffusion_distillation.configs`, so a
+name is enough: `imagenet64` (`configs/imagenet64_base.py`),
+`imagenet64_base`, `cifar10`, `digits`, ...
 """
 
+import importlib
 import importlib.util
 import os
+import pkgutil
 
 import ml_collections
 
+from diffusion_distillation import config as config_lib
+from diffusion_distillation import paths
 from diffusion_distillation.errors import ModelError
 
-# The checkout's configs/ (the package sits next to it).
-CONFIG_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__)))), 'configs')
+PACKAGE = 'diffusion_distillation.configs'  # configs/, installed
 _NOT_CONFIGS = ('common',)
 
 
-def _files() -> dict[str, str]:
-  """Config name -> file, for every config file in CONFIG_DIR."""
-  if not os.path.isdir(CONFIG_DIR):
-    return {}
-  return {name[:-3]: os.path.join(CONFIG_DIR, name)
-          for name in sorted(os.listdir(CONFIG_DIR))
-          if name.endswith('.py') and name[:-3] not in _NOT_CONFIGS}
+def _modules() -> list[str]:
+  """Every config module of the installed `diffusion_distillation.configs`."""
+  package = importlib.import_module(PACKAGE)
+  return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                if m.name not in _NOT_CONFIGS)
 
 
 def config_names() -> list[str]:
   """Every name `config=` accepts: file names, and `X` for `X_base`."""
-  files = _files()
-  short = [n[:-len('_base')] for n in files if n.endswith('_base')]
-  return sorted(set(files) | set(short))
+  modules = _modules()
+  short = [n[:-len('_base')] for n in modules if n.endswith('_base')]
+  return sorted(set(modules) | set(short))
 
 
-def _path_of(name: str) -> str:
-  files = _files()
+def config_file(name: str) -> str:
+  """The file of the config called `name` (ModelError: no such name)."""
+  modules = _modules()
   for candidate in (name, f'{name}_base'):
-    if candidate in files:
-      return files[candidate]
+    if candidate in modules:
+      return importlib.util.find_spec(f'{PACKAGE}.{candidate}').origin
   raise ModelError(
       f'config={name!r}: no such config name; known names: '
-      f'{", ".join(config_names()) or f"none ({CONFIG_DIR} is missing)"} '
-      '(or give the path of a config file)')
+      f'{", ".join(config_names())} (or give the path of a config file)')
 
 
 def _load_file(path: str):
@@ -62,16 +62,15 @@ def _load_file(path: str):
 
 
 def resolve_config(config) -> ml_collections.ConfigDict:
-  """The ConfigDict that `config` names (a name, a .py path, or a config)."""
-  if isinstance(config, ml_collections.ConfigDict):
-    return config
-  if isinstance(config, dict):
-    return ml_collections.ConfigDict(config)
-  text = os.fspath(config)
-  is_path = text.endswith('.py') or os.sep in text or '/' in text
-  config = _load_file(os.path.abspath(os.path.expanduser(text)) if is_path
-                      else _path_of(text))
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise ModelError(f'config={text!r}: get_config() returned a '
-                     f'{type(config).__name__}, not a ConfigDict')
-  return config
+  """The complete config `config` names (a name, a .py path, or a config)."""
+  if not isinstance(config, (ml_collections.ConfigDict, dict)):
+    text = os.fspath(config)
+    config = _load_file(config_file(text) if paths.is_config_name(text) else
+                        os.path.abspath(os.path.expanduser(text)))
+    if not isinstance(config, ml_collections.ConfigDict):
+      raise ModelError(f'config={text!r}: get_config() returned a '
+                       f'{type(config).__name__}, not a ConfigDict')
+  try:
+    return config_lib.complete(config)
+  except config_lib.ConfigError as e:
+    raise ModelError(str(e)) from None

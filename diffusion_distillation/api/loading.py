@@ -19,7 +19,6 @@ import json
 
 from etils import epath
 import jax
-import ml_collections
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
@@ -131,7 +130,7 @@ def _exported_model(description: dict, config):
     raise ModelError(f'exported with format version '
                      f'{description.get("version")!r}; this version of '
                      f'diffusion_distillation reads {exporting.VERSION}')
-  config = ml_collections.ConfigDict(json.loads(description['config']))
+  config = configs.resolve_config(json.loads(description['config']))
   return config, model_lib.DiffusionModel.from_config(
       config, tuple(description['data_shape']), description['num_classes'])
 

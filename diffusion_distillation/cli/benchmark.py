@@ -44,7 +44,7 @@ def main(argv):
   path = config_flags.get_config_filename(FLAGS['config'])
   name = os.path.splitext(os.path.basename(path.split(':')[0]))[0]
   benchmark.benchmark(
-      common.resolve_config_paths(FLAGS.config), repeats=FLAGS.repeats,
+      common.complete_config(FLAGS.config), repeats=FLAGS.repeats,
       warmup=FLAGS.warmup, sample_steps=FLAGS.sample_steps, data=FLAGS.data,
       config_name=name, emit=_print_json)
 

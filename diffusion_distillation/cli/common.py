@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.paths import absolute_path
+from diffusion_distillation.paths import is_config_name
 
 # Config fields that hold local paths or URLs, resolved like path flags.
 CONFIG_PATH_FIELDS = ('distillation.teacher_checkpoint_path',
@@ -35,11 +36,16 @@ def DEFINE_path(name, default, help_text, **kwargs):  # pylint: disable=invalid-
                       serializer=flags.ArgumentSerializer(), **kwargs)
 
 
-def resolve_config_paths(config):
-  """Makes the config's local path fields absolute, in place."""
+def complete_config(config):
+  """`--config` (with its overrides) complete, every field the schema
+  declares, and its local path fields made absolute."""
+  # Here, not at the top: it loads JAX and the model, which `--help` and a
+  # mistyped flag should not wait for.
+  from diffusion_distillation import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.complete(config)
   for field in CONFIG_PATH_FIELDS:
     section, name = field.split('.')
-    if section in config and name in config[section]:
+    if section in config:
       config[section][name] = absolute_path(config[section][name])
   return config
 
@@ -66,10 +72,11 @@ def quiet_library_logs():
 
 
 def DEFINE_config(required: bool = True):  # pylint: disable=invalid-name
-  """`--config=FILE.py` with `--config.a.b=value` overrides (ml_collections)."""
+  """`--config=FILE.py` (or a config's name) with `--config.a.b=value`
+  overrides (ml_collections)."""
   holder = config_flags.DEFINE_config_file(
-      'config', None, 'Path to a config file (configs/*.py).',
-      lock_config=True)
+      'config', None, 'A config file (configs/*.py) or the name of an '
+      'installed config (digits, cifar10_distill, ...).', lock_config=True)
   if required:
     flags.mark_flag_as_required('config')
   return holder
@@ -149,6 +156,26 @@ def _config_file_error(argv, error):
   return None
 
 
+def _config_names_as_files(argv):
+  """`--config=NAME[:args]` as the installed config file's path."""
+  value = _config_argument(argv)
+  name = value.split(':', 1)[0] if value else ''
+  if not name or not is_config_name(name):
+    return argv
+  from diffusion_distillation.api import configs  # pylint: disable=g-import-not-at-top
+  try:
+    path = configs.config_file(name) + value[len(name):]
+  except UserError as e:
+    fail(f'--config={value}: {str(e).partition(": ")[2]}')
+  out = list(argv)
+  for i, arg in enumerate(argv[1:], 1):
+    if re.fullmatch(r'--?config=.*', arg, re.DOTALL):
+      out[i] = f'--config={path}'
+    elif re.fullmatch(r'--?config', arg):
+      out[i + 1] = path
+  return out
+
+
 def parse_flags_with_config(argv):
   """absl's flag parsing, plus one-line errors where ml_collections has none.
 
@@ -158,6 +185,7 @@ def parse_flags_with_config(argv):
   cannot be found only fails when the config is first read; all would
   otherwise end in a traceback.
   """
+  argv = _config_names_as_files(argv)
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as e:
@@ -172,7 +200,7 @@ def parse_flags_with_config(argv):
     fail(message)
   if flags.FLAGS['config'].present:
     try:
-      flags.FLAGS.config.get('seed')
+      flags.FLAGS.config.keys()  # loads the file (ml_collections defers it)
     except OSError as e:
       path = config_flags.get_config_filename(flags.FLAGS['config'])
       reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()

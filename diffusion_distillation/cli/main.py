@@ -34,10 +34,10 @@ def main(argv):
   # Imported here, after the flags are checked: it loads orbax and the
   # model, which takes seconds that a mistyped flag should not cost.
   from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top
-  config = common.resolve_config_paths(FLAGS.config)
+  config = common.complete_config(FLAGS.config)
   summary = loop.run(config, FLAGS.workdir)
   print(loop.format_summary(summary, FLAGS.workdir), flush=True)
-  if config.get('eval') and config.eval.run_after_training:
+  if config.eval.run_after_training:
     from diffusion_distillation.evaluation import evaluate  # pylint: disable=g-import-not-at-top
 
     # Every process samples its share; process 0 writes the table.

@@ -107,5 +107,6 @@ def get_dataset(name: str,
 def from_config(config) -> Dataset:
   """The data set a config's `dataset` section describes."""
   section = config.dataset
-  return get_dataset(section.name, data_dir=section.get('data_dir') or None,
-                     **dict(section.get('args') or {}))
+  return get_dataset(section.name, data_dir=section.data_dir or None,
+                     class_conditional=section.args.class_conditional,
+                     randflip=section.args.randflip)

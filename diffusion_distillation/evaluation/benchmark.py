@@ -109,14 +109,13 @@ def benchmark_stages(config):
   stage. A config that distils an external teacher plans no base training, so
   its base stage is the one it would plan without that teacher.
   """
-  distill = config.get('distillation')
-  if distill and distill.teacher_checkpoint_path:
+  if stages.external_teacher(config):
     without_teacher = config.copy_and_resolve_references()
     without_teacher.distillation.teacher_checkpoint_path = ''
     base = stages.plan_stages(without_teacher)[0]
   else:
     base = stages.plan_stages(config)[0]
-  if not distill:
+  if 'distillation' not in config:
     return base, _stand_in_distill_stage(config), False
   first = next(s for s in stages.plan_stages(config) if s.is_distillation)
   return base, first, True
@@ -126,12 +125,13 @@ def _stand_in_distill_stage(config) -> stages.Stage:
   """What a config without a distillation section times as `distill`.
 
   `plan_stages` has no distillation stage for it, so this one is built by
-  hand: a student of half the eval step count that trains with the base
-  optimizer settings (`is_distillation=False` selects them in
-  `optimization_for`; the update itself is the distillation update).
+  hand: a student of half the eval step count; it trains with the base
+  optimizer settings (`programs.time_updates`, as the third value of
+  `benchmark_stages` says).
   """
   n = max(1, config.model.eval_sampling_num_steps // 2)
-  return stages.Stage(1, stages.distill_stage_name(n), 1, n, False)
+  return stages.Stage(1, stages.distill_stage_name(n), 1, n,
+                      stages.DISTILLATION)
 
 
 # --- Summary -----------------------------------------------------------------

@@ -20,6 +20,7 @@ from diffusion_distillation.models import generation
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import optimization
+from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import update
 
@@ -114,18 +115,18 @@ def time_forward(bench: Bench) -> dict:
       **bench.fields()))
 
 
-def _update_program(bench: Bench, stage, *, distill: bool, key) -> dict:
+def _update_program(bench: Bench, stage, opt, *, kind: str, key) -> dict:
   """Compiles one training program; returns its call and static figures.
 
   FLOPs are per update, from a single-update program: the timed one when the
   batches hold one step, else one compiled for the analysis alone.
   """
-  opt = optimization.optimization_for(bench.config, stage)
+  distill = stages.trains_student(kind)
   model = model_lib.DiffusionModel.from_config(
       bench.config, bench.ctx.base_model.data_shape,
       bench.ctx.base_model.num_classes, dropout=opt.dropout)
   jitted = update.compile_train_steps(
-      update.make_train_steps(model, opt, key, distill=distill),
+      update.make_train_steps(model, opt, key, kind),
       bench.ctx.mesh)
   init_params = bench.teacher if distill else bench.params
   teacher = bench.teacher if distill else None
@@ -160,10 +161,15 @@ def time_updates(bench: Bench, base_stage, distill_stage,
   skews their ratio less.
   """
   key = jax.random.fold_in(jax.random.PRNGKey(bench.config.seed), 0)
+  distill_opt = optimization.optimization_for(
+      bench.config, distill_stage if distill_opt_from_config else base_stage)
   programs = {
-      name: _update_program(bench, stage, distill=distill, key=key)
-      for name, stage, distill in (('train', base_stage, False),
-                                   ('distill', distill_stage, True))}
+      'train': _update_program(
+          bench, base_stage,
+          optimization.optimization_for(bench.config, base_stage),
+          kind=stages.TEACHER, key=key),
+      'distill': _update_program(bench, distill_stage, distill_opt,
+                                 kind=stages.DISTILLATION, key=key)}
   times = profiling.time_calls_interleaved(
       {name: p['call'] for name, p in programs.items()},
       repeats=bench.repeats, warmup=bench.warmup)
@@ -186,12 +192,9 @@ def time_updates(bench: Bench, base_stage, distill_stage,
 
 
 def _sample_batch_size(config, devices: int) -> int:
-  """`config.eval.batch_size` (else the training batch), rounded up to a
-  multiple of the device count."""
-  requested = (config.eval.batch_size
-               if config.get('eval') and config.eval.get('batch_size')
-               else config.train.batch_size)
-  return -(-requested // devices) * devices
+  """`config.eval.batch_size`, rounded up to a multiple of the device
+  count."""
+  return -(-config.eval.batch_size // devices) * devices
 
 
 def time_sampler(bench: Bench, num_steps: int) -> dict[str, dict]:

@@ -245,7 +245,7 @@ def inception_metric(config, settings: Settings, divisor: int = 1) -> Metric:
   features = local_inception(net.module, net.params,
                              min(_INCEPTION_BATCH, settings.num_samples))
   fingerprint = fingerprint_lib.params_fingerprint(net.params)
-  limit = (config.get('eval') or {}).get('reference_num_examples') or None
+  limit = config.eval.reference_num_examples or None
   mu_ref, sigma_ref, n_ref, path = inception_reference_stats(
       config, features, fingerprint, settings.cache_dir, limit=limit)
 

@@ -1,11 +1,10 @@
 """What one evaluation does: its settings, checked, and the rows it samples.
 
-Arguments override the workdir's `config.eval`; fields neither sets get
-defaults. Every student is sampled with DDIM at its own step count; the
-teacher with each sampler at 1, 2, 4, ... steps up to
-`config.eval.teacher_max_steps` (else `distillation.start_num_steps`, else
-`model.eval_sampling_num_steps`), or at the given `teacher_steps` (else
-`config.eval.teacher_steps`). `config.eval.student_samplers` adds samplers
+Arguments override the workdir's `config.eval` (whose fields and defaults
+are declared in config/fields.py, as is every argument's check). Every
+student is sampled with DDIM at its own step count; the teacher with each
+sampler at 1, 2, 4, ... steps up to `config.eval.teacher_max_steps`, or at
+the given `teacher_steps` (else `config.eval.teacher_steps`). `config.eval.student_samplers` adds samplers
 for the students ('stochastic', Meng et al. 2023). A guided run adds a
 guidance axis: every row is sampled at each w of `config.eval.guidance`.
 """
@@ -13,8 +12,6 @@ guidance axis: every row is sampled at each w of `config.eval.guidance`.
 import dataclasses
 import os
 from typing import Optional, Sequence
-
-import numpy as np
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation.diffusion import sampling
@@ -96,74 +93,62 @@ def parse_samplers(value) -> tuple[str, ...]:
   return tuple(samplers)
 
 
-def _check_int(value, name: str, minimum: int, why: str = '') -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise EvalError(f'{name} must be an integer, got {value!r}')
-  if value < minimum:
-    raise EvalError(f'{name} must be >= {minimum}{why}, got {value}')
-  return int(value)
+def _check(field: str, value, name: str):
+  """`value` of an argument against the declaration of `config.<field>`."""
+  wrong = config_lib.FIELDS[field].problem(value)
+  if wrong:
+    raise EvalError(f'{name} {wrong}')
+  return value
 
 
 def check_arguments(*, num_samples=None, samplers=None, teacher_steps=None,
                     metric=None, batch_size=None):
-  """Validates the explicitly given arguments (cheap: before any loading)."""
+  """Validates the explicitly given arguments (cheap: before any loading).
+
+  As the `eval.*` fields they override: one declaration of each.
+  """
   if num_samples is not None:
-    _check_int(num_samples, 'num_samples', 2,
-               ' (the Frechet distance needs a covariance)')
+    _check('eval.num_samples', num_samples, 'num_samples')
   if batch_size is not None:
-    _check_int(batch_size, 'batch_size', 1)
+    _check('eval.batch_size', batch_size, 'batch_size')
   if samplers is not None:
     parse_samplers(samplers)
   if teacher_steps is not None:
     parse_int_list(teacher_steps, 'teacher_steps')
-  if metric is not None and metric not in config_lib.METRICS:
-    raise EvalError(f'metric must be one of {",".join(config_lib.METRICS)}, '
-                    f'got {metric!r}')
+  if metric is not None:
+    _check('eval.metric', metric, 'metric')
 
 
 def _default_teacher_steps(config) -> tuple[int, ...]:
-  ev = config.get('eval') or {}
-  if ev.get('teacher_steps'):
-    return parse_int_list(ev.teacher_steps, 'config.eval.teacher_steps')
-  distill = config.get('distillation')
-  max_steps = ev.get('teacher_max_steps') or (
-      distill.start_num_steps if distill else
-      config.model.eval_sampling_num_steps)
-  return powers_of_two(_check_int(max_steps, 'config.eval.teacher_max_steps',
-                                  1))
+  if config.eval.teacher_steps:
+    return parse_int_list(config.eval.teacher_steps,
+                          'config.eval.teacher_steps')
+  return powers_of_two(config.eval.teacher_max_steps)
 
 
 def resolve_settings(config, *, num_samples=None, samplers=None,
                      teacher_steps=None, metric=None, inception_path=None,
                      seed=0, batch_size=None, cache_dir=None) -> Settings:
-  """Arguments override `config.eval`; absent fields get defaults."""
+  """Arguments override the workdir's (complete, validated) `config.eval`."""
   check_arguments(num_samples=num_samples, samplers=samplers,
                   teacher_steps=teacher_steps, metric=metric,
                   batch_size=batch_size)
-  ev = config.get('eval') or {}
-  dataset = config.dataset.name
-  if metric is None:
-    metric = ev.get('metric') or ('digits' if dataset == 'digits'
-                                  else 'inception')
+  ev = config.eval
+  given = lambda value, default: default if value is None else value
   if teacher_steps is None:
     teacher_steps = _default_teacher_steps(config)
   settings = Settings(
-      metric=metric,
-      num_samples=(num_samples if num_samples is not None
-                   else ev.get('num_samples', 500)),
-      batch_size=(batch_size if batch_size is not None
-                  else ev.get('batch_size', 256)),
-      samplers=parse_samplers(samplers if samplers is not None
-                              else ev.get('samplers', ('ddim', 'ancestral'))),
+      metric=given(metric, ev.metric),
+      num_samples=given(num_samples, ev.num_samples),
+      batch_size=given(batch_size, ev.batch_size),
+      samplers=parse_samplers(given(samplers, ev.samplers)),
       teacher_steps=parse_int_list(teacher_steps, 'teacher_steps'),
-      seed=_check_int(seed, 'seed', -2**31),
-      inception_path=(inception_path if inception_path is not None
-                      else ev.get('inception_path', '')) or '',
+      seed=_check('seed', seed, 'seed'),
+      inception_path=given(inception_path, ev.inception_path),
       cache_dir=cache_dir or default_cache_dir(),
-      student_samplers=parse_samplers(ev.get('student_samplers', ('ddim',))),
-      guidance=tuple(float(w) for w in ev.get('guidance') or ()))
-  check_arguments(num_samples=settings.num_samples, metric=settings.metric,
-                  batch_size=settings.batch_size)
+      student_samplers=parse_samplers(ev.student_samplers),
+      guidance=tuple(float(w) for w in ev.guidance))
+  dataset = config.dataset.name
   if settings.metric == 'digits' and dataset != 'digits':
     raise EvalError(f"metric 'digits' only applies to the digits data set, "
                     f"not {dataset!r}; use --metric=inception")

@@ -65,9 +65,9 @@ class DiffusionModel:
       args['dropout'] = dropout
     args['ch_mult'] = tuple(args['ch_mult'])
     args['attn_resolutions'] = tuple(args['attn_resolutions'])
-    cond_drop_prob = float(config.model.get('cond_drop_prob', 0.))
-    guided = config.get('guidance')
-    w_range = (float(guided.w_min), float(guided.w_max)) if guided else None
+    cond_drop_prob = float(config.model.cond_drop_prob)
+    w_range = ((float(config.guidance.w_min), float(config.guidance.w_max))
+               if 'guidance' in config else None)
     network = unet_lib.UNet(
         num_classes=num_classes + (1 if cond_drop_prob > 0 else 0),
         out_ch=out_channels(config.model.mean_type, data_shape[-1]),

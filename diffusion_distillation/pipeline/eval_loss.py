@@ -31,7 +31,7 @@ class EvalLoss:
   `train.eval_every_steps`; `loss(...)` evaluates now."""
 
   def __init__(self, ctx: Context, stage: Stage):
-    self.every = ctx.config.train.get('eval_every_steps', 0) or 0
+    self.every = ctx.config.train.eval_every_steps
     self._ctx, self._stage, self._fn = ctx, stage, None
     stage_key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed),
                                    stage.index)
@@ -66,8 +66,7 @@ class EvalLoss:
     opt = optimization.optimization_for(ctx.config, stage)
     model = optimization.stage_model(ctx, opt)
     loss_fn = update.make_per_example_loss(
-        model, distill=stage.is_distillation, train=False,
-        guided_kind=stages.guided_kind(ctx.config, stage))
+        model, stage.kind, train=False)
     num_steps = (stage.num_sample_steps if stage.is_distillation else
                  model.train_num_steps)
 

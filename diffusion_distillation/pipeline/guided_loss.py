@@ -4,13 +4,13 @@ Classifier-free guidance and its distillation (Meng et al., "On Distillation
 of Guided Diffusion Models", CVPR 2023, arXiv 2210.03142); the maths is in
 `diffusion/guidance.py`:
 
-* 'base': the teacher's usual loss, with each label dropped to the "no
+* GUIDED_TEACHER: the teacher's usual loss, with each label dropped to the "no
   class" label with probability `model.cond_drop_prob` (p_uncond).
-* 'guided' (stage one): the w-conditioned student, initialized from the
+* GUIDED_STAGE_ONE: the w-conditioned student, initialized from the
   teacher, matches the guided teacher's x_w at data-noised z_t, with
   w ~ U[w_min, w_max] per example.
-* 'distill' (stage two): progressive distillation of the w-conditioned
-  model; teacher and student get the same w per example.
+* GUIDED_DISTILLATION (stage two): progressive distillation of the
+  w-conditioned model; teacher and student get the same w per example.
 """
 
 import jax
@@ -18,14 +18,15 @@ import jax
 from diffusion_distillation.diffusion import guidance
 from diffusion_distillation.diffusion import losses
 from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.pipeline import stages
 
-KINDS = ('base', 'guided', 'distill')
+KINDS = stages.GUIDED_KINDS
 
 
 def per_example_loss(model: model_lib.DiffusionModel, kind: str, params,
                      teacher_params, batch, rng, num_steps, *,
                      train: bool = True):
-  """Loss per example (shape (B,)) of one `kind` of stage (see above);
+  """Loss per example (shape (B,)) of one guided `kind` of stage (above);
   network dropout only when `train`."""
   if kind not in KINDS:
     raise ValueError(f'unknown guided stage kind {kind!r}; known: {KINDS}')
@@ -34,7 +35,7 @@ def per_example_loss(model: model_lib.DiffusionModel, kind: str, params,
   rng_loss, rng_dropout, rng_cond = jax.random.split(rng, 3)
   common = dict(logsnr_schedule_fn=model.logsnr_schedule('train'),
                 mean_type=model.mean_type, weight_type=model.weight_type)
-  if kind == 'base':
+  if kind == stages.GUIDED_TEACHER:
     labels = guidance.drop_labels(rng_cond, labels, model.cond_drop_prob,
                                   model.null_label)
     return losses.diffusion_loss(
@@ -44,7 +45,7 @@ def per_example_loss(model: model_lib.DiffusionModel, kind: str, params,
   student = model.student()
   student_fn = student.bind(params, labels, train=train, rng=rng_dropout,
                             guidance=w)
-  if kind == 'guided':
+  if kind == stages.GUIDED_STAGE_ONE:
     return guidance.matching_loss(
         student_fn, model.bind(teacher_params, labels, guidance=w), x,
         rng_loss, **common)

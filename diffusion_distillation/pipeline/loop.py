@@ -132,9 +132,7 @@ def _compiled_update(ctx: Context, stage: Stage, opt):
   key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), stage.index)
   return update.compile_train_steps(
       update.make_train_steps(optimization.stage_model(ctx, opt), opt, key,
-                              distill=stage.is_distillation,
-                              guided_kind=stages.guided_kind(ctx.config,
-                                                             stage)),
+                              stage.kind),
       ctx.mesh)
 
 
@@ -267,8 +265,9 @@ def run(config, workdir) -> list[dict[str, Any]]:
   """Runs (or resumes) every stage the config describes; returns their metas.
 
   Holds the workdir's lock and turns SIGTERM / Ctrl-C into a checkpoint and a
-  clean stop for the whole run.
+  clean stop for the whole run. Fields `config` lacks take their defaults.
   """
+  config = config_lib.complete(config)
   rerun = check_workdir(config, workdir)
   workdir = epath.Path(workdir)
   ctx = make_context(config, workdir)

@@ -106,13 +106,12 @@ def optimization_for(config, stage: Stage) -> Optimization:
         t.learning_rate, warmup_steps=t.learning_rate_warmup_steps)
     weight_decay, ema_decay = t.weight_decay, t.ema_decay
     dropout = config.model.args.dropout
-  per_device = t.get('grad_clip_per_device', False)
+  per_device = t.grad_clip_per_device
   tx = make_optimizer(schedule, grad_clip=None if per_device else t.grad_clip,
                       weight_decay=weight_decay, b1=t.adam_beta1,
                       b2=t.adam_beta2, optimizer=t.optimizer,
-                      beta=t.get('optimizer_beta', 0.9))
-  average = ema_decay_schedule(ema_decay, t.get('avg_type', ''),
-                               t.get('avg_steps', 0))
+                      beta=t.optimizer_beta)
+  average = ema_decay_schedule(ema_decay, t.avg_type, t.avg_steps)
   return Optimization(tx, schedule, average, dropout, t.enable_update_skip,
                       t.grad_clip if per_device else None)
 

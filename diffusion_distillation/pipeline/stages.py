@@ -19,6 +19,22 @@ from etils import epath
 from diffusion_distillation.models import diffusion_model as model_lib
 
 
+# What a stage trains: losses, optimizers, sampling and grids dispatch on it.
+TEACHER = 'teacher'  # base training
+GUIDED_TEACHER = 'guided_teacher'  # base training with label dropout
+GUIDED_STAGE_ONE = 'guided_stage_one'  # the w-conditioned student, guided_<N>
+DISTILLATION = 'distillation'  # distill_<N>
+GUIDED_DISTILLATION = 'guided_distillation'  # distill_<N>, w-conditioned
+KINDS = (TEACHER, GUIDED_TEACHER, GUIDED_STAGE_ONE, DISTILLATION,
+         GUIDED_DISTILLATION)
+GUIDED_KINDS = (GUIDED_TEACHER, GUIDED_STAGE_ONE, GUIDED_DISTILLATION)
+
+
+def trains_student(kind: str) -> bool:
+  """A stage of `kind` starts from the previous stage's model."""
+  return kind not in (TEACHER, GUIDED_TEACHER)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """One training run inside the pipeline."""
@@ -26,27 +42,46 @@ class Stage:
   name: str
   num_updates: int
   num_sample_steps: int  # base: train_num_steps (0 = continuous); student's N
-  is_distillation: bool  # starts from the previous stage's model
-  guided_stage_one: bool = False  # matches the guided teacher (guided_<N>)
+  kind: str  # one of KINDS
+
+  def __post_init__(self):
+    assert self.kind in KINDS, self.kind
+
+  @property
+  def is_distillation(self) -> bool:
+    """Starts from the previous stage's model (a student)."""
+    return trains_student(self.kind)
+
+
+def external_teacher(config) -> bool:
+  """The first teacher is read from distillation.teacher_checkpoint_path."""
+  return ('distillation' in config and
+          bool(config.distillation.teacher_checkpoint_path))
 
 
 def plan_stages(config) -> list[Stage]:
-  """Base training (unless the teacher is given), then one stage per halving."""
+  """Base training (unless the teacher is given), then one stage per halving.
+
+  Each stage's kind is decided here, once, from the config.
+  """
   stages = []
-  distill = config.get('distillation')
-  if not (distill and distill.teacher_checkpoint_path):
+  if not external_teacher(config):
+    kind = GUIDED_TEACHER if config.model.cond_drop_prob > 0 else TEACHER
     stages.append(Stage(0, 'base', config.train.num_train_steps,
-                        config.model.train_num_steps, False))
-  if distill and config.get('guidance'):
+                        config.model.train_num_steps, kind))
+  if 'distillation' not in config:
+    return stages
+  distill, guided = config.distillation, 'guidance' in config
+  if guided:
     stages.append(Stage(len(stages), guided_stage_name(distill.start_num_steps),
                         config.guidance.num_updates, distill.start_num_steps,
-                        True, guided_stage_one=True))
-  if distill:
-    n = distill.start_num_steps // 2
-    while n >= distill.end_num_steps:
-      stages.append(Stage(len(stages), distill_stage_name(n),
-                          distill.steps_per_iter, n, True))
-      n //= 2
+                        GUIDED_STAGE_ONE))
+  n = distill.start_num_steps // 2
+  while n >= distill.end_num_steps:
+    stages.append(Stage(len(stages), distill_stage_name(n),
+                        distill.steps_per_iter, n,
+                        GUIDED_DISTILLATION if guided else DISTILLATION))
+    n //= 2
   return stages
 
 
@@ -56,20 +91,6 @@ def distill_stage_name(num_steps: int) -> str:
 
 def guided_stage_name(num_steps: int) -> str:
   return f'guided_{num_steps}'
-
-
-def guided_kind(config, stage: Stage):
-  """How `stage` trains in a guided run; None: as in an unguided one.
-
-  'base': the teacher with label dropout (`model.cond_drop_prob` > 0);
-  'guided': stage one; 'distill': stage two, w-conditioned (a `guidance`
-  section). See `pipeline/guided_loss.py`.
-  """
-  if stage.guided_stage_one:
-    return 'guided'
-  if stage.is_distillation:
-    return 'distill' if config.get('guidance') else None
-  return 'base' if config.model.get('cond_drop_prob', 0.) > 0 else None
 
 
 def sampling_model(ctx, stage: Stage) -> model_lib.DiffusionModel:
@@ -83,13 +104,12 @@ def grid_guidance(config, stage: Stage):
   The largest w of `config.eval.guidance`, for a guided teacher and for the
   w-conditioned students (which without that list use `guidance.w_min`).
   """
-  values = tuple((config.get('eval') or {}).get('guidance') or ())
-  if stage.is_distillation and config.get('guidance'):
+  values = config.eval.guidance
+  if stage.kind in (GUIDED_STAGE_ONE, GUIDED_DISTILLATION):
     return float(max(values)) if values else float(config.guidance.w_min)
-  if stage.is_distillation or not values or not (
-      config.model.get('cond_drop_prob', 0.) > 0):
-    return None
-  return float(max(values))
+  if stage.kind == GUIDED_TEACHER and values:
+    return float(max(values))
+  return None
 
 
 def grid_steps(config, stage: Stage) -> int:

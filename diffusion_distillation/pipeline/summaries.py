@@ -47,10 +47,13 @@ def _png(image: np.ndarray) -> summary_pb2.Summary.Image:
 
 
 def _flat_hparams(config) -> dict:
-  """A (nested) config as `{'a.b': value}` with TensorBoard's value types."""
+  """The config's declared fields (`config.FIELDS`, in their order) as
+  `{'a.b': value}` with TensorBoard's value types."""
+  flat = config_lib.flat_fields(config)
   return {field: value if isinstance(value, (bool, int, float, str))
           else str(value)  # None, tuples, lists
-          for field, value in config_lib.flat_fields(config).items()}
+          for field, value in ((f, flat[f]) for f in config_lib.FIELDS
+                               if f in flat)}
 
 
 class SummaryWriter:

@@ -19,8 +19,10 @@ FIELD = 'config.distillation.teacher_checkpoint_path'
 
 def check_teacher_path(config):
   """Fails early (before the workdir is touched) if the path does not exist."""
-  distill = config.get('distillation')
-  if not distill or not distill.teacher_checkpoint_path:
+  if 'distillation' not in config:
+    return
+  distill = config.distillation
+  if not distill.teacher_checkpoint_path:
     return
   if not epath.Path(distill.teacher_checkpoint_path).exists():
     raise ConfigError(

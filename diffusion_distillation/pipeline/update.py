@@ -10,21 +10,24 @@ from diffusion_distillation.diffusion import losses
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import guided_loss
+from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline.optimization import Optimization
 
 
-def make_per_example_loss(model: model_lib.DiffusionModel, *, distill: bool,
-                          guided_kind=None, train: bool = True):
-  """`loss_fn(params, batch, rng, num_steps, teacher_params)`: the training
-  (or, with `distill`, distillation) loss per example, with dropout when
-  `train` (the official `Model.loss_fn(rng, train, batch, params)`); a guided
-  run's (`guided_kind`, see `stages.guided_kind`) comes from `guided_loss`."""
+def make_per_example_loss(model: model_lib.DiffusionModel, kind: str, *,
+                          train: bool = True):
+  """`loss_fn(params, batch, rng, num_steps, teacher_params)`: the loss per
+  example of a stage of `kind` (`stages.KINDS`: training, or distillation
+  from the teacher), with dropout when `train` (the official
+  `Model.loss_fn(rng, train, batch, params)`); a guided run's comes from
+  `guided_loss`."""
   schedule_fn = model.logsnr_schedule('train')
+  distill = kind == stages.DISTILLATION
 
   def loss_fn(params, batch, rng, num_steps, teacher_params):
-    if guided_kind is not None:
-      return guided_loss.per_example_loss(model, guided_kind, params,
+    if kind in stages.GUIDED_KINDS:
+      return guided_loss.per_example_loss(model, kind, params,
                                           teacher_params, batch, rng,
                                           num_steps, train=train)
     labels = batch['label']
@@ -40,17 +43,15 @@ def make_per_example_loss(model: model_lib.DiffusionModel, *, distill: bool,
   return loss_fn
 
 
-def make_loss_fn(model: model_lib.DiffusionModel, *, distill: bool,
-                 guided_kind=None):
+def make_loss_fn(model: model_lib.DiffusionModel, kind: str):
   """`loss_fn(params, batch, rng, num_steps, teacher_params)`: the batch mean
   of `make_per_example_loss`'s training loss."""
-  per_example = make_per_example_loss(model, distill=distill,
-                                      guided_kind=guided_kind)
+  per_example = make_per_example_loss(model, kind)
   return lambda *args: per_example(*args).mean()
 
 
 def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
-                     key, *, distill: bool, guided_kind=None):
+                     key, kind: str):
   """Returns `train_steps(state, batches, teacher_params) -> (state, metrics)`.
 
   `batches` stacks several steps' batches on a leading axis; they run in one
@@ -60,7 +61,8 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
   The teacher's two forward passes happen inside the same program, without
   gradients.
   """
-  loss_fn = make_loss_fn(model, distill=distill, guided_kind=guided_kind)
+  loss_fn = make_loss_fn(model, kind)
+  distill = stages.trains_student(kind)
 
   def one_step(state, batch, teacher_params):
     rng = jax.random.fold_in(key, state.step)

@@ -7,7 +7,6 @@ records, so no data set needs to be loaded to sample.
 import dataclasses
 
 from etils import epath
-import ml_collections
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation.errors import ModelError
@@ -60,8 +59,7 @@ class LoadedWorkdir:
     for stage in self.stages:
       if not stage.is_distillation:
         return checkpoints.final_params(self.ctx, stage)
-    distill = self.config.get('distillation')
-    if distill and distill.teacher_checkpoint_path:
+    if stages_lib.external_teacher(self.config):
       return teachers.load_external_teacher(self.ctx, self.config)
     raise WorkdirError(f'the teacher of {self.ctx.workdir} has not finished '
                        'training yet')
@@ -76,8 +74,8 @@ def open_workdir(workdir) -> LoadedWorkdir:
   config_path = workdir / 'config.json'
   if not config_path.exists():
     raise WorkdirError(f'{workdir} is not a training workdir (no config.json)')
-  config = ml_collections.ConfigDict(
-      config_lib.read_saved_config(config_path))
+  config = config_lib.complete(config_lib.read_saved_config(config_path))
+  config_lib.validate_model(config)
   finished, meta = [], None
   for stage in stages_lib.plan_stages(config):
     if checkpoints.stage_is_complete(workdir, stage.name, stage.num_updates):

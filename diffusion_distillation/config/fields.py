@@ -1,0 +1,235 @@
+"""Every config field, declared once: default, check, doc, rerun rule.
+
+The defaults are the embedded default, `configs/digits.py`'s teacher (8x8
+digits, minutes on a CPU); the `distillation` and `guidance` sections are
+optional (present or absent as a whole; a present one is completed with these
+defaults). `official`: 'yes' where the field is the official configs' own
+(google-research/diffusion_distillation, `config/*.py`), else what differs.
+The table of all of them is docs/config_fields.md (`python -m
+diffusion_distillation.config.table`).
+"""
+
+from diffusion_distillation import data as data_lib
+from diffusion_distillation.config.schema import (
+    ANY, BOOL, Check, EXTENDS, FREE, FUTURE, Field as F, Same, TEXT, fraction,
+    integer, number, one_of, refused)
+from diffusion_distillation.diffusion import losses
+from diffusion_distillation.diffusion import process
+from diffusion_distillation.diffusion import sampling
+from diffusion_distillation.models import unet
+
+DTYPES = ('float32', 'bfloat16')
+OPTIMIZERS = ('adam', 'momentum', 'nesterov')  # the official optimizers
+AVG_TYPES = ('', 'ema', 'aa')  # '': the official avg_type=None
+ANNEAL_TYPES = ('linear', 'none')
+# The quality metrics `evaluate` computes (the only list of their names).
+METRICS = ('digits', 'inception', 'bpd')
+# Sections a config may leave out as a whole.
+OPTIONAL_SECTIONS = ('distillation', 'guidance')
+
+_SAMPLER = one_of(*sampling.SAMPLERS)
+_SAMPLERS = Check('choices', choices=sampling.SAMPLERS, nonempty=True)
+_COUNT = integer(1)
+_STEPS = integer(0)
+_RATE = number(0., lo_open=True)
+_DECAY = number(0.)
+
+
+def _schedule(section: str) -> dict:
+  doc = f'of the {section} logSNR schedule (cosine)'
+  return {
+      f'model.{section}_logsnr_schedule.name': F(
+          'cosine', f'the {section} schedule', one_of('cosine'),
+          official='yes'),
+      f'model.{section}_logsnr_schedule.logsnr_min': F(
+          -20., f'logSNR at t=1 {doc}', number(), official='yes'),
+      f'model.{section}_logsnr_schedule.logsnr_max': F(
+          20., f'logSNR at t=0 {doc}', number(), official='yes'),
+  }
+
+
+FIELDS = {
+    'seed': F(0, 'seed of every random stream (parameters, noise, data order)',
+              integer(-2**31, hi=2**31 - 1), official='yes'),
+    'sampler': F('ddim', "the teacher's sampler (official 'noisy' is "
+                 "'ancestral')", _SAMPLER, FUTURE, 'yes'),
+    # --- dataset ---------------------------------------------------------
+    'dataset.name': F('digits', 'the data set and its resolution',
+                      one_of(*data_lib.DATASET_NAMES), official=(
+                          'names cifar10, imagenet64, lsun_church128, '
+                          'lsun_bedroom128')),
+    'dataset.data_dir': F('', "TFDS data directory ('': TFDS's default)",
+                          TEXT, FREE),
+    'dataset.args.class_conditional': F(
+        False, 'batches carry the class labels (not for LSUN)', BOOL,
+        official='yes'),
+    'dataset.args.randflip': F(False, 'training images flipped left-right at '
+                               'random', BOOL, FUTURE, 'yes'),
+    'dataset.args.image_size': refused(ANY, 'the data set and its resolution '
+                                       "are dataset.name here (e.g. "
+                                       "'imagenet64', 'lsun_church128')"),
+    'dataset.args.subset': refused(ANY, 'the LSUN subset is part of '
+                                   "dataset.name here (e.g. 'lsun_church128',"
+                                   " 'lsun_bedroom128')"),
+    'dataset.args.extra_image_sizes': refused((), (
+        'the official data sets add extra_image_<size> arrays to each batch '
+        'that no training code reads; not implemented')),
+    # --- model: the UNet -------------------------------------------------
+    'model.args.ch': F(32, 'base channel count', integer(32, multiple=32),
+                       official='yes'),
+    'model.args.emb_ch': F(128, 'width of the logSNR / class embedding',
+                           _COUNT, official='yes'),
+    'model.args.ch_mult': F((1, 1), 'channel multiplier per resolution',
+                            Check('ints', lo=1, nonempty=True),
+                            official='yes'),
+    'model.args.num_res_blocks': F(1, 'ResNet blocks per resolution',
+                                   _COUNT, official='yes'),
+    'model.args.attn_resolutions': F((4,), 'resolutions with attention',
+                                     Check('ints', lo=1), official='yes'),
+    'model.args.num_heads': F(1, 'attention heads (or None and head_dim)',
+                              integer(1, none=True), official='yes'),
+    'model.args.head_dim': F(None, 'channels per attention head (or None and '
+                             'num_heads)', integer(1, none=True),
+                             official='yes'),
+    'model.args.dropout': F(0.1, "dropout in the ResNet blocks (the teacher's)",
+                            fraction(), FUTURE, 'yes'),
+    'model.args.logsnr_input_type': F(
+        'inv_cos', 'how the logSNR enters the network',
+        one_of(*unet.LOGSNR_INPUT_TYPES), official='yes'),
+    'model.args.resblock_resample': F(False, 'resample with ResNet blocks',
+                                      BOOL, official='yes'),
+    # --- model: the diffusion process --------------------------------------
+    'model.mean_type': F('v', 'what the network predicts',
+                         one_of(*process.MEAN_TYPES), official='yes'),
+    'model.logvar_type': F('fixed_large', "ancestral sampler's variance: "
+                           "fixed_small, fixed_large, fixed_medium:<fraction>",
+                           TEXT, official='yes'),
+    'model.mean_loss_weight_type': F('snr_trunc', 'loss weighting',
+                                     one_of(*losses.WEIGHT_TYPES),
+                                     official='yes'),
+    'model.train_num_steps': F(0, 'base training in discrete time with this '
+                               'many steps (0: continuous)', _STEPS,
+                               official='yes'),
+    'model.eval_sampling_num_steps': F(
+        128, "the teacher's sampler steps (grids, evaluation)", _COUNT,
+        FUTURE, 'yes'),
+    **_schedule('train'),
+    **_schedule('eval'),
+    'model.eval_clip_denoised': F(True, 'clip x predictions to [-1, 1] when '
+                                  'sampling', BOOL, official='yes'),
+    'model.dtype': F('float32', 'computation dtype (parameters stay float32)',
+                     one_of(*DTYPES), FUTURE),
+    'model.cond_drop_prob': F(0., 'label dropout of a guided teacher '
+                              '(classifier-free guidance; 0: none)',
+                              fraction()),
+    'model.name': refused('unet_iddpm', "the only architecture is the "
+                          "official 'unet_iddpm' (models/unet.py)"),
+    'model.logvar_coeff': refused(0., (
+        'learned variances are not implemented (the official dpm.Model '
+        'stores logvar_coeff but never reads it)')),
+    # --- train -----------------------------------------------------------
+    'train.num_train_steps': F(1500, 'base (teacher) training updates',
+                               _STEPS, EXTENDS),
+    'train.batch_size': F(64, 'global batch, over all devices and processes',
+                          _COUNT, FUTURE, 'yes'),
+    'train.optimizer': F('adam', 'the optimizer (flax.optim semantics)',
+                         one_of(*OPTIMIZERS), FUTURE, 'yes'),
+    'train.learning_rate': F(2e-3, 'peak learning rate of base training',
+                             _RATE, FUTURE, 'yes'),
+    'train.learning_rate_warmup_steps': F(100, 'linear warmup from 0',
+                                          _STEPS, FUTURE, 'applied here'),
+    'train.adam_beta1': F(0.9, "Adam's beta1", fraction(), FUTURE, 'yes'),
+    'train.adam_beta2': F(0.99, "Adam's beta2", fraction(), FUTURE, 'yes'),
+    'train.weight_decay': F(0., 'decoupled weight decay', _DECAY, FUTURE,
+                            'yes'),
+    'train.ema_decay': F(0.995, 'EMA of the parameters (None: by avg_type)',
+                         fraction(none=True), FUTURE, 'yes'),
+    'train.grad_clip': F(1.0, 'gradient clipping by global norm', _RATE,
+                         FUTURE, 'yes'),
+    'train.substeps': F(1, 'updates per compiled call', _COUNT, FREE, 'yes'),
+    'train.enable_update_skip': F(False, 'skip updates with non-finite '
+                                  'results', BOOL, FUTURE, 'yes'),
+    'train.grad_clip_per_device': F(False, "clip each device's gradient before"
+                                    ' averaging (the official step_fn)', BOOL,
+                                    FUTURE),
+    'train.optimizer_beta': F(0.9, 'momentum of momentum / nesterov',
+                              fraction(), FUTURE, 'yes'),
+    'train.avg_type': F('', "parameter average when ema_decay is None: 'ema' "
+                        "or 'aa' ('': none)", one_of(*AVG_TYPES), FUTURE,
+                        'yes'),
+    'train.avg_steps': F(0, 'steps of the avg_type average', _STEPS, FUTURE,
+                         'yes'),
+    'train.log_loss_every_steps': F(100, 'steps between logged losses',
+                                    _COUNT, FREE, 'yes'),
+    'train.eval_every_steps': F(0, "steps between the eval split's loss (0: "
+                                'never)', _STEPS, FREE, 'yes'),
+    'train.checkpoint_every_steps': F(1000, 'steps between checkpoints',
+                                      _COUNT, FREE),
+    'train.checkpoint_every_secs': F(600, 'seconds between checkpoints (inf: '
+                                     'never by time)', number(
+                                         0., lo_open=True, inf=True), FREE,
+                                     'yes'),
+    'train.keep_checkpoints': F(2, 'checkpoints kept per stage', _COUNT, FREE),
+    'train.retain_checkpoint_every_steps': refused(ANY, (
+        'not implemented: each stage keeps its last train.keep_checkpoints '
+        'checkpoints; copy the ones to retain')),
+    'train.learning_rate_anneal_type': refused(ANY, (
+        'set distillation.learning_rate_anneal_type instead: each '
+        'distillation stage anneals over its distillation.steps_per_iter '
+        'updates (the official learning_rate_anneal_steps)')),
+    'train.learning_rate_anneal_steps': refused(ANY, (
+        'each distillation stage anneals over distillation.steps_per_iter '
+        'updates (set distillation.learning_rate_anneal_type)')),
+    # --- distillation (optional) -------------------------------------------
+    'distillation.teacher_checkpoint_path': F(
+        '', "the teacher: a workdir, an official checkpoint ('': this run's "
+        'base stage)', TEXT, official='yes'),
+    'distillation.start_num_steps': F(
+        Same('model.eval_sampling_num_steps'), "the teacher's sampler steps",
+        _COUNT, official='yes'),
+    'distillation.end_num_steps': F(1, "the last student's steps", _COUNT,
+                                    FUTURE, 'yes'),
+    'distillation.steps_per_iter': F(50_000, 'updates per halving', _COUNT,
+                                     official='yes'),
+    'distillation.learning_rate': F(Same('train.learning_rate'),
+                                    "students' peak learning rate", _RATE,
+                                    FUTURE),
+    'distillation.learning_rate_anneal_type': F(
+        'linear', 'decay to 0 within each stage', one_of(*ANNEAL_TYPES),
+        FUTURE),
+    'distillation.weight_decay': F(0., "students' weight decay", _DECAY,
+                                   FUTURE),
+    'distillation.ema_decay': F(0., "students' EMA", fraction(), FUTURE),
+    'distillation.dropout': F(0., "students' dropout", fraction(), FUTURE),
+    'distillation.only_finetune_temb': refused(
+        False, 'the official code never reads it; all parameters train'),
+    # --- guidance (optional): guided distillation --------------------------
+    'guidance.w_min': F(0., 'lowest guidance strength w trained', number(0.)),
+    'guidance.w_max': F(4., 'highest guidance strength w trained',
+                        number(0., lo_open=True)),
+    'guidance.num_updates': F(50_000, 'updates of stage one', _COUNT),
+    # --- eval ------------------------------------------------------------
+    'eval.run_after_training': F(True, 'evaluate every stage after training',
+                                 BOOL, FREE),
+    'eval.metric': F('digits', 'the quality metric', one_of(*METRICS), FREE),
+    'eval.num_samples': F(300, 'samples per row (>= 2: a covariance)',
+                          integer(2), FREE),
+    'eval.batch_size': F(500, 'samples per sampler call', _COUNT, FREE),
+    'eval.samplers': F(('ddim', 'ancestral'), "the teacher's samplers",
+                       _SAMPLERS, FREE),
+    'eval.student_samplers': F(('ddim',), "the students' samplers", _SAMPLERS,
+                               FREE),
+    'eval.teacher_max_steps': F(
+        Same('distillation.start_num_steps', 'model.eval_sampling_num_steps'),
+        'teacher rows at 1, 2, 4, ... up to this many steps', _COUNT, FREE),
+    'eval.teacher_steps': F((), 'teacher rows at exactly these steps (() : by '
+                            'teacher_max_steps)', Check('ints', lo=1), FREE),
+    'eval.guidance': F((), 'guidance strengths w of a guided run',
+                       Check('numbers'), FREE),
+    'eval.inception_path': F('', "Inception weights ('': downloaded once)",
+                             TEXT, FREE),
+    'eval.reference_num_examples': F(0, 'reference images of the Inception '
+                                     'statistics (0: the whole train split)',
+                                     _STEPS, FREE),
+    'eval.grid_samples': F(64, 'images in each sample grid', _COUNT, FREE),
+}
