@@ -18,3 +18,10 @@ class ModelError(UserError):
   unconditional model, a checkpoint that does not fit its config, ...); the
   message says what is available.
   """
+
+
+def first_line(error: BaseException) -> str:
+  """An exception's message in one line (its type's name if it has none),
+  for the one-line errors of things that fail below us."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__

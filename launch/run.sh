@@ -2,18 +2,24 @@
 # Sets up a virtualenv with the right JAX build, then runs
 # `python -m diffusion_distillation.main "$@"`.
 #
-# Safe to run again and again, and on every host of a multi-host TPU slice:
-# the venv is created once, and packages are (re)installed only when setup.cfg
-# / pyproject.toml or the accelerator changed since the last install.
+# Safe to run again and again, on every host of a multi-host TPU slice and in
+# every task of a SLURM job: the venv is created once, under a lock (flock) so
+# that processes starting together on a shared filesystem never install into
+# it at once, and packages are (re)installed only when setup.cfg /
+# pyproject.toml or the accelerator changed since the last install.
 #
 #   launch/run.sh --config=configs/cifar10_distill.py --workdir=gs://b/run
 #
 # Environment:
-#   DD_ACCELERATOR  tpu | cuda | cpu. Default: detected -- tpu if /dev/accel*
-#                   or /dev/vfio/<n> exists or TPU_NAME / TPU_ACCELERATOR_TYPE
-#                   / TPU_WORKER_HOSTNAMES is set; else cuda if `nvidia-smi`
-#                   runs; else cpu. Installs ".[tpu]" (jax[tpu]),
-#                   ".[cuda]" (jax[cuda12]) or "." (CPU jax).
+#   DD_ACCELERATOR  tpu | cuda | cuda12 | cuda13 | cpu. Default: detected --
+#                   cuda if `nvidia-smi` runs; else tpu if /dev/accel* or
+#                   /dev/vfio/<n> exists or TPU_NAME / TPU_ACCELERATOR_TYPE /
+#                   TPU_WORKER_HOSTNAMES is set; else cpu. Installs ".[tpu]"
+#                   (jax[tpu]), ".[cuda]" (jax[cuda12]), ".[cuda13]"
+#                   (jax[cuda13]) or "." (CPU jax). Exported, with
+#                   JAX_PLATFORMS to match (unless set): the program then stops
+#                   in one line if JAX cannot use that hardware instead of
+#                   training on the CPU.
 #   DD_EXTRAS       more extras, comma-separated. Added by themselves: "tfds"
 #                   (TensorFlow Datasets) for any --config other than
 #                   configs/digits*.py, "gcs" (gcsfs) when an argument holds a
@@ -50,17 +56,18 @@ run() {
   fi
 }
 
+# CUDA first: a GPU host may have /dev/vfio/<n> devices of its own.
 detect_accelerator() {
   local dev
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    echo cuda; return
+  fi
   for dev in "$DEVFS"/accel* "$DEVFS"/vfio/[0-9]*; do
     if [[ -e "$dev" ]]; then echo tpu; return; fi
   done
   if [[ -n "${TPU_NAME:-}${TPU_ACCELERATOR_TYPE:-}${TPU_WORKER_HOSTNAMES:-}" ]]
   then
     echo tpu; return
-  fi
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-    echo cuda; return
   fi
   echo cpu
 }
@@ -99,11 +106,16 @@ else
   source_note="detected"
 fi
 case "$ACCELERATOR" in
-  tpu|cuda) EXTRAS="$ACCELERATOR" ;;
-  cpu) EXTRAS="" ;;
-  *) die "DD_ACCELERATOR must be tpu, cuda or cpu (got '$ACCELERATOR')" ;;
+  tpu|cuda|cuda13) EXTRAS="$ACCELERATOR"; PLATFORM="${ACCELERATOR%13}" ;;
+  cuda12) EXTRAS="cuda"; PLATFORM="cuda" ;;
+  cpu) EXTRAS=""; PLATFORM="cpu" ;;
+  *) die "DD_ACCELERATOR must be tpu, cuda, cuda12, cuda13 or cpu (got" \
+         "'$ACCELERATOR')" ;;
 esac
 say "accelerator: $ACCELERATOR ($source_note)"
+# The program checks that JAX really uses it (no silent CPU fallback).
+export DD_ACCELERATOR="$ACCELERATOR"
+export JAX_PLATFORMS="${JAX_PLATFORMS:-$PLATFORM}"
 
 # --- extras the command needs --------------------------------------------------
 add_extra() {
@@ -123,6 +135,13 @@ done
 SPEC="$REPO${EXTRAS:+[$EXTRAS]}"
 
 # --- virtualenv --------------------------------------------------------------
+# One installer at a time: every task of a multi-node job runs this script,
+# and on a shared filesystem they all see the same venv.
+if ! is_dry_run && command -v flock >/dev/null 2>&1; then
+  mkdir -p "$(dirname "$VENV")"
+  exec 9>"$VENV.lock"
+  flock 9
+fi
 PY="$VENV/bin/python"
 if [[ -x "$PY" && -e "$VENV/bin/pip" ]]; then
   say "venv: $VENV (exists)"
@@ -165,6 +184,7 @@ else
 fi
 
 # --- launch ------------------------------------------------------------------
+exec 9>&-  # the install lock
 say "launch: python -m diffusion_distillation.main $*"
 if is_dry_run; then
   run "$PY" -m diffusion_distillation.main "$@"

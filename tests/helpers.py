@@ -6,6 +6,7 @@ in conftest.py.
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -184,3 +185,44 @@ def newcomer_env(home: str) -> dict:
   env.update(HOME=home, PYTHONUNBUFFERED='1')
   env.pop('XDG_CACHE_HOME', None)
   return env
+
+
+def free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+class ProcessGroup:
+  """Processes started together, waited for together, killed together."""
+
+  def __init__(self, name, logdir):
+    self.name, self.logdir, self.procs = name, logdir, []
+
+  def start(self, args, env):
+    i = len(self.procs)
+    log = open(self.logdir / f'{self.name}.{i}.log', 'w')
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    proc.log_path, proc.log = log.name, log
+    self.procs.append(proc)
+
+  def kill(self):
+    for proc in self.procs:
+      if proc.poll() is None:
+        proc.kill()
+    for proc in self.procs:
+      proc.wait()
+      proc.log.close()
+
+  def tails(self, n=30):
+    out = []
+    for proc in self.procs:
+      with open(proc.log_path) as f:
+        lines = f.read().splitlines()
+      out.append(f'--- {proc.log_path} (exit {proc.returncode}) ---\n' +
+                 '\n'.join(lines[-n:]))
+    return '\n'.join(out)
+
+  def logs(self):
+    return [open(p.log_path).read() for p in self.procs]

@@ -270,6 +270,7 @@ def test_run_sh_dry_run_fresh(fake, accelerator, spec):
     (None, {'TPU_ACCELERATOR_TYPE': 'v4-8'}, 'tpu'),
     (None, {'TPU_NAME': 'x'}, 'tpu'),
     ('gpu', {}, 'cuda'),
+    ('gpu+vfio', {}, 'cuda'),  # CUDA first: GPU hosts have vfio devices too
     (None, {}, 'cpu'),
     ('accel0', {'DD_ACCELERATOR': 'cpu'}, 'cpu'),
     ('gpu', {'DD_ACCELERATOR': 'tpu'}, 'tpu'),
@@ -281,9 +282,9 @@ def test_run_sh_detection(fake, setup, env, expected):
   (devfs / 'vfio' / 'vfio').touch()  # present on non-TPU hosts too
   if setup == 'accel0':
     (devfs / 'accel0').touch()
-  elif setup == 'vfio':
+  elif setup in ('vfio', 'gpu+vfio'):
     (devfs / 'vfio' / '0').touch()
-  if setup == 'gpu':
+  if setup and setup.startswith('gpu'):
     _write_exe(fake.bin / 'nvidia-smi', '#!/bin/sh\nexit 0\n')
   else:
     _no_gpu(fake)
@@ -318,7 +319,52 @@ def test_run_sh_bad_accelerator(fake):
   proc = _run(RUN_SH, fake, DD_DRY_RUN='1', DD_VENV=fake.tmp / 'venv',
               DD_ACCELERATOR='gpu')
   assert proc.returncode != 0
-  assert 'DD_ACCELERATOR must be tpu, cuda or cpu' in proc.stderr
+  assert ('DD_ACCELERATOR must be tpu, cuda, cuda12, cuda13 or cpu'
+          in proc.stderr)
+
+
+@pytest.mark.parametrize('accelerator, extra, platform', [
+    ('cuda', 'cuda', 'cuda'), ('cuda12', 'cuda', 'cuda'),
+    ('cuda13', 'cuda13', 'cuda'), ('tpu', 'tpu', 'tpu'), ('cpu', '', 'cpu')])
+def test_run_sh_exports_the_accelerator_and_jax_platforms(
+    fake, accelerator, extra, platform):
+  """What the program checks against what JAX sees (no CPU fallback)."""
+  venv = fake.tmp / 'venv'
+  env = dict(DD_VENV=venv, DD_ACCELERATOR=accelerator,
+             DD_PYTHON=fake.bin / 'fake-python3')
+  proc = _run(RUN_SH, fake, '--config=configs/digits.py', **env)
+  assert proc.returncode == 0, proc.stderr
+  install = fake.calls()[2]
+  assert install[-1] == (f'{REPO}[{extra}]' if extra else str(REPO))
+  # The stand-in venv python is the recorder: print its environment instead.
+  probe = venv / 'bin' / 'python'
+  probe.write_text('#!/bin/sh\necho "$DD_ACCELERATOR $JAX_PLATFORMS"\n')
+  proc = _run(RUN_SH, fake, '--config=configs/digits.py', **env)
+  assert proc.stdout.strip() == f'{accelerator} {platform}'
+  proc = _run(RUN_SH, fake, '--config=configs/digits.py',
+              **dict(env, JAX_PLATFORMS='cpu'))
+  assert proc.stdout.strip() == f'{accelerator} cpu'  # a user's choice stays
+
+
+SLURM_SH = REPO / 'launch' / 'slurm.sh'
+
+
+def test_slurm_sh_submits_itself_then_starts_one_task_per_gpu(fake):
+  for name in ('sbatch', 'srun'):
+    _write_exe(fake.bin / name, fake.recorder)
+  args = ['--config=configs/cifar10_distill.py', '--workdir=/shared/w x']
+  proc = _run(SLURM_SH, fake, *args, NODES='4', GPUS_PER_NODE='8',
+              TIME='2:00:00', DD_SBATCH_ARGS='--partition=gpu --account=a')
+  assert proc.returncode == 0, proc.stderr
+  assert fake.calls() == [[
+      'sbatch', '--job-name=diffusion_distillation', '--nodes=4',
+      '--ntasks-per-node=8', '--gpus-per-node=8', '--time=2:00:00',
+      '--partition=gpu', '--account=a', str(SLURM_SH), *args]]
+  fake.log.unlink()
+  proc = _run(SLURM_SH, fake, *args, SLURM_JOB_ID='7')  # inside the job
+  assert proc.returncode == 0, proc.stderr
+  assert fake.calls() == [['srun', '--kill-on-bad-exit=1', 'bash',
+                           str(RUN_SH), *args]]
 
 
 def test_run_sh_stamp_skips_install(fake):

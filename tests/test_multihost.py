@@ -1,10 +1,11 @@
 """Multi-process runs on one machine: 2 processes x 2 host CPU devices.
 
 The tiny digits pipeline (teacher, then distillation 4 -> 2 -> 1 sampler
-steps) runs as two processes joined through `jax.distributed` (the CLI's
---coordinator_address / --num_processes / --process_id flags; gloo collectives
-on CPU), each with 2 host-simulated devices, and is compared with one process
-with 4 devices and the same global batch:
+steps) runs as two processes joined through `jax.distributed` (first as two
+SLURM tasks that know only the variables `srun` sets, then through the CLI's
+--coordinator_address / --num_processes / --process_id flags; gloo
+collectives on CPU), each with 2 host-simulated devices, and is compared with
+one process with 4 devices and the same global batch:
 
 * both processes exit 0, and each read its own half of every global batch;
 * the workdir holds one coherent tree: one config.json, one TensorBoard stream
@@ -26,12 +27,13 @@ run even with a warm cache; the pipeline test takes several minutes.
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+from helpers import free_port
+from helpers import ProcessGroup
 from helpers import PYTHON
 from helpers import REPO
 
@@ -59,12 +61,6 @@ FLAGS = {
 STAGES = {'base': 4, 'distill_2': 2, 'distill_1': 2}  # name -> final step
 
 
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _env(num_devices, shard_log=None):
   env = dict(os.environ)
   env.update(
@@ -81,41 +77,6 @@ def _command(workdir, overrides=None):
   return [PYTHON, WORKER, f'--config={REPO}/configs/digits.py',
           f'--workdir={workdir}'] + [f'--config.{k}={v}'
                                      for k, v in flags.items()]
-
-
-class _Group:
-  """Processes started together, waited for together, killed together."""
-
-  def __init__(self, name, logdir):
-    self.name, self.logdir, self.procs = name, logdir, []
-
-  def start(self, args, env):
-    i = len(self.procs)
-    log = open(self.logdir / f'{self.name}.{i}.log', 'w')
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    proc.log_path, proc.log = log.name, log
-    self.procs.append(proc)
-
-  def kill(self):
-    for proc in self.procs:
-      if proc.poll() is None:
-        proc.kill()
-    for proc in self.procs:
-      proc.wait()
-      proc.log.close()
-
-  def tails(self, n=30):
-    out = []
-    for proc in self.procs:
-      with open(proc.log_path) as f:
-        lines = f.read().splitlines()
-      out.append(f'--- {proc.log_path} (exit {proc.returncode}) ---\n' +
-                 '\n'.join(lines[-n:]))
-    return '\n'.join(out)
-
-  def logs(self):
-    return [open(p.log_path).read() for p in self.procs]
 
 
 def _wait(groups, deadline):
@@ -140,11 +101,39 @@ def _wait(groups, deadline):
 
 
 def _start_multiprocess(group, workdir, shard_log, overrides=None, n=2):
-  address = f'127.0.0.1:{_free_port()}'
+  """n processes joined by the --coordinator_address flags."""
+  address = f'127.0.0.1:{free_port()}'
   for i in range(n):
     group.start(_command(workdir, overrides) +
                 [f'--coordinator_address={address}', f'--num_processes={n}',
                  f'--process_id={i}'], _env(2, shard_log))
+
+
+def slurm_job_id() -> int:
+  """A job id whose coordinator port (JAX: 61440 + id % 4096) is free."""
+  for job_id in range(1000, 4096):
+    try:
+      with socket.socket() as s:
+        s.bind(('127.0.0.1', 61440 + job_id))
+      return job_id
+    except OSError:
+      continue
+  raise AssertionError('no free port in 61440-65535')
+
+
+def slurm_env(job_id: int, task: int, n: int) -> dict:
+  """The variables `srun` sets for task `task` of `n` on this one node."""
+  return dict(SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST='localhost',
+              SLURM_NTASKS=str(n), SLURM_PROCID=str(task),
+              SLURM_LOCALID=str(task), SLURM_STEP_NUM_NODES='1')
+
+
+def _start_slurm_tasks(group, workdir, shard_log, overrides=None, n=2):
+  """n processes that know only SLURM's variables (no flags)."""
+  job_id = slurm_job_id()
+  for i in range(n):
+    group.start(_command(workdir, overrides),
+                dict(_env(2, shard_log), **slurm_env(job_id, i, n)))
 
 
 def _read_shard_log(path):
@@ -237,19 +226,22 @@ def test_two_processes_match_one(tmp_path):
 
   # 2 processes x 2 devices, stopping after distill_2; meanwhile the
   # reference: 1 process x 4 devices, the whole pipeline in one go.
-  first, ref = _Group('first', tmp_path), _Group('single', tmp_path)
-  _start_multiprocess(first, multi, multi_log,
-                      overrides={'distillation.end_num_steps': 2})
+  first, ref = ProcessGroup('first', tmp_path), ProcessGroup('single', tmp_path)
+  _start_slurm_tasks(first, multi, multi_log,
+                     overrides={'distillation.end_num_steps': 2})
   ref.start(_command(single), _env(4, single_log))
   _wait([first, ref], deadline=time.time() + 480)
   assert _step_dirs(multi) == ['checkpoints/base/2', 'checkpoints/base/4',
                                'checkpoints/distill_2/2']
   for i, log in enumerate(first.logs()):
     assert f'process {i} of 2, 2 local / 4 global devices' in log
+    assert '[Gloo]' not in log
+  assert ('cpu backend: 2 processes, 2 local / 4 global devices (cpu); '
+          'cluster: slurm') in first.logs()[0]
 
   # Rerun with the whole schedule: base and distill_2 are finished and
   # skipped, distill_1 starts from distill_2's final checkpoint.
-  second = _Group('second', tmp_path)
+  second = ProcessGroup('second', tmp_path)
   _start_multiprocess(second, multi, multi_log)
   _wait([second], deadline=time.time() + 300)
   for log in second.logs():
@@ -296,8 +288,8 @@ print('RESULT', float(sharding.to_host(total)), distributed.agree(pid == 0),
 
 
 def test_processes_out_of_step_by_more_than_gloo_timeout(tmp_path):
-  group = _Group('skew', tmp_path)
-  address = f'127.0.0.1:{_free_port()}'
+  group = ProcessGroup('skew', tmp_path)
+  address = f'127.0.0.1:{free_port()}'
   for i in range(2):
     group.start([PYTHON, '-c', _SKEW_SCRIPT, str(i), address, '35'],
                 _env(2))

@@ -5,6 +5,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import tempfile
 import traceback
 from typing import Callable
 
@@ -12,7 +13,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.parallel import watchdog
 from diffusion_distillation.paths import absolute_path
 from diffusion_distillation.paths import is_config_name
 
@@ -250,12 +253,30 @@ def _on_unraisable(previous_hook, unraisable):
     previous_hook(unraisable)
 
 
+def _fail_everywhere(status: int, line: str, error=None):
+  """Ends a multi-process run on every process with `line` (see
+  parallel/watchdog.py); `error`: an unexpected exception, whose traceback
+  goes to a file that the line names."""
+  if error is not None:
+    line = watchdog.vanished_line()
+  if error is not None and line is None:
+    path = os.path.join(tempfile.gettempdir(),
+                        f'diffusion_distillation_traceback_{os.getpid()}.txt')
+    with open(path, 'w') as f:
+      traceback.print_exception(error, file=f)
+    line = (f'error: {type(error).__name__}: {first_line(error)} '
+            f'(traceback: {path})')
+  watchdog.fail(status, line)
+
+
 def run(main: Callable, flags_parser: Callable = parse_flags):
   """`absl.app.run(main)`, every way it can end in one line.
 
   A UserError: `error: <message>`, exit status 2. Ctrl-C (outside training,
   which saves a checkpoint first): `interrupted`, exit status 130. A stopped
-  training run (preemption.Preempted): its message and status.
+  training run (preemption.Preempted): its message and status. In a
+  multi-process run an error on one process ends all of them with its line
+  (an unexpected exception too, its traceback in a file).
 
   `--help` shows the docstring of `main`'s module (absl shows `__main__`'s,
   which is the one-line `python -m` shim).
@@ -269,11 +290,17 @@ def run(main: Callable, flags_parser: Callable = parse_flags):
     try:
       return main(argv)
     except UserError as e:
+      if watchdog.running():
+        _fail_everywhere(2, f'error: {e}')
       fail(str(e))
     except SystemExit as e:
       if getattr(e, 'exit_status', None) is None:
         raise
       _end_with_line(e)
+    except Exception as e:  # pylint: disable=broad-except
+      if watchdog.running():
+        _fail_everywhere(1, '', e)
+      raise
 
   previous_hook = sys.unraisablehook
   sys.unraisablehook = functools.partial(_on_unraisable, previous_hook)

@@ -7,6 +7,7 @@ Rerunning the same command resumes from the workdir.
 """
 
 from absl import flags
+from absl import logging
 
 from diffusion_distillation.cli import common
 from diffusion_distillation.parallel import distributed
@@ -20,17 +21,27 @@ def define_flags():
   common.DEFINE_path('workdir', None,
                      'Directory (local or gs://) for this run.', required=True)
   flags.DEFINE_string('coordinator_address', None,
-                      'host:port of process 0, for multi-process runs off TPU.')
+                      'host:port of process 0, for multi-process runs that no '
+                      'cluster scheduler (SLURM, Open MPI, TPU pod) started.')
   flags.DEFINE_integer('num_processes', None,
                        'Number of processes (with coordinator).')
   flags.DEFINE_integer('process_id', None, 'This process (with coordinator).')
+  flags.DEFINE_float('process_timeout', distributed.PROCESS_TIMEOUT_S,
+                     'Multi-process runs: seconds after which a process that '
+                     'has not joined, or has stopped responding, ends the '
+                     'run on every process.', lower_bound=1.)
 
 
 def main(argv):
   del argv  # checked by common.run
+  # First: from here on, an error on one process ends every process.
+  cluster = distributed.initialize(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+      process_timeout=FLAGS.process_timeout)
+  distributed.check_accelerator()
+  if distributed.is_primary():
+    logging.info('%s', distributed.describe_devices(cluster))
   workdir_lock.check_directory(FLAGS.workdir, f'--workdir={FLAGS.workdir}')
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                         FLAGS.process_id)
   # Imported here, after the flags are checked: it loads orbax and the
   # model, which takes seconds that a mistyped flag should not cost.
   from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top

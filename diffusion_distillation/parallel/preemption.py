@@ -1,9 +1,9 @@
 """Clean stops: SIGTERM (preemption) and Ctrl-C ask for a checkpoint.
 
 Within `handling()` (training), SIGTERM and the first Ctrl-C (SIGINT) only
-set a flag; the training loop checks `preempted()` after every update, saves
-a checkpoint and raises `Preempted` with the line the command ends with
-(`stop_message`). A second Ctrl-C ends the process at once, without that
+set a flag; the training loop asks `Poll` after every compiled call (agreed
+across processes every few seconds), saves a checkpoint and raises
+`Preempted` with the line the command ends with (`stop_message`). A second Ctrl-C ends the process at once, without that
 checkpoint (`os._exit`: a KeyboardInterrupt can land in a garbage-collector
 callback, where Python prints and drops it, and the run would go on); the
 checkpoints written before stay, and a rerun resumes from the last one.
@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from absl import logging
 import jax
@@ -94,12 +95,50 @@ def stop_signal():
 
 
 def preempted() -> bool:
-  """Whether any process was asked to stop (agreed across processes)."""
-  if jax.process_count() == 1:
-    return _SIGNAL is not None
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  flags = multihost_utils.process_allgather(np.asarray([_SIGNAL is not None]))
-  return bool(np.any(flags))
+  """Whether this process was asked to stop."""
+  return _SIGNAL is not None
+
+
+class Poll:
+  """After each compiled call: stop now? save now (checkpoint_every_secs)?
+
+  The answers must be the same on every process (the checkpoint that follows
+  is collective), so a multi-process run agrees on them in one
+  `process_allgather`, but only every POLL_S seconds or so rather than after
+  every call: process 0 sets the number of calls until the next poll from
+  its own pace, and that number travels with the answers. A stop request
+  then waits at most about POLL_S seconds. One process decides alone, after
+  every call.
+  """
+
+  POLL_S = 5.
+
+  def __init__(self, save_every_secs: float):
+    self.save_every_secs = save_every_secs
+    self.last_save = time.time()
+    self.calls, self.until_poll = 1, 1  # calls between polls; left
+    self.polled = time.monotonic()
+
+  def saved(self):
+    self.last_save = time.time()
+
+  def after_call(self) -> tuple[bool, bool]:
+    """(stop, save): agreed on every process."""
+    save_due = time.time() - self.last_save > self.save_every_secs
+    if jax.process_count() == 1:
+      return preempted(), save_due
+    self.until_poll -= 1
+    if self.until_poll > 0:
+      return False, False
+    now = time.monotonic()
+    pace = max(now - self.polled, 1e-3) / self.calls  # seconds per call
+    proposal = max(1, int(self.POLL_S / pace))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    answers = np.asarray(multihost_utils.process_allgather(
+        np.asarray([preempted(), save_due, proposal], np.int64)))
+    self.calls = self.until_poll = int(answers[0, 2])  # process 0's pace
+    self.polled = now
+    return bool(answers[:, 0].any()), bool(answers[0, 1])
 
 
 def stop_message(stage: str, step: int) -> str:

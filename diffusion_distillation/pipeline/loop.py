@@ -161,7 +161,7 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
   writer.write_hparams(config)
   guard, evals = _DivergenceGuard(config, stage), eval_loss.EvalLoss(ctx, stage)
   every, log_every = train.checkpoint_every_steps, train.log_loss_every_steps
-  last_save, stop = time.time(), False
+  poll, stop = preemption.Poll(train.checkpoint_every_secs), False
   skipped = jnp.zeros((), jnp.float32) if opt.skip_nonfinite else None
   logging.info('%s: %d updates, sampler steps %d', stage.name,
                stage.num_updates, stage.num_sample_steps)
@@ -181,15 +181,15 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
       if logged:  # checks the loss and this state
         meta['loss'] = _log(writer, guard, state, step, metrics, skipped)
         progress.log(step, meta['loss'])
-      stop = preemption.preempted()
+      stop, save_due = poll.after_call()
       if (step % every == 0 or step == stage.num_updates or stop or
-          time.time() - last_save > train.checkpoint_every_secs):
+          save_due):
         if meta['loss'] is None:
           meta['loss'] = update.mean_metrics(metrics)['loss']
         if not logged:
           guard.check_state(step, state)
         manager.save(state, meta)
-        last_save = time.time()
+        poll.saved()
   finally:
     writer.close()
     manager.close()
