@@ -119,6 +119,12 @@ FIELDS = {
                                   'sampling', BOOL, official='yes'),
     'model.dtype': F('float32', 'computation dtype (parameters stay float32)',
                      one_of(*DTYPES), FUTURE),
+    'model.remat': F(False, "recompute the UNet blocks' activations in the "
+                     'backward pass: far less memory, about a third more '
+                     'compute', BOOL, FUTURE),
+    'model.remat_policy': F('nothing_saveable', 'what remat keeps (a '
+                            'jax.checkpoint_policies name)',
+                            one_of(*unet.REMAT_POLICIES), FUTURE),
     'model.cond_drop_prob': F(0., 'label dropout of a guided teacher '
                               '(classifier-free guidance; 0: none)',
                               fraction()),

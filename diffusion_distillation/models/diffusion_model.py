@@ -73,6 +73,7 @@ class DiffusionModel:
         out_ch=out_channels(config.model.mean_type, data_shape[-1]),
         dtype=config.model.dtype,
         w_max=w_range[1] if w_range else 0.,
+        remat=config.model.remat, remat_policy=config.model.remat_policy,
         **args)
     schedule = lambda s: (s.name, float(s.logsnr_min), float(s.logsnr_max))
     return cls(

@@ -24,6 +24,10 @@ import numpy as np
 
 PARAM_DTYPE = jnp.float32
 LOGSNR_INPUT_TYPES = ('linear', 'sigmoid', 'inv_cos')
+# What `remat` keeps for the backward pass (jax.checkpoint_policies names):
+# nothing (the least memory), or the matrix products' outputs.
+REMAT_POLICIES = ('nothing_saveable', 'dots_saveable',
+                  'dots_with_no_batch_dims_saveable')
 
 nonlinearity = nn.swish
 
@@ -156,7 +160,7 @@ class ResnetBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, emb, deterministic: bool):
+  def __call__(self, x, emb, deterministic: bool):
     if self.resample not in _RESAMPLERS:
       raise ValueError(
           f'resample must be None, "up" or "down", got {self.resample!r}')
@@ -275,6 +279,9 @@ class UNet(nn.Module):
       conditioning embedding. 0: no `w` input and no such layers (the
       official parameter tree). Calls with w=None skip these layers, which
       is how the guided teacher runs.
+    remat, remat_policy: rematerialize every residual and attention block
+      (`_rematerialized`), keeping what the jax.checkpoint_policies name
+      `remat_policy` saves (REMAT_POLICIES).
   """
 
   num_classes: int
@@ -292,6 +299,8 @@ class UNet(nn.Module):
   head_dim: Optional[int] = None
   dtype: Any = jnp.float32
   w_max: float = 0.
+  remat: bool = False
+  remat_policy: str = 'nothing_saveable'  # one of REMAT_POLICIES
 
   def __post_init__(self):
     # Configs (ml_collections) hand over lists and dtype names. Store tuples
@@ -311,11 +320,12 @@ class UNet(nn.Module):
     if w is not None:
       emb = emb + self._w_embedding(w, x.shape[0], dtype)
     block = self._block_fn(emb, train, dtype)
+    attn = self._rematerialized(AttnBlock)
 
     def maybe_attend(h, name):
       if h.shape[1] not in self.attn_resolutions:
         return h
-      return AttnBlock(self.num_heads, self.head_dim, dtype=dtype, name=name)(h)
+      return attn(self.num_heads, self.head_dim, dtype=dtype, name=name)(h)
 
     # Down path: every block output is kept as a skip connection.
     hs = [conv3x3(self.ch, 'conv_in', dtype)(x.astype(dtype))]
@@ -329,8 +339,7 @@ class UNet(nn.Module):
                                    dtype))
 
     h = block(hs[-1], 'mid.block_1')
-    h = AttnBlock(
-        self.num_heads, self.head_dim, dtype=dtype, name='mid.attn_1')(h)
+    h = attn(self.num_heads, self.head_dim, dtype=dtype, name='mid.attn_1')(h)
     h = block(h, 'mid.block_2')
 
     # Up path: one more block per level than going down, so that every skip
@@ -389,12 +398,23 @@ class UNet(nn.Module):
   def _block_fn(self, emb, train, dtype):
     """Returns `block(h, name, out_ch=None, resample=None)` -> ResnetBlock."""
 
+    cls = self._rematerialized(ResnetBlock, static_argnums=(3,))
+
     def block(h, name, out_ch=None, resample=None):
-      return ResnetBlock(
-          dropout=self.dropout, out_ch=out_ch, resample=resample, dtype=dtype,
-          name=name)(h, emb=emb, deterministic=not train)
+      return cls(dropout=self.dropout, out_ch=out_ch, resample=resample,
+                 dtype=dtype, name=name)(h, emb, not train)
 
     return block
+
+  def _rematerialized(self, cls, static_argnums=()):
+    """`cls`, or with `remat` its activations recomputed in the backward
+    pass (`nn.remat`, keeping what `remat_policy` saves): less memory, the
+    same parameters and, up to float rounding, the same values and
+    gradients. `static_argnums` count `self` as 0."""
+    if not self.remat:
+      return cls
+    return nn.remat(cls, static_argnums=static_argnums,
+                    policy=getattr(jax.checkpoint_policies, self.remat_policy))
 
   def _downsample(self, h, name, block, dtype):
     if self.resblock_resample:
