@@ -59,23 +59,32 @@ def _link(config, field: str, source: str):
   _get(config, parent)[leaf] = ref
 
 
+# The sections every config has (the optional ones come with add_section).
+ALWAYS = frozenset(section_of(f) for f in FIELDS) - set(
+    fields_lib.OPTIONAL_SECTIONS)
+
+
 def _same_fields(sections) -> dict:
   return {f: d.default for f, d in FIELDS.items()
           if isinstance(d.default, Same) and section_of(f) in sections}
 
 
+def _plain_defaults(fields) -> dict:
+  """The nested defaults of `fields` (dotted), but for those that follow
+  another field (`Same`: linked once the tree is a ConfigDict)."""
+  tree = {}
+  for field in fields:
+    if not isinstance(FIELDS[field].default, Same):
+      _set(tree, field, FIELDS[field].default)
+  return tree
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The defaults of every field outside the optional sections."""
-  sections = {section_of(f) for f in FIELDS} - set(
-      fields_lib.OPTIONAL_SECTIONS)
-  tree = {}
-  for field, declared in FIELDS.items():
-    if (declared.filled and section_of(field) in sections and
-        not isinstance(declared.default, Same)):
-      _set(tree, field, declared.default)
-  config = ml_collections.ConfigDict(tree)
-  for field, default in _same_fields(sections).items():
-    _link(config, field, _source(default, sections))
+  config = ml_collections.ConfigDict(_plain_defaults(
+      f for f, d in FIELDS.items() if d.filled and section_of(f) in ALWAYS))
+  for field, default in _same_fields(ALWAYS).items():
+    _link(config, field, _source(default, ALWAYS))
   return config
 
 
@@ -93,11 +102,8 @@ def add_section(config, section: str, **values):
   unknown = sorted(set(values) - names)
   if unknown:
     raise ConfigError(f'config.{section}: no field {unknown}')
-  tree = {}
-  for name in names - set(values):
-    default = FIELDS[prefix + name].default
-    if not isinstance(default, Same):
-      _set(tree, name, default)
+  tree = _plain_defaults(prefix + name for name in names - set(values)).get(
+      section, {})
   for name, value in values.items():
     _set(tree, name, value)
   config[section] = tree
@@ -130,8 +136,7 @@ def complete(config) -> ml_collections.ConfigDict:
     raise ConfigError('; '.join(
         f'config.{f}: no such field{_suggestion(f, FIELDS)}'
         for f in sorted(unknown)))
-  sections = {section_of(f) for f in flat} | (
-      {section_of(f) for f in FIELDS} - set(fields_lib.OPTIONAL_SECTIONS))
+  sections = {section_of(f) for f in flat} | ALWAYS
   tree = _nested_copy(config)
   # In declaration order: a `Same` default's source is filled before it.
   for field, declared in FIELDS.items():
