@@ -253,20 +253,19 @@ def _on_unraisable(previous_hook, unraisable):
     previous_hook(unraisable)
 
 
-def _fail_everywhere(status: int, line: str, error=None):
-  """Ends a multi-process run on every process with `line` (see
-  parallel/watchdog.py); `error`: an unexpected exception, whose traceback
-  goes to a file that the line names."""
-  if error is not None:
-    line = watchdog.vanished_line()
-  if error is not None and line is None:
-    path = os.path.join(tempfile.gettempdir(),
-                        f'diffusion_distillation_traceback_{os.getpid()}.txt')
-    with open(path, 'w') as f:
-      traceback.print_exception(error, file=f)
-    line = (f'error: {type(error).__name__}: {first_line(error)} '
-            f'(traceback: {path})')
-  watchdog.fail(status, line)
+def _unexpected_line(error) -> str:
+  """The line for an unexpected exception of a multi-process run: the
+  process that vanished, if one did (a broken collective), else the error,
+  with its traceback written to a file that the line names."""
+  line = watchdog.vanished_line()
+  if line is not None:
+    return line
+  path = os.path.join(tempfile.gettempdir(),
+                      f'diffusion_distillation_traceback_{os.getpid()}.txt')
+  with open(path, 'w') as f:
+    traceback.print_exception(error, file=f)
+  return (f'error: {type(error).__name__}: {first_line(error)} '
+          f'(traceback: {path})')
 
 
 def run(main: Callable, flags_parser: Callable = parse_flags):
@@ -290,8 +289,8 @@ def run(main: Callable, flags_parser: Callable = parse_flags):
     try:
       return main(argv)
     except UserError as e:
-      if watchdog.running():
-        _fail_everywhere(2, f'error: {e}')
+      if watchdog.running():  # every process ends with this line
+        watchdog.fail(2, f'error: {e}')
       fail(str(e))
     except SystemExit as e:
       if getattr(e, 'exit_status', None) is None:
@@ -299,7 +298,7 @@ def run(main: Callable, flags_parser: Callable = parse_flags):
       _end_with_line(e)
     except Exception as e:  # pylint: disable=broad-except
       if watchdog.running():
-        _fail_everywhere(1, '', e)
+        watchdog.fail(1, _unexpected_line(e))
       raise
 
   previous_hook = sys.unraisablehook
