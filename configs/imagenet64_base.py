@@ -19,6 +19,13 @@ UNet), so 400k updates x 2048 images x 3 passes are about 5e20 FLOPs: roughly
 1.5 days on 64 TPUv4 chips at an assumed 25% of peak (months on a single
 GPU). Data: TFDS `imagenet2012`, which TFDS cannot download; place the
 ILSVRC2012 tars in its manual directory first.
+
+Memory (`benchmark --memory`, XLA's estimate, float32): 4.6 GB plus 1.35 GB
+per image per device (0.24 GB with `--config.model.remat=true`). At batch
+2048: 91 GB per chip on 32 TPU v4 chips as it is, 20 GB with remat (fits);
+on 8 x 80 GB GPUs (256 images each) remat and
+`--config.train.num_microbatches=2` (35 GB); on one GPU remat and 64
+microbatches. See the README's table (Memory and compile time).
 """
 
 from diffusion_distillation.configs import common

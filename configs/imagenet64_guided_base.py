@@ -27,6 +27,12 @@ estimate, not a measurement, about 5e20 FLOPs for 400k updates at batch 2048,
 roughly 1.5 days on 64 TPUv4 chips at an assumed 25% of peak. Evaluation (off
 by default) samples the teacher at each w of `eval.guidance` (the paper's
 ImageNet 64 values), two evaluations per step.
+
+Memory: about that of configs/imagenet64_base.py / imagenet64_distill.py
+(the same UNet plus two small w layers); `python -m
+diffusion_distillation.benchmark --memory --config=imagenet64_guided_base` compiles
+this config's own updates and gives their bytes per device and the batch that
+fits (README, Memory and compile time).
 """
 
 from diffusion_distillation.configs import imagenet64_base

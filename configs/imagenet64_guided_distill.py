@@ -39,6 +39,12 @@ configs/imagenet64_base.py). Evaluation (off by default, `python -m
 diffusion_distillation.evaluate`) samples 50k images per row at each w of
 `eval.guidance`, with DDIM and the stochastic sampler; limit it with
 `--num_samples` and `--teacher_steps`.
+
+Memory: about that of configs/imagenet64_base.py / imagenet64_distill.py
+(the same UNet plus two small w layers); `python -m
+diffusion_distillation.benchmark --memory --config=imagenet64_guided_distill` compiles
+this config's own updates and gives their bytes per device and the batch that
+fits (README, Memory and compile time).
 """
 
 from diffusion_distillation import config as config_lib

@@ -6,10 +6,19 @@ No timing thresholds: only that every record parses and holds positive numbers.
 import json
 import math
 
-from helpers import tiny_config
+from diffusion_distillation import config as config_lib
 from diffusion_distillation.evaluation import benchmark
+from diffusion_distillation.evaluation import memory
 from diffusion_distillation.evaluation import profiling
+from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import tracing
+
+from helpers import config_path
+from helpers import load_config
+from helpers import override_flags
+from helpers import run_module
+from helpers import tiny_config
 
 PROGRAMS = ('forward', 'train', 'distill', 'sample_1step', 'sample')
 POSITIVE = ('img_per_s', 'step_time_s', 'call_time_s', 'compile_s',
@@ -21,14 +30,16 @@ def _positive(value):
           and math.isfinite(value) and value > 0)
 
 
-def test_benchmark_json_lines():
+def test_benchmark_json_lines(tmp_path):
   lines = []
   records = benchmark.benchmark(
       tiny_config(train__substeps=1), repeats=1, warmup=1, sample_steps=2,
       config_name='digits_tiny',
       emit=lambda r: lines.append(benchmark.to_json(r)),
       # Compiles about 3x faster (slower code): timings are not checked.
-      compiler_options={'xla_backend_optimization_level': 0})
+      compiler_options={'xla_backend_optimization_level': 0},
+      trace=tracing.StepTrace(tmp_path / 'profile', 2))
+  assert list((tmp_path / 'profile').rglob('*.xplane.pb'))
   assert len(lines) == len(records) == len(PROGRAMS) + 1
   parsed = [json.loads(line) for line in lines]
 
@@ -86,3 +97,38 @@ def test_benchmark_stages_come_from_the_plan():
   assert base == plan[0] and not from_config
   assert distill.num_sample_steps == 4  # eval_sampling_num_steps // 2
   assert distill.kind == stages.DISTILLATION  # with the base optimizer
+
+
+def test_memory_lines_from_the_cli():
+  done = run_module('benchmark', '--memory', f'--config={config_path("digits")}',
+                    *override_flags())
+  assert done.returncode == 0, done.stderr[-3000:]
+  records = [json.loads(line) for line in done.stdout.splitlines()]
+  assert [r['program'] for r in records] == ['train', 'distill']
+  for record in records:
+    assert record['fixed_bytes'] > 0 and record['bytes_per_image'] > 0
+    assert record['compiled_batches_per_device'] == [32, 64]
+    fits = record['max_batch_per_device']
+    assert list(fits) == [f'{gb}GB' for gb in memory.DEVICE_GB]
+    assert 0 < fits['16GB'] < fits['141GB']
+    assert record['bytes_at_batch'] == (record['fixed_bytes'] +
+                                        record['bytes_per_image'] * 8)
+
+
+def test_memory_fit_is_a_line_through_two_batches():
+  fit = memory.fit({32: 5e9 + 32 * 1e8, 64: 5e9 + 64 * 1e8}, parts=4)
+  assert fit['fixed_bytes'] == 5e9 and fit['bytes_per_image'] == 1e8
+  # (16e9 - 5e9) / 1e8 = 110 images, in whole microbatches of 4: 108.
+  assert fit['max_batch_per_device']['16GB'] == 108
+  assert fit['max_batch_per_device']['141GB'] == 1360
+
+
+def test_memory_needs_no_data_and_no_teacher_file():
+  """CIFAR-10 distillation: TFDS data and a gs:// teacher, none of it read
+  (lowering is what reads the config; compiling it is the suite's cost)."""
+  config = config_lib.complete(load_config('cifar10_distill'))
+  base, distill, from_config = benchmark.benchmark_stages(config)
+  assert distill.kind == stages.DISTILLATION and from_config
+  opt = optimization.optimization_for(config, distill)
+  text = memory.lower_update(config, distill, opt, 2).as_text()
+  assert '2x32x32x3' in text

@@ -5,6 +5,7 @@ config: each ends in one line or is repaired, and no damaged or non-finite
 state becomes a teacher.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -137,9 +138,9 @@ def test_update_skip_drops_a_non_finite_update_and_counts_it(
   ctx = loop.make_context(config, workdir)
   stage = stages.plan_stages(config)[0]
   opt = optimization.optimization_for(config, stage)
-  steps = jax.jit(update.make_train_steps(
-      optimization.stage_model(ctx, opt), opt, jax.random.PRNGKey(0),
-      stages.TEACHER))
+  steps = functools.partial(jax.jit(update.make_train_steps(
+      optimization.stage_model(ctx, opt), opt, stages.TEACHER)),
+      key=jax.random.PRNGKey(0))
   state = train_state.create(ctx.base_model.init_params(
       jax.random.PRNGKey(0)), opt.tx, 0)
   batch = next(ctx.dataset.train_batches(

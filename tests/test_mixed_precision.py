@@ -84,9 +84,9 @@ def _train_steps(dtype, distill):
   # annealed from its peak at step 0.
   state = train_state.create(params, opt.tx, stage.num_sample_steps).replace(
       step=jnp.asarray(_start_step(distill), jnp.int32))
-  return (update.make_train_steps(
-              model, opt, jax.random.PRNGKey(3),
-              stages.DISTILLATION if distill else stages.TEACHER),
+  return (functools.partial(update.make_train_steps(
+              model, opt, stages.DISTILLATION if distill else stages.TEACHER),
+              key=jax.random.PRNGKey(3)),
           state, params if distill else None)
 
 

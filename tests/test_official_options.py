@@ -7,6 +7,7 @@ hand computation of the official code's formulas.
 """
 
 import dataclasses
+import functools
 import json
 import shutil
 import subprocess
@@ -61,15 +62,17 @@ def one_update(per_device):
   state = train_state.create(params, opt.tx, 0)
   batch = next(ctx.dataset.train_batches(global_batch_size=8, seed=0))
   steps = update.compile_train_steps(
-      update.make_train_steps(model, opt, KEY, stages.TEACHER), ctx.mesh)
+      update.make_train_steps(model, opt, stages.TEACHER), ctx.mesh)
   new, metrics = steps(
       sharding.replicate(jax.tree.map(np.array, state), ctx.mesh),
-      sharding.global_batch(update.stack_batches([batch]), ctx.mesh, 1), None)
+      sharding.global_batch(update.stack_batches([batch]), ctx.mesh, 1), None,
+      KEY)
   return model, opt, params, state, batch, sharding.to_host(new.params)
 
 assert jax.device_count() == 4
 model, opt, params, state, batch, got = one_update(True)
-loss_fn = update.make_loss_fn(model, stages.TEACHER)
+per_example = update.make_per_example_loss(model, stages.TEACHER)
+loss_fn = lambda *args: per_example(*args).mean()
 clipped, norms = [], []
 for k in range(4):  # device k: examples 2k, 2k + 1; rng folded with k
   shard = jax.tree.map(lambda b: b[2 * k:2 * k + 2], batch)
@@ -175,9 +178,9 @@ def test_update_skip_checks_the_new_parameters_not_the_gradients():
   opt = dataclasses.replace(  # steps of 1e60 * gradient: inf parameters
       optimization.optimization_for(config, stage),
       tx=optax.chain(optax.scale(1e30), optax.scale(1e30)))
-  steps = jax.jit(update.make_train_steps(
-      optimization.stage_model(ctx, opt), opt, jax.random.PRNGKey(0),
-      stages.TEACHER))
+  steps = functools.partial(jax.jit(update.make_train_steps(
+      optimization.stage_model(ctx, opt), opt, stages.TEACHER)),
+      key=jax.random.PRNGKey(0))
   state = train_state.create(ctx.base_model.init_params(
       jax.random.PRNGKey(0)), opt.tx, 0)
   batch = next(ctx.dataset.train_batches(global_batch_size=8, seed=0))

@@ -145,11 +145,11 @@ def _released_model(path, config):
   config = configs.resolve_config(config)
   config_lib.validate_model(config)
   try:
-    dataset = data_lib.from_config(config)  # shape, classes; reads no data
+    data_shape, num_classes = data_lib.shape_of(config)
   except ValueError as e:
     raise ModelError(f'config.dataset: {e}') from None
-  return config, model_lib.DiffusionModel.from_config(
-      config, dataset.data_shape, dataset.num_classes)
+  return config, model_lib.DiffusionModel.from_config(config, data_shape,
+                                                      num_classes)
 
 
 def _file_steps(file, kind, num_steps, recorded, config) -> int:

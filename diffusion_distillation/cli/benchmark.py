@@ -2,21 +2,28 @@ r"""Throughput of training, distillation and sampling for one config.
 
     python -m diffusion_distillation.benchmark --config=configs/digits.py \
         [--config.train.batch_size=128 ...] [--repeats=5] [--warmup=1] \
-        [--sample_steps=N] [--data=synthetic|dataset]
+        [--sample_steps=N] [--data=synthetic|dataset] [--profile_steps=N]
+    python -m diffusion_distillation.benchmark --memory \
+        --config=configs/cifar10_distill.py [--config.model.remat=true]
 
 Prints one JSON object per line: one per timed program, then a summary with
 `train_img_per_s`, `distill_img_per_s` and `sample_img_per_s` (see
-evaluation/benchmark.py for every field).
+evaluation/benchmark.py for every field). With `--memory` nothing runs: the
+train and distill updates are compiled at two batch sizes and one line each
+gives `fixed_bytes`, `bytes_per_image` and `max_batch_per_device` per device
+size (evaluation/memory.py); no data or teacher file is needed.
 """
 
 import os
 
 from absl import flags
+from etils import epath
 import jax
 from ml_collections import config_flags
 
 from diffusion_distillation.cli import common
 from diffusion_distillation.evaluation import benchmark
+from diffusion_distillation.pipeline import tracing
 
 FLAGS = flags.FLAGS
 
@@ -32,6 +39,16 @@ def define_flags():
                        'config.model.eval_sampling_num_steps).')
   flags.DEFINE_enum('data', 'synthetic', list(benchmark.DATA_SOURCES),
                     'Random images, or the first batches of the dataset.')
+  flags.DEFINE_integer('profile_steps', 0,
+                       'After timing, trace this many calls of the train and '
+                       'distill updates with jax.profiler into '
+                       "--profile_dir, for TensorBoard's profile plugin.",
+                       lower_bound=0)
+  common.DEFINE_path('profile_dir', 'profile',
+                     'Where --profile_steps writes its trace.')
+  flags.DEFINE_boolean('memory', False,
+                       'Compile, do not run: the device memory of the train '
+                       'and distill updates, and the batch that fits.')
 
 
 def _print_json(record):
@@ -43,10 +60,17 @@ def main(argv):
   del argv  # checked by common.run
   path = config_flags.get_config_filename(FLAGS['config'])
   name = os.path.splitext(os.path.basename(path.split(':')[0]))[0]
+  if FLAGS.memory:
+    benchmark.memory(common.complete_config(FLAGS.config), config_name=name,
+                     emit=_print_json)
+    return
   benchmark.benchmark(
       common.complete_config(FLAGS.config), repeats=FLAGS.repeats,
       warmup=FLAGS.warmup, sample_steps=FLAGS.sample_steps, data=FLAGS.data,
-      config_name=name, emit=_print_json)
+      config_name=name, emit=_print_json,
+      trace=(tracing.StepTrace(epath.Path(FLAGS.profile_dir),
+                               FLAGS.profile_steps)
+             if FLAGS.profile_steps else None))
 
 
 def run():

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from diffusion_distillation.cli import compilation_cache
 from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.parallel import watchdog
@@ -287,6 +288,7 @@ def run(main: Callable, flags_parser: Callable = parse_flags):
       fail(f'unexpected arguments: {" ".join(argv[1:])}')
     quiet_library_logs()
     try:
+      compilation_cache.configure()
       return main(argv)
     except UserError as e:
       if watchdog.running():  # every process ends with this line

@@ -26,6 +26,7 @@ end). Metric caches live in `--cache_dir`, else `$DD_CACHE_DIR`, else
 from absl import flags
 
 from diffusion_distillation import config as config_lib
+from diffusion_distillation import paths
 from diffusion_distillation.cli import common
 from diffusion_distillation.evaluation import evaluate
 from diffusion_distillation.evaluation import settings
@@ -80,7 +81,7 @@ def define_flags():
                        'Samples per compiled call (default: '
                        'config.eval.batch_size).', lower_bound=1)
   common.DEFINE_path('cache_dir', None,
-                     f'Metric caches (default: ${settings.CACHE_ENV} or '
+                     f'Metric caches (default: ${paths.CACHE_ENV} or '
                      '~/.cache/diffusion_distillation).')
 
 

@@ -30,6 +30,10 @@ def define_flags():
                      'Multi-process runs: seconds after which a process that '
                      'has not joined, or has stopped responding, ends the '
                      'run on every process.', lower_bound=1.)
+  flags.DEFINE_integer('profile_steps', 0,
+                       'Trace this many updates (after the first, compiling '
+                       'call) with jax.profiler into WORKDIR/profile, for '
+                       "TensorBoard's profile plugin.", lower_bound=0)
 
 
 def main(argv):
@@ -46,7 +50,7 @@ def main(argv):
   # model, which takes seconds that a mistyped flag should not cost.
   from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top
   config = common.complete_config(FLAGS.config)
-  summary = loop.run(config, FLAGS.workdir)
+  summary = loop.run(config, FLAGS.workdir, profile_steps=FLAGS.profile_steps)
   print(loop.format_summary(summary, FLAGS.workdir), flush=True)
   if config.eval.run_after_training:
     from diffusion_distillation.evaluation import evaluate  # pylint: disable=g-import-not-at-top

@@ -153,6 +153,10 @@ FIELDS = {
     'train.grad_clip': F(1.0, 'gradient clipping by global norm', _RATE,
                          FUTURE, 'yes'),
     'train.substeps': F(1, 'updates per compiled call', _COUNT, FREE, 'yes'),
+    'train.num_microbatches': F(1, "gradient accumulation: each device's "
+                                'share of the batch in this many sequential '
+                                'parts, for that fraction of the activation '
+                                'memory; the same update', _COUNT, FREE),
     'train.enable_update_skip': F(False, 'skip updates with non-finite '
                                   'results', BOOL, FUTURE, 'yes'),
     'train.grad_clip_per_device': F(False, "clip each device's gradient before"

@@ -110,6 +110,11 @@ def _training_relations(config, device_count: int, process_count: int):
   require(batch % process_count == 0, 'train.batch_size',
           f'global batch {batch} must be divisible by the process count '
           f'{process_count}')
+  per_device, parts = batch // device_count, train.num_microbatches
+  require(batch % device_count or per_device % parts == 0,
+          'train.num_microbatches',
+          f'{parts} must divide the batch per device, {per_device} '
+          f'(train.batch_size {batch} / {device_count} devices)')
   # As the official `step_fn`, a set ema_decay takes precedence over
   # avg_type; both set is refused, since one would be ignored.
   require(not (train.ema_decay is not None and train.avg_type),

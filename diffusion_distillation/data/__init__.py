@@ -39,6 +39,7 @@ from diffusion_distillation.data.tfds import TFDSDataset
 __all__ = [
     'Batch', 'CIFAR10', 'DATASET_NAMES', 'Dataset', 'Digits', 'ImageNet',
     'LSUN', 'TFDSDataset', 'from_config', 'get_dataset', 'import_tensorflow',
+    'shape_of',
 ]
 
 
@@ -94,19 +95,35 @@ def get_dataset(name: str,
     randflip: whether training images are randomly flipped left-right.
     data_dir: TFDS data directory (`None`: the TFDS default). Unused by digits.
   """
-  if name not in _BUILDERS:
-    raise ValueError(f'Unknown dataset {name!r}; known datasets: '
-                     f'{", ".join(DATASET_NAMES)}.')
-  dataset = _BUILDERS[name](name=name, class_conditional=class_conditional,
-                            randflip=randflip, data_dir=data_dir)
+  dataset = _build(name, class_conditional=class_conditional,
+                   randflip=randflip, data_dir=data_dir)
   if isinstance(dataset, TFDSDataset):
     check_installed(name)
   return dataset
 
 
+def _build(name: str, **kwargs) -> Dataset:
+  """The data set object; nothing is read or imported until it is used."""
+  if name not in _BUILDERS:
+    raise ValueError(f'Unknown dataset {name!r}; known datasets: '
+                     f'{", ".join(DATASET_NAMES)}.')
+  return _BUILDERS[name](name=name, **kwargs)
+
+
+def _config_args(config) -> dict:
+  section = config.dataset
+  return dict(data_dir=section.data_dir or None,
+              class_conditional=section.args.class_conditional,
+              randflip=section.args.randflip)
+
+
 def from_config(config) -> Dataset:
   """The data set a config's `dataset` section describes."""
-  section = config.dataset
-  return get_dataset(section.name, data_dir=section.data_dir or None,
-                     class_conditional=section.args.class_conditional,
-                     randflip=section.args.randflip)
+  return get_dataset(config.dataset.name, **_config_args(config))
+
+
+def shape_of(config) -> tuple[tuple[int, ...], int]:
+  """`(data_shape, num_classes)` of a config's data set, which is neither
+  read nor needs TensorFlow (for building the model alone)."""
+  dataset = _build(config.dataset.name, **_config_args(config))
+  return tuple(dataset.data_shape), dataset.num_classes

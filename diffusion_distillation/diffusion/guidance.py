@@ -21,6 +21,7 @@ sampling) applies to the guided x, as in the paper.
 """
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,8 @@ import jax.numpy as jnp
 from diffusion_distillation.diffusion import losses
 from diffusion_distillation.diffusion import process
 from diffusion_distillation.errors import ModelError
+from diffusion_distillation.parallel import microbatches
+from diffusion_distillation.parallel.microbatches import Microbatch
 
 
 class GuidanceError(ModelError):
@@ -58,19 +61,24 @@ def guided_model_fn(apply_fn, labels, null_label: int, w):
   return model_fn
 
 
-def drop_labels(rng, labels, drop_prob: float, null_label: int):
+def drop_labels(rng, labels, drop_prob: float, null_label: int,
+                microbatch: Optional[Microbatch] = None):
   """Each label replaced by `null_label` with probability `drop_prob`.
 
   The label dropout of classifier-free guidance training (p_uncond), which
-  teaches the same network the unconditional model.
+  teaches the same network the unconditional model. (`microbatch`: see
+  `losses.diffusion_loss`.)
   """
-  drop = jax.random.bernoulli(rng, drop_prob, labels.shape)
+  drop = microbatches.draw(jax.random.bernoulli, rng, labels.shape,
+                           microbatch, p=drop_prob)
   return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
 
 
-def sample_w(rng, batch_size: int, w_min: float, w_max: float):
+def sample_w(rng, batch_size: int, w_min: float, w_max: float,
+             microbatch: Optional[Microbatch] = None):
   """Guidance strengths w ~ U[w_min, w_max], one per example (paper Sec. 4)."""
-  return jax.random.uniform(rng, (batch_size,), jnp.float32, w_min, w_max)
+  return microbatches.draw(jax.random.uniform, rng, (batch_size,), microbatch,
+                           dtype=jnp.float32, minval=w_min, maxval=w_max)
 
 
 def check_w(w: float, w_range, what: str, unguided_reason: str = ''):
@@ -94,7 +102,7 @@ def check_w(w: float, w_range, what: str, unguided_reason: str = ''):
 
 def matching_loss(student_fn: losses.ModelFn, teacher_fn: losses.ModelFn, x,
                   rng, *, logsnr_schedule_fn, mean_type: str,
-                  weight_type: str):
+                  weight_type: str, microbatch: Optional[Microbatch] = None):
   """Stage one of guided distillation: per-example loss, shape (B,).
 
   z_t = alpha_t x + sigma_t eps at t ~ U[0, 1] (data-noised, continuous
@@ -103,9 +111,11 @@ def matching_loss(student_fn: losses.ModelFn, teacher_fn: losses.ModelFn, x,
   (`losses.weighted_mse`; the paper's omega(lambda_t)).
   """
   rng_t, rng_eps = jax.random.split(rng)
-  u, _ = losses.sample_times(rng_t, x.shape[0], 0)
+  u, _ = losses.sample_times(rng_t, x.shape[0], 0, microbatch)
   logsnr = logsnr_schedule_fn(u)
-  z = process.diffuse(x, jax.random.normal(rng_eps, x.shape, x.dtype), logsnr)
+  eps = microbatches.draw(jax.random.normal, rng_eps, x.shape, microbatch,
+                          dtype=x.dtype)
+  z = process.diffuse(x, eps, logsnr)
   x_target = jax.lax.stop_gradient(
       process.interpret_output(teacher_fn(z, logsnr), z, logsnr, mean_type).x)
   pred = process.interpret_output(student_fn(z, logsnr), z, logsnr, mean_type)

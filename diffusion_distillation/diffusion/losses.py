@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_distillation.diffusion import process
+from diffusion_distillation.parallel import microbatches
+from diffusion_distillation.parallel.microbatches import Microbatch
 
 # model_fn(z, logsnr) -> raw network output (interpreted by `mean_type`).
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -46,17 +48,21 @@ def weighted_mse(pred: process.Prediction, x_target, z, logsnr,
       f'unknown mean_loss_weight_type {weight_type!r}; known: {WEIGHT_TYPES}')
 
 
-def sample_times(rng, batch_size: int, num_steps: Union[int, jnp.ndarray]):
+def sample_times(rng, batch_size: int, num_steps: Union[int, jnp.ndarray],
+                 microbatch: Optional[Microbatch] = None):
   """Training times: uniform in (0, 1], or on the grid {1/N, ..., 1}.
 
   Returns (u, i) with u = (i + 1) / N in discrete time; i is None in
   continuous time (num_steps == 0, which must be a Python int then).
   `num_steps` may be a traced integer so that distillation stages, which halve
-  it, reuse one compiled program.
+  it, reuse one compiled program. With `microbatch`, `batch_size` is its own
+  and the times are its rows of the whole batch's.
   """
+  shape = (batch_size,)
   if isinstance(num_steps, int) and num_steps == 0:
-    return jax.random.uniform(rng, (batch_size,)), None
-  i = jax.random.randint(rng, (batch_size,), 0, num_steps)
+    return microbatches.draw(jax.random.uniform, rng, shape, microbatch), None
+  i = microbatches.draw(jax.random.randint, rng, shape, microbatch, minval=0,
+                        maxval=num_steps)
   return (i + 1).astype(jnp.float32) / num_steps, i
 
 
@@ -91,7 +97,8 @@ def teacher_target(teacher_fn: ModelFn, z_t, u, i, num_steps, *,
 def diffusion_loss(model_fn: ModelFn, x, rng, *, logsnr_schedule_fn,
                    mean_type: str, weight_type: str,
                    num_steps: Union[int, jnp.ndarray] = 0,
-                   teacher_fn: Optional[ModelFn] = None):
+                   teacher_fn: Optional[ModelFn] = None,
+                   microbatch: Optional[Microbatch] = None):
   """Per-example training loss (paper Algorithm 1, or Algorithm 2 with a teacher).
 
   Args:
@@ -103,13 +110,17 @@ def diffusion_loss(model_fn: ModelFn, x, rng, *, logsnr_schedule_fn,
     weight_type: loss weighting, see `weighted_mse`.
     num_steps: 0 for continuous time; N for N discrete student steps.
     teacher_fn: when given, distill: regress onto `teacher_target`.
+    microbatch: `x` is this microbatch of a batch, and the times and noise
+      are its rows of the whole batch's (`parallel/microbatches.py`).
   Returns:
     Loss per example, shape (B,).
   """
   rng_t, rng_eps = jax.random.split(rng)
-  u, i = sample_times(rng_t, x.shape[0], num_steps)
+  u, i = sample_times(rng_t, x.shape[0], num_steps, microbatch)
   logsnr = logsnr_schedule_fn(u)
-  z = process.diffuse(x, jax.random.normal(rng_eps, x.shape, x.dtype), logsnr)
+  eps = microbatches.draw(jax.random.normal, rng_eps, x.shape, microbatch,
+                          dtype=x.dtype)
+  z = process.diffuse(x, eps, logsnr)
 
   if teacher_fn is None:
     x_target = x

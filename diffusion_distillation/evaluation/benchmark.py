@@ -34,8 +34,10 @@ import numpy as np
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.evaluation import memory as memory_lib
 from diffusion_distillation.evaluation import programs
 from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import tracing
 
 SUMMARY_KEYS = ('train_img_per_s', 'distill_img_per_s', 'sample_img_per_s',
                 'sample_1step_img_per_s', 'distill_train_ratio',
@@ -54,12 +56,14 @@ def benchmark(config, *, repeats: int = 5, warmup: int = 1,
               sample_steps: Optional[int] = None, data: str = 'synthetic',
               config_name: Optional[str] = None,
               emit: Optional[Callable[[dict], None]] = None,
-              compiler_options: Optional[dict[str, Any]] = None) -> list[dict]:
+              compiler_options: Optional[dict[str, Any]] = None,
+              trace: Optional[tracing.StepTrace] = None) -> list[dict]:
   """Measures every program; returns the records (the summary last).
 
   `emit` is called with each record as soon as it is measured (the CLI prints
   it as a JSON line). `compiler_options` go to every XLA compile (e.g.
   `{'xla_backend_optimization_level': 0}` for quick, slower code in tests).
+  `trace`: trace its steps of the train and distill updates, after timing.
   """
   if repeats < 1 or warmup < 0:
     raise BenchmarkError(
@@ -78,11 +82,27 @@ def benchmark(config, *, repeats: int = 5, warmup: int = 1,
   bench = programs.prepare(config, data, repeats, warmup, compiler_options,
                            add)
   forward = programs.time_forward(bench)
-  updates = programs.time_updates(bench, *benchmark_stages(config))
+  updates = programs.time_updates(bench, *benchmark_stages(config),
+                                  trace=trace)
   num_steps = sample_steps or config.model.eval_sampling_num_steps
   samplers = programs.time_sampler(bench, num_steps)
   add(_summary(bench, forward, updates, samplers, num_steps, data=data,
                config_name=config_name))
+  return records
+
+
+def memory(config, *, config_name: Optional[str] = None,
+           emit: Optional[Callable[[dict], None]] = None,
+           compiler_options: Optional[dict[str, Any]] = None) -> list[dict]:
+  """`benchmark --memory`: the train and distill updates' device memory,
+  compiled and never run (`evaluation/memory.py`); returns the records."""
+  config_lib.validate_config(config)
+  records = memory_lib.measure(config, *benchmark_stages(config),
+                               options=compiler_options)
+  for record in records:
+    record['config'] = config_name or config.dataset.name
+    if emit is not None:
+      emit(record)
   return records
 
 

@@ -45,7 +45,7 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
 
   Arguments left as None come from the workdir's `config.eval` (see
   `settings.resolve_settings`; `cache_dir` defaults to
-  `settings.default_cache_dir()`). `samplers` and `teacher_steps` take
+  `paths.default_cache_dir()`). `samplers` and `teacher_steps` take
   sequences or comma-separated strings (`teacher_steps='none'`: no teacher
   rows). `inception_divisor` is for tests only (a reduced-width Inception
   network).

@@ -21,6 +21,7 @@ from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import tracing
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import update
 
@@ -126,26 +127,28 @@ def _update_program(bench: Bench, stage, opt, *, kind: str, key) -> dict:
       bench.config, bench.ctx.base_model.data_shape,
       bench.ctx.base_model.num_classes, dropout=opt.dropout)
   jitted = update.compile_train_steps(
-      update.make_train_steps(model, opt, key, kind),
+      update.make_train_steps(model, opt, kind),
       bench.ctx.mesh)
   init_params = bench.teacher if distill else bench.params
   teacher = bench.teacher if distill else None
   holder = {'state': sharding.replicate(
-      train_state.create(init_params, opt.tx, stage.num_sample_steps),
+      train_state.create(init_params, opt.tx, stage.num_sample_steps,
+                         average=opt.keeps_average),
       bench.ctx.mesh)}
   compiled, compile_s = profiling.compile_timed(
-      jitted, holder['state'], bench.batches, teacher, options=bench.options)
+      jitted, holder['state'], bench.batches, teacher, key,
+      options=bench.options)
   if jax.tree.leaves(bench.batches)[0].shape[0] == 1:
     flops = profiling.flops(compiled)
   else:  # XLA counts a scan body once: analyse a loop-free single update.
     one = jax.tree.map(lambda b: b[:1], bench.batches)
-    flops = profiling.flops(jitted.lower(holder['state'], one, teacher).compile(
-        bench.options))
+    flops = profiling.flops(jitted.lower(holder['state'], one, teacher,
+                                         key).compile(bench.options))
 
   def call():
     # The state is donated: every call takes the one the last call returned.
     holder['state'], metrics = compiled(holder['state'], bench.batches,
-                                        teacher)
+                                        teacher, key)
     return holder['state'], metrics
 
   return dict(call=call, compile_s=compile_s, flops=flops,
@@ -153,12 +156,14 @@ def _update_program(bench: Bench, stage, opt, *, kind: str, key) -> dict:
 
 
 def time_updates(bench: Bench, base_stage, distill_stage,
-                 distill_opt_from_config: bool) -> dict[str, dict]:
+                 distill_opt_from_config: bool,
+                 trace: Optional[tracing.StepTrace] = None) -> dict[str, dict]:
   """The pipeline's compiled train and distill updates, timed in turns.
 
   Training states are donated, so each call takes the state the previous call
   returned. The two programs take turns, so that load on a shared machine
-  skews their ratio less.
+  skews their ratio less. With `trace`, its steps of each program are
+  traced after the timing.
   """
   key = jax.random.fold_in(jax.random.PRNGKey(bench.config.seed), 0)
   distill_opt = optimization.optimization_for(
@@ -173,6 +178,8 @@ def time_updates(bench: Bench, base_stage, distill_stage,
   times = profiling.time_calls_interleaved(
       {name: p['call'] for name, p in programs.items()},
       repeats=bench.repeats, warmup=bench.warmup)
+  if trace is not None:
+    _trace_calls(trace, [p['call'] for p in programs.values()])
   batch_size = bench.config.train.batch_size
   substeps = bench.config.train.substeps
   records = {}
@@ -189,6 +196,12 @@ def time_updates(bench: Bench, base_stage, distill_stage,
         sampler_steps_trained=p['stage'].num_sample_steps, **extra,
         **bench.fields()))
   return records
+
+
+def _trace_calls(trace: tracing.StepTrace, calls):
+  """Calls each of `calls` in turn until `trace` has its steps of each."""
+  while not trace.done:
+    trace.after_call(1, [call() for call in calls])
 
 
 def _sample_batch_size(config, devices: int) -> int:

@@ -15,9 +15,9 @@ from typing import Optional, Sequence
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation.diffusion import sampling
+from diffusion_distillation import paths
 from diffusion_distillation.errors import UserError
 
-CACHE_ENV = 'DD_CACHE_DIR'
 
 
 class EvalError(UserError):
@@ -37,18 +37,6 @@ class Settings:
   cache_dir: str
   student_samplers: tuple[str, ...] = ('ddim',)
   guidance: tuple[float, ...] = ()  # guidance strengths w; () = unguided
-
-
-def default_cache_dir() -> str:
-  """The metric caches' directory when none is given.
-
-  `$DD_CACHE_DIR`, else `$XDG_CACHE_HOME` (or ~/.cache)/diffusion_distillation.
-  """
-  if os.environ.get(CACHE_ENV):
-    return os.environ[CACHE_ENV]
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
-      os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'diffusion_distillation')
 
 
 def powers_of_two(max_steps: int) -> tuple[int, ...]:
@@ -145,7 +133,7 @@ def resolve_settings(config, *, num_samples=None, samplers=None,
       teacher_steps=parse_int_list(teacher_steps, 'teacher_steps'),
       seed=_check('seed', seed, 'seed'),
       inception_path=given(inception_path, ev.inception_path),
-      cache_dir=cache_dir or default_cache_dir(),
+      cache_dir=cache_dir or paths.default_cache_dir(),
       student_samplers=parse_samplers(ev.student_samplers),
       guidance=tuple(float(w) for w in ev.guidance))
   dataset = config.dataset.name

@@ -146,18 +146,20 @@ class DiffusionModel:
         jnp.zeros((1,), jnp.int32), train=False, w=w)['params']
 
   def bind(self, params, labels, *, train: bool = False, rng=None,
-           guidance=None):
+           guidance=None, microbatch=None):
     """Returns `model_fn(z, logsnr)` with parameters and labels fixed.
 
     `guidance` (None, a scalar or shape (B,)) is the guidance strength w: a
     w-conditioned student takes it as an input (one evaluation), a guided
     teacher combines its conditional and unconditional predictions (two).
+    `microbatch`: the batch is that part of one, whose dropout masks it takes
+    (`parallel/microbatches.py`).
     """
     rngs = {'dropout': rng} if train else None
 
     def apply(z, logsnr, y, w=None):
       return self.network.apply({'params': params}, z, logsnr, y, w=w,
-                                train=train, rngs=rngs)
+                                train=train, rngs=rngs, microbatch=microbatch)
 
     if guidance is None:
       if self.w_conditioned:

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_distillation.parallel import microbatches
+
 PARAM_DTYPE = jnp.float32
 LOGSNR_INPUT_TYPES = ('linear', 'sigmoid', 'inv_cos')
 # What `remat` keeps for the backward pass (jax.checkpoint_policies names):
@@ -145,6 +147,25 @@ _RESAMPLERS = {
 }
 
 
+class Dropout(nn.Module):
+  """`nn.Dropout` (the same mask from the same rng) that, given a microbatch,
+  applies its rows of the whole batch's mask (`parallel/microbatches.py`), so
+  that gradient accumulation drops what the full batch would."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool, microbatch=None):
+    if self.rate == 0. or deterministic:
+      return x
+    if self.rate == 1.:  # as nn.Dropout: no division by zero
+      return jnp.zeros_like(x)
+    keep = 1. - self.rate
+    mask = microbatches.draw(jax.random.bernoulli, self.make_rng('dropout'),
+                             x.shape, microbatch, p=keep)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 class ResnetBlock(nn.Module):
   """Pre-activation residual block conditioned on an embedding.
 
@@ -160,7 +181,7 @@ class ResnetBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, emb, deterministic: bool):
+  def __call__(self, x, emb, deterministic: bool, microbatch=None):
     if self.resample not in _RESAMPLERS:
       raise ValueError(
           f'resample must be None, "up" or "down", got {self.resample!r}')
@@ -175,7 +196,7 @@ class ResnetBlock(nn.Module):
     scale, shift = self._scale_shift(emb, out_ch)
     h = group_norm('norm2', self.dtype)(h) * (1 + scale) + shift
     h = nonlinearity(h)
-    h = nn.Dropout(rate=self.dropout)(h, deterministic=deterministic)
+    h = Dropout(self.dropout, name='Dropout_0')(h, deterministic, microbatch)
     h = conv3x3(out_ch, 'conv2', self.dtype, zero_init=True)(h)
 
     if in_ch != out_ch:
@@ -312,14 +333,14 @@ class UNet(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x, logsnr, y, *, train: bool, w=None):
+  def __call__(self, x, logsnr, y, *, train: bool, w=None, microbatch=None):
     self._check_config()
     self._check_inputs(x, logsnr, y)
     dtype = self.dtype
     emb = self._embedding(logsnr, y, dtype)
     if w is not None:
       emb = emb + self._w_embedding(w, x.shape[0], dtype)
-    block = self._block_fn(emb, train, dtype)
+    block = self._block_fn(emb, train, microbatch, dtype)
     attn = self._rematerialized(AttnBlock)
 
     def maybe_attend(h, name):
@@ -395,14 +416,14 @@ class UNet(nn.Module):
                     kernel_init=nn.initializers.zeros,
                     name='dense_w1')(nonlinearity(emb))
 
-  def _block_fn(self, emb, train, dtype):
+  def _block_fn(self, emb, train, microbatch, dtype):
     """Returns `block(h, name, out_ch=None, resample=None)` -> ResnetBlock."""
 
     cls = self._rematerialized(ResnetBlock, static_argnums=(3,))
 
     def block(h, name, out_ch=None, resample=None):
       return cls(dropout=self.dropout, out_ch=out_ch, resample=resample,
-                 dtype=dtype, name=name)(h, emb, not train)
+                 dtype=dtype, name=name)(h, emb, not train, microbatch)
 
     return block
 

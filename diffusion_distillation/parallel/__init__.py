@@ -1,1 +1,2 @@
-"""Device mesh and shardings; multi-process start-up, agreement, preemption."""
+"""Device mesh and shardings; multi-process start-up, agreement, preemption;
+gradient accumulation over microbatches."""

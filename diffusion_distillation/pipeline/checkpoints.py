@@ -84,7 +84,10 @@ class StageCheckpoints:
               # A save killed midway leaves a temporary directory: removed
               # when the stage is next opened for writing.
               cleanup_tmp_directories=not read_only,
-              enable_async_checkpointing=False))
+              enable_async_checkpointing=False),
+          # Named, so that a read-only manager can read an item's metadata.
+          item_handlers={'state': ocp.StandardCheckpointHandler(),
+                         'meta': ocp.JsonCheckpointHandler()})
     finally:
       absl_logger.removeFilter(notices)
 
@@ -125,15 +128,31 @@ class StageCheckpoints:
     the checksum recorded when it was saved.
     """
     step = self.latest_step() if step is None else step
+    is_train_state = isinstance(abstract_state, train_state.TrainState)
+    saved = (train_state.with_average(abstract_state, self._has_average(step))
+             if is_train_state else abstract_state)  # with or without EMA
     restored = self._restore(
-        step, state=ocp.args.StandardRestore(abstract_state),
+        step, state=ocp.args.StandardRestore(saved),
         meta=ocp.args.JsonRestore())
     expected = restored.meta.get('checksum')
     if expected and state_checksum(restored.state) != expected:
       raise CheckpointError(
           f'checkpoint {self.directory / str(step)} is damaged: its arrays do '
           'not match the checksum written with them')
+    if is_train_state:  # as asked for
+      return (train_state.with_average(
+          restored.state, abstract_state.ema_params is not None),
+              restored.meta)
     return restored.state, restored.meta
+
+  def _has_average(self, step: int) -> bool:
+    """Whether checkpoint `step` holds EMA parameters (see TrainState)."""
+    try:
+      return self._manager.item_metadata(step)['state']['ema_params'] is not None
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'reading checkpoint {self.directory / str(step)} failed: '
+          f'{_reason(e)}') from e
 
   def restore_intact(self, abstract_state, *, repair: bool):
     """(state, meta) of the newest intact checkpoint; None if there is none.
@@ -236,20 +255,20 @@ def abstract_state(ctx: Context, stage: Stage):
   shapes = jax.eval_shape(
       lambda: train_state.create(
           ctx.base_model.init_params(jax.random.PRNGKey(0)), opt.tx,
-          stage.num_sample_steps))
+          stage.num_sample_steps, average=opt.keeps_average))
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
 
 
 def final_params(ctx: Context, stage: Stage):
-  """The EMA parameters of a finished stage (its final checkpoint)."""
+  """The (EMA) parameters of a finished stage (its final checkpoint)."""
   manager = StageCheckpoints(
       stage_dir(ctx.workdir, stage.name), read_only=True)
   restored = manager.restore_intact(abstract_state(ctx, stage), repair=False)
   manager.close()
   if restored is None:
     raise CheckpointError(f'{manager.directory} holds no checkpoint')
-  return restored[0].ema_params
+  return restored[0].averaged_params
 
 
 def finished_stage(ctx: Context, stage: Stage):
@@ -267,7 +286,7 @@ def finished_stage(ctx: Context, stage: Stage):
   manager.close()
   if restored is None or int(restored[0].step) < stage.num_updates:
     return None
-  return restored[0].ema_params, restored[1]
+  return restored[0].averaged_params, restored[1]
 
 
 def final_meta(workdir, stage: Stage) -> dict[str, Any]:

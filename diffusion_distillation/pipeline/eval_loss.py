@@ -42,7 +42,7 @@ class EvalLoss:
     """After `n` updates that ended at `step`: evaluate if one was due."""
     if not self.every or step // self.every == (step - n) // self.every:
       return None
-    value = self.loss(state.ema_params, teacher, step)
+    value = self.loss(state.averaged_params, teacher, step)
     writer.write_scalars(step, {'eval/loss': value})
     logging.info('%s step %d: eval/loss %.6g', self._stage.name, step, value)
     return value

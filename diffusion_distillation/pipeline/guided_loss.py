@@ -25,26 +25,29 @@ KINDS = stages.GUIDED_KINDS
 
 def per_example_loss(model: model_lib.DiffusionModel, kind: str, params,
                      teacher_params, batch, rng, num_steps, *,
-                     train: bool = True):
+                     train: bool = True, microbatch=None):
   """Loss per example (shape (B,)) of one guided `kind` of stage (above);
-  network dropout only when `train`."""
+  network dropout only when `train`; `microbatch`: see
+  `losses.diffusion_loss`."""
   if kind not in KINDS:
     raise ValueError(f'unknown guided stage kind {kind!r}; known: {KINDS}')
   labels = batch['label']
   x = model_lib.normalize_images(batch['image'])
   rng_loss, rng_dropout, rng_cond = jax.random.split(rng, 3)
   common = dict(logsnr_schedule_fn=model.logsnr_schedule('train'),
-                mean_type=model.mean_type, weight_type=model.weight_type)
+                mean_type=model.mean_type, weight_type=model.weight_type,
+                microbatch=microbatch)
   if kind == stages.GUIDED_TEACHER:
     labels = guidance.drop_labels(rng_cond, labels, model.cond_drop_prob,
-                                  model.null_label)
+                                  model.null_label, microbatch)
     return losses.diffusion_loss(
-        model.bind(params, labels, train=train, rng=rng_dropout), x, rng_loss,
+        model.bind(params, labels, train=train, rng=rng_dropout,
+                   microbatch=microbatch), x, rng_loss,
         num_steps=num_steps, **common)
-  w = guidance.sample_w(rng_cond, labels.shape[0], *model.w_range)
+  w = guidance.sample_w(rng_cond, labels.shape[0], *model.w_range, microbatch)
   student = model.student()
   student_fn = student.bind(params, labels, train=train, rng=rng_dropout,
-                            guidance=w)
+                            guidance=w, microbatch=microbatch)
   if kind == stages.GUIDED_STAGE_ONE:
     return guidance.matching_loss(
         student_fn, model.bind(teacher_params, labels, guidance=w), x,

@@ -34,6 +34,7 @@ from diffusion_distillation.pipeline import progress as progress_lib
 from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import summaries
 from diffusion_distillation.pipeline import teachers
+from diffusion_distillation.pipeline import tracing
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import update
 from diffusion_distillation.pipeline import workdir_lock
@@ -63,7 +64,8 @@ def _start_state(ctx: Context, stage: Stage, opt, manager, teacher_params):
           jax.jit(ctx.base_model.init_params)(
               jax.random.PRNGKey(ctx.config.seed)))
   state = sharding.replicate(
-      train_state.create(init, opt.tx, stage.num_sample_steps), ctx.mesh)
+      train_state.create(init, opt.tx, stage.num_sample_steps,
+                         average=opt.keeps_average), ctx.mesh)
   return state, meta
 
 
@@ -128,12 +130,34 @@ def _log(writer, guard, state, step, metrics, skipped) -> float:
 
 
 def _compiled_update(ctx: Context, stage: Stage, opt):
-  """The stage's update; its randomness is fold_in(seed, stage) per step."""
-  key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), stage.index)
-  return update.compile_train_steps(
-      update.make_train_steps(optimization.stage_model(ctx, opt), opt, key,
-                              stage.kind),
+  """The stage's compiled update, shared by every stage of its kind.
+
+  Its key (`stage_key`) and sampler step count (in the state) are data, so
+  base + N distillation stages compile two programs. `optimization_for`
+  reads only the kind and the number of updates of a stage.
+  """
+  program = (stage.kind, stage.num_updates)
+  if program not in ctx.programs:
+    ctx.programs[program] = update.compile_train_steps(
+        update.make_train_steps(optimization.stage_model(ctx, opt), opt,
+                                stage.kind),
+        ctx.mesh)
+  return ctx.programs[program]
+
+
+def stage_key(ctx: Context, stage: Stage):
+  """The stage's randomness: step k of it uses fold_in(this, k)."""
+  return sharding.replicate(
+      jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), stage.index),
       ctx.mesh)
+
+
+def _train_batches(ctx: Context, stage: Stage, step: int):
+  """This process's share of the stage's batches from `step` on."""
+  return ctx.dataset.train_batches(
+      global_batch_size=ctx.config.train.batch_size,
+      seed=ctx.config.seed * 1000 + stage.index, start_step=step,
+      process_index=jax.process_index(), process_count=jax.process_count())
 
 
 def run_stage(ctx: Context, stage: Stage, teacher_params,
@@ -151,12 +175,9 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
   state, meta = _start_state(ctx, stage, opt, manager, teacher_params)
   teacher = (sharding.replicate(teacher_params, ctx.mesh)
              if stage.is_distillation else None)
-  train_steps = _compiled_update(ctx, stage, opt)
+  train_steps, key = _compiled_update(ctx, stage, opt), stage_key(ctx, stage)
   step = int(jax.device_get(state.step))
-  data = ctx.dataset.train_batches(
-      global_batch_size=train.batch_size,
-      seed=config.seed * 1000 + stage.index, start_step=step,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  data = _train_batches(ctx, stage, step)
   writer, progress = stage_writer(ctx, stage), run_progress.stage(stage, step)
   writer.write_hparams(config)
   guard, evals = _DivergenceGuard(config, stage), eval_loss.EvalLoss(ctx, stage)
@@ -171,7 +192,8 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
       batches = sharding.global_batch(
           update.stack_batches([next(data) for _ in range(n)]), ctx.mesh,
           batch_axis=1)
-      state, metrics = train_steps(state, batches, teacher)
+      state, metrics = train_steps(state, batches, teacher, key)
+      ctx.trace.after_call(n, state)
       if skipped is not None:  # summed on the device: no sync per call
         skipped = skipped + metrics['skipped'].sum()
       step += n
@@ -191,6 +213,7 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
         manager.save(state, meta)
         poll.saved()
   finally:
+    ctx.trace.stop()
     writer.close()
     manager.close()
   if stop:
@@ -261,16 +284,19 @@ def make_context(config, workdir, dataset=None) -> Context:
                      config, dataset.data_shape, dataset.num_classes))
 
 
-def run(config, workdir) -> list[dict[str, Any]]:
+def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
   """Runs (or resumes) every stage the config describes; returns their metas.
 
   Holds the workdir's lock and turns SIGTERM / Ctrl-C into a checkpoint and a
   clean stop for the whole run. Fields `config` lacks take their defaults.
+  `profile_steps`: trace that many updates into WORKDIR/profile (tracing.py).
   """
   config = config_lib.complete(config)
   rerun = check_workdir(config, workdir)
   workdir = epath.Path(workdir)
   ctx = make_context(config, workdir)
+  if profile_steps:
+    ctx.trace = tracing.StepTrace(workdir / 'profile', profile_steps)
   stages = plan_stages(config)
   teacher_params = (teachers.load_external_teacher(ctx, config)
                     if stages[0].is_distillation else None)

@@ -90,6 +90,8 @@ class Optimization:
   dropout: float
   skip_nonfinite: bool  # train.enable_update_skip (see update.py)
   clip_per_device: Optional[float] = None  # train.grad_clip_per_device
+  num_microbatches: int = 1  # train.num_microbatches
+  keeps_average: bool = True  # False: the EMA decay is always 0
 
 
 def optimization_for(config, stage: Stage) -> Optimization:
@@ -112,8 +114,11 @@ def optimization_for(config, stage: Stage) -> Optimization:
                       b2=t.adam_beta2, optimizer=t.optimizer,
                       beta=t.optimizer_beta)
   average = ema_decay_schedule(ema_decay, t.avg_type, t.avg_steps)
+  keeps_average = (ema_decay != 0. if ema_decay is not None else
+                   bool(t.avg_type))
   return Optimization(tx, schedule, average, dropout, t.enable_update_skip,
-                      t.grad_clip if per_device else None)
+                      t.grad_clip if per_device else None, t.num_microbatches,
+                      keeps_average)
 
 
 def stage_model(ctx: Context, opt: Optimization) -> model_lib.DiffusionModel:

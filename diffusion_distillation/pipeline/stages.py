@@ -17,6 +17,7 @@ from typing import Any
 from etils import epath
 
 from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.pipeline import tracing
 
 
 # What a stage trains: losses, optimizers, sampling and grids dispatch on it.
@@ -126,3 +127,8 @@ class Context:
   mesh: Any
   dataset: Any
   base_model: model_lib.DiffusionModel
+  # Compiled updates by (kind, updates): see loop._compiled_update.
+  programs: dict = dataclasses.field(default_factory=dict)
+  # main --profile_steps: by default, a trace of no steps.
+  trace: tracing.StepTrace = dataclasses.field(
+      default_factory=lambda: tracing.StepTrace(epath.Path(), 0))

@@ -46,8 +46,10 @@ def _load_own(path: epath.Path, abstract_params):
     raise ConfigError(f'{FIELD}: no checkpoint found in {str(path)!r}')
   state, meta = manager.restore_as_saved(step)
   manager.close()
+  average = state.get('ema_params')  # None: a stage without EMA
   params = official_checkpoints.map_onto(
-      state['ema_params'], abstract_params, source=str(directory))
+      state['params'] if average is None else average, abstract_params,
+      source=str(directory))
   return params, meta.get('num_sample_steps') or None
 
 

@@ -14,6 +14,10 @@ class TrainState(flax.struct.PyTreeNode):
   the base model's `train_num_steps` (0 = continuous time), or the student's
   step count during distillation. It is data, not a static value, so all
   distillation stages share one compiled update.
+
+  `ema_params` is None in a stage whose EMA decay is 0 (the paper's
+  distillation): such an average would be the parameters, so no memory is
+  spent on it; `averaged_params` is then the parameters.
   """
   step: jnp.ndarray
   params: Any
@@ -21,9 +25,16 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
   num_sample_steps: jnp.ndarray
 
+  @property
+  def averaged_params(self):
+    """The parameters the stage's model samples with: the EMA's."""
+    return self.params if self.ema_params is None else self.ema_params
 
-def create(params, tx, num_sample_steps: int) -> TrainState:
-  """A fresh state at step 0; EMA starts as a copy of the parameters.
+
+def create(params, tx, num_sample_steps: int, *,
+           average: bool = True) -> TrainState:
+  """A fresh state at step 0; the EMA (with `average`) starts as a copy of
+  the parameters.
 
   Both are fresh copies, so donating the state never frees a buffer the caller
   still uses (e.g. the teacher's parameters during distillation).
@@ -31,9 +42,21 @@ def create(params, tx, num_sample_steps: int) -> TrainState:
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=jax.tree.map(jnp.array, params),
-      ema_params=jax.tree.map(jnp.array, params),
+      ema_params=jax.tree.map(jnp.array, params) if average else None,
       opt_state=tx.init(params),
       num_sample_steps=jnp.asarray(num_sample_steps, jnp.int32))
+
+
+def with_average(state: TrainState, average: bool) -> TrainState:
+  """`state` with an EMA (a copy of the parameters if it had none) or
+  without; for a state or its abstract shapes. Checkpoints written before
+  EMA-less stages hold an EMA equal to the parameters when the decay is 0."""
+  if average == (state.ema_params is not None):
+    return state
+  if not average:
+    return state.replace(ema_params=None)
+  copy = lambda x: jnp.array(x) if isinstance(x, jax.Array) else x
+  return state.replace(ema_params=jax.tree.map(copy, state.params))
 
 
 def update_ema(ema_params, params, decay, step):

@@ -8,6 +8,7 @@ import optax
 
 from diffusion_distillation.diffusion import losses
 from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.parallel import microbatches
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import guided_loss
 from diffusion_distillation.pipeline import stages
@@ -17,42 +18,42 @@ from diffusion_distillation.pipeline.optimization import Optimization
 
 def make_per_example_loss(model: model_lib.DiffusionModel, kind: str, *,
                           train: bool = True):
-  """`loss_fn(params, batch, rng, num_steps, teacher_params)`: the loss per
-  example of a stage of `kind` (`stages.KINDS`: training, or distillation
-  from the teacher), with dropout when `train` (the official
+  """`loss_fn(params, batch, rng, num_steps, teacher_params, microbatch=None)`:
+  the loss per example of a stage of `kind` (`stages.KINDS`: training, or
+  distillation from the teacher), with dropout when `train` (the official
   `Model.loss_fn(rng, train, batch, params)`); a guided run's comes from
-  `guided_loss`."""
+  `guided_loss`. With `microbatch` the batch is that part of one
+  (`parallel/microbatches.py`)."""
   schedule_fn = model.logsnr_schedule('train')
   distill = kind == stages.DISTILLATION
 
-  def loss_fn(params, batch, rng, num_steps, teacher_params):
+  def loss_fn(params, batch, rng, num_steps, teacher_params, microbatch=None):
     if kind in stages.GUIDED_KINDS:
       return guided_loss.per_example_loss(model, kind, params,
                                           teacher_params, batch, rng,
-                                          num_steps, train=train)
+                                          num_steps, train=train,
+                                          microbatch=microbatch)
     labels = batch['label']
     rng_loss, rng_dropout = jax.random.split(rng)
     teacher_fn = model.bind(teacher_params, labels) if distill else None
     return losses.diffusion_loss(
-        model.bind(params, labels, train=train, rng=rng_dropout),
+        model.bind(params, labels, train=train, rng=rng_dropout,
+                   microbatch=microbatch),
         model_lib.normalize_images(batch['image']), rng_loss,
         logsnr_schedule_fn=schedule_fn, mean_type=model.mean_type,
         weight_type=model.weight_type, num_steps=num_steps,
-        teacher_fn=teacher_fn)
+        teacher_fn=teacher_fn, microbatch=microbatch)
 
   return loss_fn
 
 
-def make_loss_fn(model: model_lib.DiffusionModel, kind: str):
-  """`loss_fn(params, batch, rng, num_steps, teacher_params)`: the batch mean
-  of `make_per_example_loss`'s training loss."""
-  per_example = make_per_example_loss(model, kind)
-  return lambda *args: per_example(*args).mean()
-
-
 def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
-                     key, kind: str):
-  """Returns `train_steps(state, batches, teacher_params) -> (state, metrics)`.
+                     kind: str):
+  """Returns `train_steps(state, batches, teacher_params, key) -> (state,
+  metrics)`; step k's randomness is `fold_in(key, k)`.
+
+  The stage's key, like its sampler step count (in the state), is data, so
+  one compiled program serves every stage of a kind (see `StagePrograms`).
 
   `batches` stacks several steps' batches on a leading axis; they run in one
   `lax.scan`, one update each (`train.substeps` per call saves dispatch on
@@ -61,20 +62,22 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
   The teacher's two forward passes happen inside the same program, without
   gradients.
   """
-  loss_fn = make_loss_fn(model, kind)
+  per_example = make_per_example_loss(model, kind)
   distill = stages.trains_student(kind)
 
-  def one_step(state, batch, teacher_params):
+  def one_step(state, batch, teacher_params, key):
     rng = jax.random.fold_in(key, state.step)
     num_steps = state.num_sample_steps if distill else model.train_num_steps
-    loss_of = lambda p, b, r, t: loss_fn(p, b, r, num_steps, t)
+    grad_fn = microbatches.value_and_grad(
+        lambda p, b, r, t, microbatch: per_example(p, b, r, num_steps, t,
+                                                   microbatch),
+        opt.num_microbatches)
     if opt.clip_per_device is None:
-      loss, grads = jax.value_and_grad(loss_of)(state.params, batch, rng,
-                                                teacher_params)
+      loss, grads = grad_fn(state.params, batch, rng, teacher_params)
       grad_norm = optax.tree.norm(grads)
     else:
       loss, grads, grad_norm = per_device_clipped_grads(
-          loss_of, opt.clip_per_device)(state.params, batch, rng,
+          grad_fn, opt.clip_per_device)(state.params, batch, rng,
                                         teacher_params)
     updates, opt_state = opt.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -83,20 +86,20 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
                                             jnp.float32)}
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
-        ema_params=train_state.update_ema(state.ema_params, params,
-                                          opt.ema_decay(state.step),
-                                          state.step))
+        ema_params=None if state.ema_params is None else
+        train_state.update_ema(state.ema_params, params,
+                               opt.ema_decay(state.step), state.step))
     if opt.skip_nonfinite:
       new_state, metrics['skipped'] = skip_if_nonfinite(state, new_state)
     return new_state, metrics
 
-  def train_steps(state, batches, teacher_params):
+  def train_steps(state, batches, teacher_params, key):
     if jax.tree.leaves(batches)[0].shape[0] == 1:  # no loop: see below
       state, metrics = one_step(state, jax.tree.map(lambda b: b[0], batches),
-                                teacher_params)
+                                teacher_params, key)
       return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(lambda s, b: one_step(s, b, teacher_params), state,
-                        batches)
+    return jax.lax.scan(lambda s, b: one_step(s, b, teacher_params, key),
+                        state, batches)
 
   return train_steps
 
@@ -112,11 +115,12 @@ def clip_by_global_norm(tree, clip_norm):
   return jax.tree.map(lambda x: x * scale, tree), norm
 
 
-def per_device_clipped_grads(loss_fn, clip_norm, mesh=None):
+def per_device_clipped_grads(grad_fn, clip_norm, mesh=None):
   """`(params, batch, rng, teacher) -> (loss, grads, grad_norm)`, the official
   `step_fn` way (`train.grad_clip_per_device`).
 
-  Each device of the `data` axis takes the gradient of `loss_fn` on its own
+  Each device of the `data` axis takes the gradient of the loss (`grad_fn`:
+  `(params, batch, rng, teacher) -> (loss, grads)`) on its own
   shard of the batch (rng folded with its index, as the official
   `fold_in(rng, axis_index('batch'))`), clips it to `clip_norm` by its own
   global norm, and only then are gradients averaged over devices (`pmean`),
@@ -129,8 +133,7 @@ def per_device_clipped_grads(loss_fn, clip_norm, mesh=None):
 
   def local(params, batch, rng, teacher_params):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch, rng,
-                                              teacher_params)
+    loss, grads = grad_fn(params, batch, rng, teacher_params)
     grads, norm = clip_by_global_norm(grads, clip_norm)
     return jax.lax.pmean((loss, grads, norm), axis)
 
@@ -164,7 +167,8 @@ def compile_train_steps(train_steps, mesh):
   """jit over the mesh: state replicated and donated, batches split."""
   rep = sharding.replicated(mesh)
   return jax.jit(train_steps,
-                 in_shardings=(rep, sharding.batch_sharding(mesh, 1), rep),
+                 in_shardings=(rep, sharding.batch_sharding(mesh, 1), rep,
+                               rep),
                  out_shardings=(rep, rep), donate_argnums=(0,))
 
 

@@ -77,7 +77,7 @@ def ensure_weights(cache_dir: str, url: str | None = None,
   """The cached graph's path, downloading and checking it the first time.
 
   Args:
-    cache_dir: the metric cache directory (`settings.default_cache_dir()`).
+    cache_dir: the metric cache directory (`paths.default_cache_dir()`).
     url: the archive; default `$DD_INCEPTION_URL`, else INCEPTION_URL.
     divisor: test-only reduced width the graph is checked against.
 

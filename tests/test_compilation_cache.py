@@ -1,0 +1,48 @@
+"""The persistent compilation cache the command-line tools turn on."""
+
+import os
+import subprocess
+
+from helpers import PYTHON
+from helpers import subprocess_env
+
+
+def _sample(workdir, out, cache, *extra, jax_cache_dir=None):
+  """`sample` with DD_CACHE_DIR=cache and, if given, JAX's own variable."""
+  env = dict(subprocess_env(), JAX_LOG_COMPILES='1', DD_CACHE_DIR=str(cache))
+  env.pop('JAX_COMPILATION_CACHE_DIR')  # the suite's
+  if jax_cache_dir:
+    env['JAX_COMPILATION_CACHE_DIR'] = str(jax_cache_dir)
+  done = subprocess.run(
+      [PYTHON, '-m', 'diffusion_distillation.sample', f'--workdir={workdir}',
+       '--num_steps=2', '--num_samples=4', f'--output={out}', *extra],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stderr
+
+
+def test_a_second_sample_process_loads_what_the_first_compiled(
+    finished_workdir, tmp_path):
+  workdir, _ = finished_workdir
+  cache = tmp_path / 'cache'
+  first = _sample(workdir, tmp_path / 'a.npz', cache)
+  assert 'Persistent compilation cache hit' not in first
+  assert os.listdir(cache / 'jax')  # under DD_CACHE_DIR, by default
+  second = _sample(workdir, tmp_path / 'b.npz', cache)
+  assert 'Persistent compilation cache hit' in second
+  assert 'Persistent compilation cache miss' not in second
+
+
+def test_nocompilation_cache_keeps_nothing(finished_workdir, tmp_path):
+  """Not even where $JAX_COMPILATION_CACHE_DIR points (which is used
+  otherwise, in place of the default)."""
+  workdir, _ = finished_workdir
+  stderr = _sample(workdir, tmp_path / 'a.npz', tmp_path / 'cache',
+                   '--nocompilation_cache', jax_cache_dir=tmp_path / 'jax')
+  assert 'Persistent compilation cache' not in stderr
+  assert not (tmp_path / 'cache' / 'jax').exists()
+  assert not (tmp_path / 'jax').exists() or not os.listdir(tmp_path / 'jax')
+  _sample(workdir, tmp_path / 'b.npz', tmp_path / 'cache',
+          jax_cache_dir=tmp_path / 'jax')
+  assert os.listdir(tmp_path / 'jax')
+  assert not (tmp_path / 'cache' / 'jax').exists()
