@@ -24,8 +24,8 @@ Memory (`benchmark --memory`, XLA's estimate, float32): 4.6 GB plus 1.35 GB
 per image per device (0.24 GB with `--config.model.remat=true`). At batch
 2048: 91 GB per chip on 32 TPU v4 chips as it is, 20 GB with remat (fits);
 on 8 x 80 GB GPUs (256 images each) remat and
-`--config.train.num_microbatches=2` (35 GB); on one GPU remat and 64
-microbatches. See the README's table (Memory and compile time).
+`--config.train.num_microbatches=2` (50 GB); it does not fit one GPU at that
+batch. See the README's table (Memory and compile time).
 """
 
 from diffusion_distillation.configs import common

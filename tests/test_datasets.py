@@ -66,6 +66,9 @@ def test_digits_values_are_scaled_sklearn_digits(digits):
   images = np.concatenate(
       [b['image'] for b in digits.eval_batches(batch_size=1000)])
   np.testing.assert_allclose(images[..., 0], raw.images * 255 / 16, rtol=1e-6)
+  # Not whole numbers: they go to the devices as they are (float32).
+  batch = {'image': images[:4], 'label': np.zeros(4, np.int32)}
+  assert digits.device_batch(batch) is batch
 
 
 @pytest.mark.parametrize('batch_size', [100, 2000])  # 2000 > 1797 examples.
@@ -233,6 +236,9 @@ def test_cifar10(tfds):
                                     process_index=1, process_count=2))
   for batch in train:
     check_batch(batch, 4, (32, 32, 3), 10)
+    device = ds.device_batch(batch)  # to the devices as uint8, losslessly
+    assert device['image'].dtype == np.uint8
+    np.testing.assert_array_equal(device['image'], batch['image'])
   assert [len(b['label']) for b in eval_batches] == [3, 3, 2]
   assert_batches_equal(train, again)  # Seeded.
   assert not np.array_equal(resumed['image'], train[0]['image'])  # Reseeded.

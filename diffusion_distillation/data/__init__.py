@@ -14,6 +14,9 @@ Every batch is a dict of NumPy arrays::
     {'image': float32 [B, H, W, C] with values in [0, 255],
      'label': int32 [B]}  # all zeros when the data set is unconditional
 
+(`Dataset.device_batch` sends whole-number images, CIFAR-10's, to the devices
+as uint8.)
+
 Data sets (`DATASET_NAMES`):
 
 * `digits`: scikit-learn's 8x8 digits, in memory (`data.digits`); needs neither

@@ -193,6 +193,7 @@ class CIFAR10(TFDSDataset):
   data_shape = (32, 32, 3)
   num_train = 50_000
   num_eval = 10_000
+  whole_pixels = True  # uint8 images, flipped
 
   def __init__(self, *, class_conditional: bool = False, randflip: bool = True,
                data_dir: str | None = None):

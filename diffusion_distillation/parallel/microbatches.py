@@ -38,8 +38,9 @@ def draw(sample_fn: Callable, rng, shape, microbatch: Optional[Microbatch],
          **kwargs):
   """`sample_fn(rng, shape=shape, **kwargs)` (a `jax.random` sampler; `shape`'s
   first axis the batch), the same values whether or not the batch is split:
-  for a microbatch, the whole batch's draw and then its rows. With the
-  partitionable threefry (JAX's default) XLA computes only those rows."""
+  for a microbatch, the whole batch's draw and then its rows. For dropout
+  masks that draw is activation-sized: XLA:CPU keeps the whole batch's bits,
+  so microbatches save less memory with dropout than without (README)."""
   if microbatch is None:
     return sample_fn(rng, shape=shape, **kwargs)
   whole = sample_fn(rng, shape=(shape[0] * microbatch.count, *shape[1:]),

@@ -189,9 +189,9 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
   try:
     while step < stage.num_updates and not stop:
       n = min(train.substeps, stage.num_updates - step, every - step % every)
-      batches = sharding.global_batch(
-          update.stack_batches([next(data) for _ in range(n)]), ctx.mesh,
-          batch_axis=1)
+      host = [ctx.dataset.device_batch(next(data)) for _ in range(n)]
+      batches = sharding.global_batch(update.stack_batches(host), ctx.mesh,
+                                      batch_axis=1)
       state, metrics = train_steps(state, batches, teacher, key)
       ctx.trace.after_call(n, state)
       if skipped is not None:  # summed on the device: no sync per call
