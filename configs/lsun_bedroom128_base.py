@@ -19,11 +19,8 @@ chips at an assumed 25% of peak (our estimate; months on a single GPU).
 Data: TFDS `lsun/bedroom` (3.0M training images, about 43 GB, downloaded on
 first use).
 
-Memory (`benchmark --memory`, XLA's estimate, float32): 2.1 GB plus 1.41 GB
-per image per device (0.30 GB with `--config.model.remat=true`). At batch
-2048 on 32 TPU v4 chips (64 images each): 92 GB per chip as it is, 21 GB
-with remat (fits); with more images per device add
-`--config.train.num_microbatches` and check with `benchmark --memory`.
+Memory: as configs/lsun_church128_base.py (the same network and batch;
+`benchmark --memory` gives this config's own figures).
 """
 
 from diffusion_distillation.configs import common

@@ -21,12 +21,8 @@ TPUv4 chips at an assumed 25% of peak (our estimate, not a measurement).
 Data: TFDS `lsun/bedroom`. Evaluation (off by default) samples 50k images per
 row; limit the teacher rows with `--teacher_steps`.
 
-Memory (`benchmark --memory`, XLA's estimate, float32): 3.0 GB (the student's
-state and the teacher) plus 1.30 GB per image per device (0.29 GB with
-`--config.model.remat=true`). At batch 2048 on 32 TPU v4 chips (64 images
-each): 86 GB per chip as it is, 21 GB with remat (fits); with more images per
-device add `--config.train.num_microbatches` and check with
-`benchmark --memory`.
+Memory: as configs/lsun_church128_distill.py (the same network and batch;
+`benchmark --memory` gives this config's own figures).
 """
 
 from diffusion_distillation.configs import common
