@@ -9,6 +9,9 @@ Exactly the training CLI, except that every call of the digits dataset's
 pipeline passed (process index and count, seed, start step, global batch size)
 and the first batch it got. tests/test_multihost.py checks from these that each
 process of a multi-process run read its own share of every global batch.
+
+With DD_MOCK_TFDS=N, TFDS data sets are `tfds.testing.mock_data` with N
+examples per split (deterministic: the same in every process and run).
 """
 
 import itertools
@@ -35,7 +38,16 @@ def _record_train_batches(log_path):
   data_lib.Digits.train_batches = train_batches
 
 
+def _main():
+  if not os.environ.get('DD_MOCK_TFDS'):
+    return main_lib.run()
+  _, tfds = data_lib.import_tensorflow()
+  with tfds.testing.mock_data(num_examples=int(os.environ['DD_MOCK_TFDS']),
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    return main_lib.run()
+
+
 if __name__ == '__main__':
   if os.environ.get('DD_SHARD_LOG'):
     _record_train_batches(os.environ['DD_SHARD_LOG'])
-  main_lib.run()
+  _main()

@@ -25,6 +25,9 @@ CONFIG_NAMES = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
                       if f.endswith('.py') and not f.startswith('_')
                       and f != 'common.py')
 PAPER_CONFIGS = ('cifar10', 'imagenet64', 'lsun_church128', 'lsun_bedroom128')
+# The configs of the user's own data, and the field each needs set.
+USER_DATA = {'image_folder': '--config.dataset.path=/data/images',
+             'tfds': '--config.dataset.tfds_name=oxford_flowers102'}
 
 # ml_collections loads config files with the deprecated `load_module()`.
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
@@ -48,7 +51,7 @@ def test_every_paper_dataset_has_a_base_and_a_distill_config():
 
 @pytest.mark.parametrize('name', CONFIG_NAMES)
 def test_config_loads_and_validates(name):
-  config = load_config(name)
+  config = load_config(name, *[USER_DATA[name]] if name in USER_DATA else [])
   validate(config)
   # The docstring opens with what the file is and gives its run command.
   with open(config_path(name)) as f:
@@ -57,7 +60,8 @@ def test_config_loads_and_validates(name):
 
 
 @pytest.mark.parametrize('name', [n for n in CONFIG_NAMES
-                                  if not n.startswith('digits')])
+                                  if not n.startswith('digits')
+                                  and n not in USER_DATA])
 def test_paper_configs_validate_on_their_hardware_and_need_no_extra_step(name):
   config = load_config(name)
   # The paper used 8 TPUv4 chips for CIFAR-10 and 64 for the other data sets.
@@ -311,3 +315,25 @@ def test_validation_rejects_distillation_without_a_teacher():
   with pytest.raises(config_lib.ConfigError,
                      match='train.num_train_steps'):
     validate(config)
+
+
+@pytest.mark.parametrize('name', sorted(USER_DATA))
+def test_user_data_configs_need_their_data_and_shape_the_unet_by_size(name):
+  with pytest.raises(config_lib.ConfigError) as e:
+    validate(load_config(name))
+  assert USER_DATA[name].split('=')[0][len('--config.'):] in str(e.value)
+  for size, levels in ((32, (1, 1, 1)), (64, (1, 2, 3, 4)),
+                       (128, (1, 2, 4, 6, 8)), (256, (1, 1, 2, 4, 6, 8))):
+    config = load_config(name, USER_DATA[name],
+                         f'--config.dataset.image_size={size}')
+    validate(config)
+    model = model_lib.DiffusionModel.from_config(config, (size, size, 3), 1)
+    assert model.network.ch_mult == levels
+  config = load_config(name, USER_DATA[name], '--config.dataset.image_size=100')
+  with pytest.raises(config_lib.ConfigError, match='divisible by 16'):
+    validate(config)
+  config = load_config(name, USER_DATA[name], '--config.model.args.ch_mult=1,2',
+                       '--config.model.args.attn_resolutions=16,')
+  model = model_lib.DiffusionModel.from_config(config, (64, 64, 3), 1)
+  assert model.network.ch_mult == (1, 2)
+  assert model.network.attn_resolutions == (16,)

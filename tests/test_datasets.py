@@ -160,7 +160,8 @@ def test_digits_does_not_import_tensorflow():
   # iterators do.
   code = ('import sys; from diffusion_distillation import data as data_lib; '
           'assert "digits" in data_lib.DATASET_NAMES; '
-          '[data_lib.get_dataset(n) for n in data_lib.DATASET_NAMES]; '
+          '[data_lib.get_dataset(n, tfds_name="mnist", path="/nonexistent", '
+          'image_size=32) for n in data_lib.DATASET_NAMES]; '
           'next(data_lib.get_dataset("digits").train_batches('
           'global_batch_size=4, seed=0)); '
           'assert "tensorflow" not in sys.modules, "tensorflow imported"')
@@ -232,8 +233,11 @@ def test_cifar10(tfds):
     eval_batches = list(ds.eval_batches(batch_size=3))
     again = take(ds.train_batches(global_batch_size=8, seed=0, process_index=1,
                                   process_count=2), 6)
-    resumed = next(ds.train_batches(global_batch_size=8, seed=0, start_step=1,
+    resumed = next(ds.train_batches(global_batch_size=8, seed=0, start_step=4,
                                     process_index=1, process_count=2))
+    whole = next(ds.train_batches(global_batch_size=8, seed=0, start_step=4))
+    first = next(ds.train_batches(global_batch_size=8, seed=0, start_step=4,
+                                  process_count=2))
   for batch in train:
     check_batch(batch, 4, (32, 32, 3), 10)
     device = ds.device_batch(batch)  # to the devices as uint8, losslessly
@@ -241,7 +245,10 @@ def test_cifar10(tfds):
     np.testing.assert_array_equal(device['image'], batch['image'])
   assert [len(b['label']) for b in eval_batches] == [3, 3, 2]
   assert_batches_equal(train, again)  # Seeded.
-  assert not np.array_equal(resumed['image'], train[0]['image'])  # Reseeded.
+  assert_batches_equal([resumed], train[4:5])  # Resumed exactly.
+  for key in whole:  # The processes' shares make up the global batch.
+    np.testing.assert_array_equal(whole[key],
+                                  np.concatenate([first[key], resumed[key]]))
 
   # Training images are the eval images (mock splits are identical), some of
   # them flipped.
@@ -294,3 +301,51 @@ def test_central_square_crop(tfds):
   tall = data_tfds.decode_and_central_square_crop(
       tf.io.encode_jpeg(np.transpose(image, (1, 0, 2)), quality=100)).numpy()
   assert tall.shape == (6, 6, 3) and tall.min() > 200
+
+
+@pytest.mark.parametrize('source', ['memory', 'random_access'])
+def test_tfds_sources_read_by_index_resume_exactly(tfds, source):
+  with mock_data(tfds, num_examples=10):
+    ds = data_lib.get_dataset('imagenet64', class_conditional=True,
+                              source=source)
+    train = take(ds.train_batches(global_batch_size=4, seed=1), 4)
+    resumed = next(ds.train_batches(global_batch_size=4, seed=1,
+                                    start_step=3))
+    evals = list(ds.eval_batches(batch_size=4))
+  for batch in train:
+    check_batch(batch, 4, (64, 64, 3), 1000)
+  assert_batches_equal([resumed], train[3:])
+  assert [len(b['label']) for b in evals] == [4, 4, 2]
+
+
+def test_tfds_stream_fallback_says_resume_is_not_exact(tfds, caplog):
+  with mock_data(tfds), caplog.at_level('WARNING'):
+    ds = data_lib.get_dataset('cifar10', source='tf_data')
+    check_batch(next(ds.train_batches(global_batch_size=4, seed=0)), 4,
+                (32, 32, 3), 1)
+  assert 'does NOT replay' in caplog.text
+
+
+def test_any_tfds_builder_by_name(tfds):
+  config = ml_collections.ConfigDict(data_lib_config(
+      'tfds', tfds_name='oxford_flowers102', image_size=16))
+  with mock_data(tfds, num_examples=6):
+    ds = data_lib.from_config(config)
+    assert ds.num_classes == 102 and ds.data_shape == (16, 16, 3)
+    batches = take(ds.train_batches(global_batch_size=4, seed=0), 3)
+    assert ds.num_train == 6
+  for batch in batches:
+    check_batch(batch, 4, (16, 16, 3), 102)
+  with pytest.raises(ValueError, match="no class feature 'kind'"):
+    data_lib.get_dataset('tfds', tfds_name='oxford_flowers102', image_size=16,
+                         class_conditional=True, label_key='kind').num_classes
+
+
+def data_lib_config(name, **dataset):
+  """A config's dataset section (class-conditional) with these fields."""
+  from diffusion_distillation import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.default_config()
+  config.dataset.name = name
+  config.dataset.args.class_conditional = True
+  config.dataset.update(dataset)
+  return config.to_dict()

@@ -5,13 +5,17 @@ r"""Throughput of training, distillation and sampling for one config.
         [--sample_steps=N] [--data=synthetic|dataset] [--profile_steps=N]
     python -m diffusion_distillation.benchmark --memory \
         --config=configs/cifar10_distill.py [--config.model.remat=true]
+    python -m diffusion_distillation.benchmark --input_pipeline=50 \
+        --config=configs/image_folder.py --config.dataset.path=DIR
 
 Prints one JSON object per line: one per timed program, then a summary with
 `train_img_per_s`, `distill_img_per_s` and `sample_img_per_s` (see
 evaluation/benchmark.py for every field). With `--memory` nothing runs: the
 train and distill updates are compiled at two batch sizes and one line each
 gives `fixed_bytes`, `bytes_per_image` and `max_batch_per_device` per device
-size (evaluation/memory.py); no data or teacher file is needed.
+size (evaluation/memory.py); no data or teacher file is needed. With
+`--input_pipeline=N` only the data set's training batches are timed:
+`img_per_s` of reading and preprocessing.
 """
 
 import os
@@ -46,6 +50,9 @@ def define_flags():
                        lower_bound=0)
   common.DEFINE_path('profile_dir', 'profile',
                      'Where --profile_steps writes its trace.')
+  flags.DEFINE_integer('input_pipeline', 0, 'Time this many training '
+                       'batches of the data set alone (images/s of reading '
+                       'and preprocessing), nothing else.', lower_bound=0)
   flags.DEFINE_boolean('memory', False,
                        'Compile, do not run: the device memory of the train '
                        'and distill updates, and the batch that fits.')
@@ -60,6 +67,10 @@ def main(argv):
   del argv  # checked by common.run
   path = config_flags.get_config_filename(FLAGS['config'])
   name = os.path.splitext(os.path.basename(path.split(':')[0]))[0]
+  if FLAGS.input_pipeline:
+    benchmark.input_pipeline(common.complete_config(FLAGS.config),
+                             batches=FLAGS.input_pipeline, emit=_print_json)
+    return
   if FLAGS.memory:
     benchmark.memory(common.complete_config(FLAGS.config), config_name=name,
                      emit=_print_json)

@@ -65,9 +65,40 @@ FIELDS = {
         official='yes'),
     'dataset.args.randflip': F(False, 'training images flipped left-right at '
                                'random', BOOL, FUTURE, 'yes'),
-    'dataset.args.image_size': refused(ANY, 'the data set and its resolution '
-                                       "are dataset.name here (e.g. "
-                                       "'imagenet64', 'lsun_church128')"),
+    'dataset.args.image_size': refused(ANY, 'the resolution of the paper '
+                                       "data sets is part of dataset.name "
+                                       "(e.g. 'imagenet64'); tfds and "
+                                       'image_folder data sets take '
+                                       'dataset.image_size'),
+    'dataset.image_size': F(0, 'resolution of a tfds or image_folder data '
+                            "set (square: central crop, resize); 0: the "
+                            "paper data sets' own", integer(0)),
+    'dataset.source': F('auto', "where a TFDS data set's examples are read "
+                        'from: memory, random_access (array_record), '
+                        "tf_data (a stream: resume not exact); auto: "
+                        'memory up to 4 GiB, else the first that works',
+                        one_of(*data_lib.SOURCES), FUTURE),
+    'dataset.tfds_name': F('', "the TFDS builder of dataset.name='tfds', "
+                           "e.g. 'oxford_flowers102'", TEXT),
+    'dataset.image_key': F('image', "the image feature of dataset.name='tfds'",
+                           TEXT),
+    'dataset.label_key': F('label', "the class feature of dataset.name='tfds'",
+                           TEXT),
+    'dataset.train_split': F('train', "the training split of "
+                             "dataset.name='tfds' (TFDS split syntax)", TEXT),
+    'dataset.eval_split': F('test', "the held-out split of "
+                            "dataset.name='tfds'", TEXT),
+    'dataset.path': F('', 'the folder of an image_folder data set (a '
+                      'directory or gs://); read recursively', TEXT),
+    'dataset.labels_from_subfolders': F(
+        False, "image_folder: each image's class is its top-level sub-folder",
+        BOOL),
+    'dataset.skip_unreadable': F(False, 'image_folder: skip (and count) files '
+                                 'that cannot be decoded instead of stopping',
+                                 BOOL),
+    'dataset.eval_fraction': F(0.1, "image_folder: the images held out for "
+                               'the evaluation split (FID statistics)',
+                               number(0., .5, lo_open=True)),
     'dataset.args.subset': refused(ANY, 'the LSUN subset is part of '
                                    "dataset.name here (e.g. 'lsun_church128',"
                                    " 'lsun_bedroom128')"),
@@ -79,13 +110,16 @@ FIELDS = {
                        official='yes'),
     'model.args.emb_ch': F(128, 'width of the logSNR / class embedding',
                            _COUNT, official='yes'),
-    'model.args.ch_mult': F((1, 1), 'channel multiplier per resolution',
-                            Check('ints', lo=1, nonempty=True),
+    'model.args.ch_mult': F((1, 1), 'channel multiplier per resolution (): '
+                            'by the image size (models/unet.py '
+                            'shape_for_size)', Check('ints', lo=1),
                             official='yes'),
     'model.args.num_res_blocks': F(1, 'ResNet blocks per resolution',
                                    _COUNT, official='yes'),
-    'model.args.attn_resolutions': F((4,), 'resolutions with attention',
-                                     Check('ints', lo=1), official='yes'),
+    'model.args.attn_resolutions': F((4,), 'resolutions with attention '
+                                     '(None: by the image size)',
+                                     Check('ints', lo=1, none=True),
+                                     official='yes'),
     'model.args.num_heads': F(1, 'attention heads (or None and head_dim)',
                               integer(1, none=True), official='yes'),
     'model.args.head_dim': F(None, 'channels per attention head (or None and '

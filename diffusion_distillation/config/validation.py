@@ -8,10 +8,12 @@ traceback deep inside a jitted step.
 
 import jax
 
+from diffusion_distillation import data as data_lib
 from diffusion_distillation.config import defaults
 from diffusion_distillation.config import fields as fields_lib
 from diffusion_distillation.config.schema import ConfigError
 from diffusion_distillation.diffusion import process
+from diffusion_distillation.models import unet
 
 FIELDS = fields_lib.FIELDS
 # The sections `validate_model` checks: what sampling a model needs.
@@ -60,8 +62,61 @@ def _model_relations(config) -> list:
   require(not (config.dataset.name.startswith('lsun') and
                config.dataset.args.class_conditional),
           'dataset.args.class_conditional', 'LSUN has no class labels')
+  _dataset_relations(config.dataset, require)
+  _levels_relation(config, require)
   _guidance_relations(config, require)
   return problems
+
+
+# The fields of one data set kind, refused with another (they would be
+# silently ignored).
+_DATASET_OWN = {
+    'tfds': ('tfds_name', 'image_key', 'label_key', 'train_split',
+             'eval_split'),
+    'image_folder': ('path', 'labels_from_subfolders', 'skip_unreadable',
+                     'eval_fraction'),
+}
+
+
+def _dataset_relations(dataset, require):
+  name, sized = dataset.name, dataset.name in data_lib.SIZED_DATASETS
+  require(not sized or dataset.image_size > 0, 'dataset.image_size',
+          f"must be set (> 0) for dataset.name='{name}'")
+  require(sized or dataset.image_size == 0, 'dataset.image_size',
+          f"{name}'s resolution is fixed; dataset.image_size is for tfds and "
+          'image_folder data sets')
+  required = {'tfds': 'tfds_name', 'image_folder': 'path'}.get(name)
+  require(not required or dataset[required], f'dataset.{required}',
+          f"must be set for dataset.name='{name}'")
+  for kind, own in _DATASET_OWN.items():
+    for key in own if kind != name else ():
+      default = fields_lib.FIELDS[f'dataset.{key}'].default
+      require(dataset[key] == default, f'dataset.{key}',
+              f"is read only with dataset.name='{kind}' (not '{name}')")
+  require(not (name == 'image_folder' and dataset.args.class_conditional and
+               not dataset.labels_from_subfolders),
+          'dataset.args.class_conditional', 'an image folder has class '
+          'labels only with dataset.labels_from_subfolders=true (one '
+          'sub-folder per class)')
+
+
+def _levels_relation(config, require):
+  """The image size halves at each resolution level but the last, and
+  attention heads of head_dim channels split every level's channels."""
+  args, size = config.model.args, config.dataset.image_size
+  mults = args.ch_mult or unet.shape_for_size(size or 32)[0]
+  wide = [args.ch * m for m in mults if args.head_dim and
+          args.ch * m % args.head_dim]
+  require(not wide, 'model.args.head_dim',
+          f'{args.head_dim} must divide the channel counts {wide} '
+          '(model.args.ch x ch_mult) of the attention layers')
+  if not size:
+    return  # the paper data sets: checked by their configs' tests
+  levels = len(mults)
+  factor = 2**(levels - 1)
+  require(size % factor == 0, 'dataset.image_size',
+          f'{size} must be divisible by {factor} for the {levels} resolution '
+          'levels of model.args.ch_mult (set another size or ch_mult)')
 
 
 def _guidance_relations(config, require):

@@ -23,52 +23,84 @@ Data sets (`DATASET_NAMES`):
   a download nor TensorFlow: the data set for tests and smoke runs.
 * `cifar10`, `imagenet64`, `lsun_church128`, `lsun_bedroom128`: read with
   TensorFlow Datasets (`data.tfds`), which is only imported on their first use.
+* `tfds`: any TFDS image data set by its TFDS name (`TFDSBuilder`).
+* `image_folder`: a folder of PNG / JPEG / WebP images (`ImageFolder`).
+
+Training batches are a pure function of (seed, step, process share) for all of
+them (`base.train_order`), except for a TFDS data set too large for memory and
+prepared as TFRecord, which falls back to a tf.data stream (`TFDSDataset`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 from diffusion_distillation.data.base import Batch
 from diffusion_distillation.data.base import Dataset
 from diffusion_distillation.data.digits import Digits
+from diffusion_distillation.data.image_folder import ImageFolder
+from diffusion_distillation.data.image_folder import ImageFolderError
 from diffusion_distillation.data.tfds import check_installed
 from diffusion_distillation.data.tfds import CIFAR10
 from diffusion_distillation.data.tfds import ImageNet
 from diffusion_distillation.data.tfds import import_tensorflow
 from diffusion_distillation.data.tfds import LSUN
+from diffusion_distillation.data.tfds import SOURCES
+from diffusion_distillation.data.tfds import TFDSBuilder
 from diffusion_distillation.data.tfds import TFDSDataset
 
 __all__ = [
-    'Batch', 'CIFAR10', 'DATASET_NAMES', 'Dataset', 'Digits', 'ImageNet',
-    'LSUN', 'TFDSDataset', 'from_config', 'get_dataset', 'import_tensorflow',
-    'shape_of',
+    'Batch', 'CIFAR10', 'DATASET_NAMES', 'Dataset', 'Digits', 'ImageFolder',
+    'ImageFolderError', 'ImageNet', 'INDEX_FILE', 'LSUN', 'SIZED_DATASETS', 'SOURCES',
+    'TFDSBuilder', 'TFDSDataset', 'from_config', 'get_dataset',
+    'import_tensorflow', 'shape_of',
 ]
 
 
-def _digits(*, name, class_conditional, randflip, data_dir) -> Dataset:
+def _digits(*, name, class_conditional, randflip, data_dir, **_) -> Dataset:
   del name, data_dir  # Held in memory.
   return Digits(class_conditional=class_conditional, randflip=randflip)
 
 
-def _cifar10(*, name, class_conditional, randflip, data_dir) -> Dataset:
+def _cifar10(*, name, class_conditional, randflip, data_dir, source='auto',
+             **_) -> Dataset:
   del name
   return CIFAR10(class_conditional=class_conditional, randflip=randflip,
-                 data_dir=data_dir)
+                 data_dir=data_dir, source=source)
 
 
-def _imagenet64(*, name, class_conditional, randflip, data_dir) -> Dataset:
+def _imagenet64(*, name, class_conditional, randflip, data_dir, source='auto',
+                **_) -> Dataset:
   del name
   return ImageNet(class_conditional=class_conditional, randflip=randflip,
-                  data_dir=data_dir, image_size=64)
+                  data_dir=data_dir, image_size=64, source=source)
 
 
-def _lsun128(subset, *, name, class_conditional, randflip, data_dir) -> Dataset:
+def _lsun128(subset, *, name, class_conditional, randflip, data_dir,
+             source='auto', **_) -> Dataset:
   if class_conditional:
     raise ValueError(f'{name!r} has no class labels; use '
                      'class_conditional=False.')
   return LSUN(subset=subset, randflip=randflip, data_dir=data_dir,
-              image_size=128)
+              image_size=128, source=source)
+
+
+def _tfds(*, name, data_dir, tfds_name, image_size, **options) -> Dataset:
+  del name
+  keys = ('image_key', 'label_key', 'train_split', 'eval_split',
+          'class_conditional', 'randflip', 'source')
+  return TFDSBuilder(tfds_name=tfds_name, image_size=image_size,
+                     data_dir=data_dir, **{k: options[k] for k in keys
+                                           if k in options})
+
+
+def _image_folder(*, name, path, image_size, **options) -> Dataset:
+  del name
+  keys = ('class_conditional', 'labels_from_subfolders', 'skip_unreadable',
+          'eval_fraction', 'randflip', 'index_path', 'write_index')
+  return ImageFolder(path=path, image_size=image_size,
+                     **{k: options[k] for k in keys if k in options})
 
 
 # The one registry of data set names.
@@ -78,16 +110,23 @@ _BUILDERS = {
     'imagenet64': _imagenet64,
     'lsun_church128': functools.partial(_lsun128, 'church_outdoor'),
     'lsun_bedroom128': functools.partial(_lsun128, 'bedroom'),
+    'tfds': _tfds,
+    'image_folder': _image_folder,
 }
 
 DATASET_NAMES = tuple(_BUILDERS)
+# The data sets whose resolution is `image_size` (the others have their own).
+SIZED_DATASETS = ('tfds', 'image_folder')
+# The file, in the workdir, of an image folder's index (`ImageFolder`).
+INDEX_FILE = 'image_folder_index.json'
 
 
 def get_dataset(name: str,
                 *,
                 class_conditional: bool = False,
                 randflip: bool = True,
-                data_dir: str | None = None) -> Dataset:
+                data_dir: str | None = None,
+                **options) -> Dataset:
   """Returns the data set called `name` (one of `DATASET_NAMES`).
 
   Args:
@@ -97,9 +136,11 @@ def get_dataset(name: str,
       `num_classes == 1`). Not available for the LSUN data sets.
     randflip: whether training images are randomly flipped left-right.
     data_dir: TFDS data directory (`None`: the TFDS default). Unused by digits.
+    **options: the data set's own (`source` for TFDS data sets, see
+      `TFDSDataset`; `TFDSBuilder`'s and `ImageFolder`'s arguments).
   """
   dataset = _build(name, class_conditional=class_conditional,
-                   randflip=randflip, data_dir=data_dir)
+                   randflip=randflip, data_dir=data_dir, **options)
   if isinstance(dataset, TFDSDataset):
     check_installed(name)
   return dataset
@@ -113,20 +154,37 @@ def _build(name: str, **kwargs) -> Dataset:
   return _BUILDERS[name](name=name, **kwargs)
 
 
-def _config_args(config) -> dict:
+def _config_args(config, workdir=None, write_index=True) -> dict:
   section = config.dataset
-  return dict(data_dir=section.data_dir or None,
+  args = dict(data_dir=section.data_dir or None,
               class_conditional=section.args.class_conditional,
               randflip=section.args.randflip)
+  for key in ('source', 'tfds_name', 'image_key', 'label_key', 'train_split',
+              'eval_split', 'image_size', 'path', 'labels_from_subfolders',
+              'skip_unreadable', 'eval_fraction'):
+    if key in section:
+      args[key] = section[key]
+  if workdir:
+    args.update(index_path=os.path.join(os.fspath(workdir), INDEX_FILE),
+                write_index=write_index)
+  return args
 
 
-def from_config(config) -> Dataset:
-  """The data set a config's `dataset` section describes."""
-  return get_dataset(config.dataset.name, **_config_args(config))
+def from_config(config, workdir=None, *, write_index: bool = True) -> Dataset:
+  """The data set a config's `dataset` section describes, prepared.
+
+  `workdir`: where an image folder's index is cached (and checked against the
+  folder on a rerun); only the process with `write_index` writes it.
+  """
+  dataset = get_dataset(config.dataset.name,
+                        **_config_args(config, workdir, write_index))
+  dataset.prepare()
+  return dataset
 
 
 def shape_of(config) -> tuple[tuple[int, ...], int]:
   """`(data_shape, num_classes)` of a config's data set, which is neither
-  read nor needs TensorFlow (for building the model alone)."""
+  read nor needs TensorFlow (for building the model alone; a `tfds` data
+  set's class count is read from its metadata, with TensorFlow)."""
   dataset = _build(config.dataset.name, **_config_args(config))
   return tuple(dataset.data_shape), dataset.num_classes

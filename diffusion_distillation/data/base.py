@@ -10,6 +10,10 @@ Every batch is a dict of NumPy arrays::
 from __future__ import annotations
 
 import abc
+import collections
+import concurrent.futures
+import functools
+import itertools
 from typing import Iterator
 
 import numpy as np
@@ -37,6 +41,10 @@ class Dataset(abc.ABC):
   num_train: int
   num_eval: int
   whole_pixels: bool = False
+
+  def prepare(self) -> None:
+    """Reads or checks what the data set needs before training (an image
+    folder's index); a no-op for most."""
 
   def device_batch(self, batch: Batch) -> Batch:
     """A training batch as it goes to the devices: uint8 images where
@@ -130,3 +138,124 @@ def check_eval_args(batch_size: int, process_index: int, process_count: int,
 def seed_sequence(*words: int) -> np.random.SeedSequence:
   """A SeedSequence from arbitrary (possibly negative) Python ints."""
   return np.random.SeedSequence([int(w) % 2**64 for w in words])
+
+
+def train_order(num_examples: int, *, global_batch_size: int,
+                local_batch_size: int, seed: int, start_step: int,
+                process_index: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """`(indices, flips)` of this process's share of each step from `start_step`.
+
+  The infinite stream of examples is the concatenation of one random
+  permutation per epoch, the permutation of epoch `e` (and one coin per
+  example for the random flip) being drawn from `(seed, e)`. Step `s` takes
+  the stream positions `[s * B, (s + 1) * B)` for the global batch size `B`,
+  and process `p` the contiguous `p`-th `local_batch_size` of them. So a batch
+  depends on `(seed, s, process_index, process_count)` only: a run resumed at
+  `start_step` sees exactly the batches of an uninterrupted run, and the
+  processes' shares put together are the single-process batch.
+  """
+
+  @functools.lru_cache(maxsize=4)
+  def epoch_order(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed_sequence(seed, epoch))
+    return rng.permutation(num_examples), rng.random(num_examples) < 0.5
+
+  offsets = process_index * local_batch_size + np.arange(local_batch_size)
+  for step in itertools.count(start_step):
+    epochs, within = np.divmod(step * global_batch_size + offsets,
+                               num_examples)
+    first, last = int(epochs[0]), int(epochs[-1])
+    if first == last:
+      perm, flip = epoch_order(first)
+      yield perm[within], flip[within]
+      continue
+    indices = np.empty(local_batch_size, np.int64)  # straddles epochs
+    flips = np.empty(local_batch_size, bool)
+    for epoch in range(first, last + 1):
+      here = epochs == epoch
+      perm, flip = epoch_order(epoch)
+      indices[here], flips[here] = perm[within[here]], flip[within[here]]
+    yield indices, flips
+
+
+def flip_left_right(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
+  """`images` [B, H, W, C] with those where `flips` mirrored left-right."""
+  return np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+
+
+class IndexedDataset(Dataset):
+  """A data set whose examples are read by index: batches are a pure function.
+
+  Subclasses implement `_split_size(split)` and `_examples(split, indices)`
+  (the batch of those examples, unflipped). Training batches follow
+  `train_order`, so they resume exactly on any process count; evaluation
+  batches are each process's contiguous share of the split, in index order
+  (the partition of `tfds.even_splits`: the first shards get the remainder).
+  With `prefetch > 0` that many batches are prepared ahead in a background
+  thread, overlapping reading and decoding with training.
+  """
+
+  randflip: bool = False
+  prefetch: int = 0
+
+  @property
+  def num_train(self) -> int:
+    return self._split_size('train')
+
+  @property
+  def num_eval(self) -> int:
+    return self._split_size('eval')
+
+  @abc.abstractmethod
+  def _split_size(self, split: str) -> int:
+    """The number of examples of `split`."""
+
+  @abc.abstractmethod
+  def _examples(self, split: str, indices: np.ndarray) -> Batch:
+    """The batch of `split`'s examples `indices`, without augmentation."""
+
+  def _train_batches(self, *, global_batch_size, local_batch_size, seed,
+                     start_step, process_index, process_count):
+    del process_count  # the offsets of process_index cover it
+    order = train_order(self._split_size('train'),
+                        global_batch_size=global_batch_size,
+                        local_batch_size=local_batch_size, seed=seed,
+                        start_step=start_step, process_index=process_index)
+
+    def batch(indices, flips):
+      out = self._examples('train', indices)
+      if self.randflip:
+        out['image'] = flip_left_right(out['image'], flips)
+      return out
+
+    return _ahead(batch, order, self.prefetch)
+
+  def _eval_batches(self, *, batch_size, process_index, process_count, split):
+    shard = np.array_split(np.arange(self._split_size(split)),
+                           process_count)[process_index]
+    chunks = ((shard[i:i + batch_size],)
+              for i in range(0, len(shard), batch_size))
+    return _ahead(functools.partial(self._examples, split), chunks,
+                  self.prefetch)
+
+
+def _ahead(fn, args: Iterator[tuple], depth: int) -> Iterator[Batch]:
+  """`fn(*a) for a in args`, computed `depth` items ahead in a thread."""
+  if not depth:
+    return (fn(*a) for a in args)
+  return _prefetched(fn, args, depth)
+
+
+def _prefetched(fn, args, depth):
+  pool = concurrent.futures.ThreadPoolExecutor(1, 'dd-data')
+  pending = collections.deque()
+  try:
+    for a in itertools.islice(args, depth):
+      pending.append(pool.submit(fn, *a))
+    while pending:
+      result = pending.popleft().result()
+      for a in itertools.islice(args, 1):
+        pending.append(pool.submit(fn, *a))
+      yield result
+  finally:  # also when the consumer drops the iterator
+    pool.shutdown(wait=False, cancel_futures=True)

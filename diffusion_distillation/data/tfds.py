@@ -9,8 +9,12 @@ Distillation code:
 * `LSUN`: TFDS `lsun/church_outdoor` or `lsun/bedroom` (train / validation; the
   validation splits only hold 300 images). Central square crop, then bilinear
   resize with antialiasing to `image_size` (128). Unconditional only.
+* `TFDSBuilder`: any TFDS image data set by name, preprocessed as LSUN.
 
-TensorFlow and TFDS are imported lazily, on the first use of one of these data
+Where the examples are read from (memory, array_record records, or a tf.data
+stream) and why that makes resume exact: `TFDSDataset`, `tfds_readers`.
+
+TensorFlow and TFDS are imported lazily (`data.tensorflow`), on the first use of one of these data
 sets, so that importing this module (or using the digits data set) never pays
 for, or touches the GPU through, TensorFlow. TensorFlow is always hidden from
 the GPUs. They are the package's `tfds` extra (`pip install
@@ -22,48 +26,15 @@ from __future__ import annotations
 
 import abc
 import functools
-import importlib.util
 from typing import Any
 
+import numpy as np
+
 from diffusion_distillation.data import base
-from diffusion_distillation.errors import UserError
-
-
-class MissingExtraError(UserError):
-  """A TFDS data set was asked for, but TensorFlow (Datasets) is missing."""
-
-
-def check_installed(dataset: str):
-  """Raises MissingExtraError unless TensorFlow and TFDS can be imported.
-
-  Checked without importing them (`find_spec`), so it costs nothing.
-  """
-  missing = [m for m in ('tensorflow', 'tensorflow_datasets')
-             if importlib.util.find_spec(m) is None]
-  if missing:
-    raise MissingExtraError(
-        f"data set '{dataset}' is read with TensorFlow Datasets, but "
-        f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} not "
-        "installed; install the tfds extra: "
-        "pip install -e '.[tfds]' (launch/run.sh: DD_EXTRAS=tfds)")
-
-
-@functools.cache
-def import_tensorflow() -> tuple[Any, Any]:
-  """Imports TensorFlow (hidden from the GPUs) and TFDS on first use.
-
-  Returns `(tf, tfds)`. Public because code outside this module that touches
-  TensorFlow before these data sets do (e.g. tests that build mock TFDS data)
-  must import it through here, so that TensorFlow is hidden from the GPUs
-  before it initializes.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # TF was already initialized by someone else.
-    pass
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tf, tfds
+from diffusion_distillation.data import tfds_readers as readers
+from diffusion_distillation.data.tensorflow import check_installed  # pylint: disable=unused-import
+from diffusion_distillation.data.tensorflow import import_tensorflow
+from diffusion_distillation.data.tensorflow import MissingExtraError  # pylint: disable=unused-import
 
 
 def decode_and_central_square_crop(jpeg: Any) -> Any:
@@ -81,70 +52,140 @@ def decode_and_central_square_crop(jpeg: Any) -> Any:
   return tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
 
 
-class TFDSDataset(base.Dataset):
+SOURCES = ('auto', 'memory', 'random_access', 'tf_data')
+# `source='auto'` reads a split into host memory up to this many bytes (as
+# stored: encoded JPEGs for ImageNet and LSUN). CIFAR-10's train split is 130 MB.
+MEMORY_LIMIT_BYTES = 4 * 2**30
+
+
+class TFDSDataset(base.IndexedDataset):
   """Base class for data sets read with TensorFlow Datasets.
 
   Subclasses set `tfds_name`, `splits` (our split name -> TFDS split),
   `encoded_images` (whether images are read as undecoded bytes) and implement
   `_preprocess_image` (one example's image -> float32 [H, W, C] in [0, 255]).
 
-  Training pipeline: each process reads its own disjoint shard of the training
-  split (`tfds.split_for_jax_process`), with the file order and a
-  `shuffle_buffer_size` example buffer shuffled from seeds derived from
-  `(seed, start_step, process_index)`, repeats it forever, preprocesses, flips
-  each example with a stateless coin drawn from the same seeds and the
-  example's position in the stream, and batches to the per-process batch size.
-  (The official code flips before resizing; flipping the final image instead is
-  cheaper and differs at most by the one-pixel rounding of the crop offset.)
-  `shuffle_buffer_size` (50,000 as in the official code) holds encoded JPEGs
-  for ImageNet and LSUN; lower it on an instance if host memory is short.
+  Where the examples come from, `source` (`dataset.source`):
 
-  Resumption: for a given `start_step` the stream is reproducible (up to TFDS
-  file-reading nondeterminism), but a run resumed at `start_step = k` does NOT
-  replay the batches an uninterrupted run would have seen from step `k` on: it
-  draws a fresh shuffle seeded by `(seed, k)`. Nothing is skipped, and the
-  resumed run does not repeat the order of the run's first batches.
+  * `'memory'`: the whole split is read once into host memory (decoded uint8
+    arrays, or the encoded bytes) and batches index it.
+  * `'random_access'`: `tfds.data_source`, which reads single records of a
+    data set prepared as array_record (`tfds build --file_format=array_record`).
+  * `'tf_data'`: the fallback for large data sets prepared as TFRecord, which
+    cannot be read by index; see `_stream_train`. Its order is not replayed by
+    a resumed run, and the log says so.
+  * `'auto'`: memory up to `MEMORY_LIMIT_BYTES` of stored split, else random
+    access when the data set is array_record, else tf_data.
+
+  With the first two, training batches are `base.train_order`'s: a pure
+  function of (seed, stage, step, process share), so a killed run resumes with
+  exactly the batches an uninterrupted run sees, on any process count. Each
+  batch's images are preprocessed in a thread pool (TensorFlow releases the
+  GIL) and batches are prepared `prefetch` ahead. The random flip is applied
+  to the final image (the official code flips before resizing; the two differ
+  at most by the one-pixel rounding of the crop offset).
   """
 
   tfds_name: str
   splits: dict[str, str]
   encoded_images: bool = False
-  shuffle_buffer_size: int = 50_000
+  image_key: str = 'image'
+  label_key: str = 'label'
+  shuffle_buffer_size: int = 50_000  # of the tf_data fallback
+  prefetch = 2
 
   def __init__(self, *, class_conditional: bool, randflip: bool,
-               data_dir: str | None):
+               data_dir: str | None, source: str = 'auto'):
+    if source not in SOURCES:
+      raise ValueError(f'Unknown source {source!r}; expected one of '
+                       f'{SOURCES}.')
     self.class_conditional = class_conditional
     self.randflip = randflip
     self.data_dir = data_dir
+    self.source = source
+    self._readers = {}
 
   @abc.abstractmethod
   def _preprocess_image(self, image: Any) -> Any:
     """Decoded uint8 (or encoded) image -> float32 `data_shape`, [0, 255]."""
 
+  def _decoders(self):
+    _, tfds = import_tensorflow()
+    return ({self.image_key: tfds.decode.SkipDecoding()}
+            if self.encoded_images else None)
+
+  def _reader(self, split: str) -> readers.Reader:
+    if split not in self._readers:
+      self._readers[split] = readers.open_split(
+          self.tfds_name, self.splits[split], data_dir=self.data_dir,
+          source=self.source, memory_limit=MEMORY_LIMIT_BYTES,
+          decoders=self._decoders(), keys=self._keys())
+    return self._readers[split]
+
+  def _keys(self) -> tuple[str, ...]:
+    return ((self.image_key, self.label_key) if self.class_conditional
+            else (self.image_key,))
+
+  def _split_size(self, split):
+    return len(self._reader(split))
+
+  def _examples(self, split, indices):
+    records = self._reader(split).read(indices)
+    if self.encoded_images:
+      images = readers.map_threads(self._preprocess_one, records[self.image_key])
+    else:
+      images = np.asarray(records[self.image_key], np.float32)
+    if self.class_conditional:
+      labels = np.asarray(records[self.label_key], np.int32)
+    else:
+      labels = np.zeros(len(indices), np.int32)
+    return {'image': images, 'label': labels}
+
+  @functools.cached_property
+  def _preprocess_one(self):
+    """One encoded image -> float32 `data_shape`, a compiled TF function."""
+    tf, _ = import_tensorflow()
+    fn = tf.function(self._preprocess_image,
+                     input_signature=[tf.TensorSpec([], tf.string)])
+    return lambda image: fn(image).numpy()
+
+  def _train_batches(self, **kwargs):
+    if self._reader('train').streamed:
+      return self._stream_train(**kwargs)
+    return super()._train_batches(**kwargs)
+
+  def _eval_batches(self, **kwargs):
+    if self._reader(kwargs['split']).streamed:
+      return self._stream_eval(**kwargs)
+    return super()._eval_batches(**kwargs)
+
   def _load(self, split: Any, shuffle_seed: int | None) -> Any:
     _, tfds = import_tensorflow()
-    decoders = ({'image': tfds.decode.SkipDecoding()}
-                if self.encoded_images else None)
     return tfds.load(
         self.tfds_name,
         split=split,
         data_dir=self.data_dir,
         shuffle_files=shuffle_seed is not None,
         read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
-        decoders=decoders)
+        decoders=self._decoders())
 
   def _example(self, example: dict[str, Any]) -> dict[str, Any]:
     tf, _ = import_tensorflow()
-    image = tf.ensure_shape(self._preprocess_image(example['image']),
+    image = tf.ensure_shape(self._preprocess_image(example[self.image_key]),
                             self.data_shape)
     if self.class_conditional:
-      label = tf.cast(example['label'], tf.int32)
+      label = tf.cast(example[self.label_key], tf.int32)
     else:
       label = tf.zeros([], tf.int32)
     return {'image': image, 'label': label}
 
-  def _train_batches(self, *, global_batch_size, local_batch_size, seed,
-                     start_step, process_index, process_count):
+  def _stream_train(self, *, global_batch_size, local_batch_size, seed,
+                    start_step, process_index, process_count):
+    """The tf_data fallback: reproducible for a given `start_step` (up to TFDS
+    file-reading nondeterminism), but a run resumed at step k does NOT replay
+    the batches an uninterrupted run sees from k on: it draws a fresh shuffle
+    seeded by `(seed, k)`. Each process reads its own shard of the files
+    (`tfds.split_for_jax_process`) through a `shuffle_buffer_size` buffer."""
     del global_batch_size  # each process batches its own split
     tf, tfds = import_tensorflow()
     file_seed, shuffle_seed, flip_seed = (
@@ -173,7 +214,7 @@ class TFDSDataset(base.Dataset):
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
 
-  def _eval_batches(self, *, batch_size, process_index, process_count, split):
+  def _stream_eval(self, *, batch_size, process_index, process_count, split):
     tf, tfds = import_tensorflow()
     shard = tfds.split_for_jax_process(
         self.splits[split], process_index=process_index,
@@ -196,9 +237,9 @@ class CIFAR10(TFDSDataset):
   whole_pixels = True  # uint8 images, flipped
 
   def __init__(self, *, class_conditional: bool = False, randflip: bool = True,
-               data_dir: str | None = None):
+               data_dir: str | None = None, source: str = 'auto'):
     super().__init__(class_conditional=class_conditional, randflip=randflip,
-                     data_dir=data_dir)
+                     data_dir=data_dir, source=source)
     self.num_classes = 10 if class_conditional else 1
 
   def _preprocess_image(self, image):
@@ -216,9 +257,10 @@ class ImageNet(TFDSDataset):
   num_eval = 50_000
 
   def __init__(self, *, class_conditional: bool = False, randflip: bool = True,
-               data_dir: str | None = None, image_size: int = 64):
+               data_dir: str | None = None, image_size: int = 64,
+               source: str = 'auto'):
     super().__init__(class_conditional=class_conditional, randflip=randflip,
-                     data_dir=data_dir)
+                     data_dir=data_dir, source=source)
     self.image_size = image_size
     self.data_shape = (image_size, image_size, 3)
     self.num_classes = 1000 if class_conditional else 1
@@ -242,23 +284,82 @@ class LSUN(TFDSDataset):
   encoded_images = True
   num_classes = 1
   num_eval = 300
+  _NUM_TRAIN = {'church_outdoor': 126_227, 'bedroom': 3_033_042}
 
   def __init__(self, *, subset: str, randflip: bool = True,
-               data_dir: str | None = None, image_size: int = 128):
-    num_train = {'church_outdoor': 126_227, 'bedroom': 3_033_042}
-    if subset not in num_train:
+               data_dir: str | None = None, image_size: int = 128,
+               source: str = 'auto'):
+    if subset not in self._NUM_TRAIN:
       raise ValueError(f'Unknown LSUN subset {subset!r}; expected one of '
-                       f'{tuple(num_train)}.')
+                       f'{tuple(self._NUM_TRAIN)}.')
     super().__init__(class_conditional=False, randflip=randflip,
-                     data_dir=data_dir)
-    self.tfds_name = f'lsun/{subset}'
-    self.num_train = num_train[subset]
+                     data_dir=data_dir, source=source)
+    self.tfds_name, self.subset = f'lsun/{subset}', subset
     self.image_size = image_size
     self.data_shape = (image_size, image_size, 3)
 
+  @property
+  def num_train(self) -> int:
+    return self._NUM_TRAIN[self.subset]
+
+  def _preprocess_image(self, image):
+    return resize_bilinear(decode_and_central_square_crop(image),
+                           self.image_size)
+
+
+def resize_bilinear(image: Any, size: int) -> Any:
+  """uint8 [H, W, C] -> float32 [size, size, C]: the official LSUN resize
+  (bilinear, antialiased), clipped to [0, 255]."""
+  tf, _ = import_tensorflow()
+  image = tf.image.resize(tf.cast(image, tf.float32), [size, size],
+                          method='bilinear', antialias=True)
+  return tf.clip_by_value(image, 0., 255.)
+
+
+class TFDSBuilder(TFDSDataset):
+  """Any TFDS image data set by name (`dataset.name='tfds'`).
+
+  The image feature `image_key` is decoded from whatever it is stored as
+  (JPEG, PNG, ...; grey-scale becomes RGB), cropped to its central square and
+  resized to `image_size` as LSUN's (antialiased bilinear). Labels, when
+  class-conditional, are the class feature `label_key`; their count is read
+  from the builder's metadata.
+  """
+
+  encoded_images = True
+
+  def __init__(self, *, tfds_name: str, image_size: int,
+               image_key: str = 'image', label_key: str = 'label',
+               train_split: str = 'train', eval_split: str = 'test',
+               class_conditional: bool = False, randflip: bool = True,
+               data_dir: str | None = None, source: str = 'auto'):
+    super().__init__(class_conditional=class_conditional, randflip=randflip,
+                     data_dir=data_dir, source=source)
+    self.tfds_name, self.image_size = tfds_name, image_size
+    self.image_key, self.label_key = image_key, label_key
+    self.splits = {'train': train_split, 'eval': eval_split}
+    self.data_shape = (image_size, image_size, 3)
+
+  @functools.cached_property
+  def num_classes(self) -> int:
+    if not self.class_conditional:
+      return 1
+    _, tfds = import_tensorflow()
+    features = tfds.builder(self.tfds_name, data_dir=self.data_dir
+                            ).info.features
+    label = features[self.label_key] if self.label_key in features else None
+    if not hasattr(label, 'num_classes'):
+      raise ValueError(f'{self.tfds_name} has no class feature '
+                       f'{self.label_key!r} (its features: '
+                       f'{", ".join(features)}); set dataset.label_key')
+    return int(label.num_classes)
+
   def _preprocess_image(self, image):
     tf, _ = import_tensorflow()
-    image = tf.cast(decode_and_central_square_crop(image), tf.float32)
-    image = tf.image.resize(image, [self.image_size, self.image_size],
-                            method='bilinear', antialias=True)
-    return tf.clip_by_value(image, 0., 255.)
+    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+    shape = tf.shape(image)
+    size = tf.minimum(shape[0], shape[1])
+    image = tf.image.crop_to_bounding_box(
+        image, shape[0] // 2 - size // 2, shape[1] // 2 - size // 2, size,
+        size)  # the offsets of decode_and_central_square_crop
+    return resize_bilinear(image, self.image_size)

@@ -27,12 +27,14 @@ N-step sampler shares the 1-step sampler's executable and its warm-up.
 """
 
 import json
+import time
 from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 
 from diffusion_distillation import config as config_lib
+from diffusion_distillation import data as data_lib
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.evaluation import memory as memory_lib
 from diffusion_distillation.evaluation import programs
@@ -104,6 +106,31 @@ def memory(config, *, config_name: Optional[str] = None,
     if emit is not None:
       emit(record)
   return records
+
+
+def input_pipeline(config, *, batches: int = 50,
+                   emit: Optional[Callable[[dict], None]] = None) -> dict:
+  """`benchmark --input_pipeline`: images/s of the config's training batches
+  alone (read, decode, crop, resize, flip; this process's share), after one
+  untimed batch that reads an in-memory split and traces TF functions."""
+  config_lib.validate_config(config)
+  dataset = data_lib.from_config(config)
+  it = dataset.train_batches(global_batch_size=config.train.batch_size,
+                             seed=config.seed, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+  t0 = time.perf_counter()
+  next(it)
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  images = sum(len(next(it)['label']) for _ in range(batches))
+  seconds = time.perf_counter() - t0
+  record = dict(program='input_pipeline', config=config.dataset.name,
+                batch_size=config.train.batch_size, batches=batches,
+                first_batch_s=round(first, 3),
+                img_per_s=round(images / seconds, 1))
+  if emit is not None:
+    emit(record)
+  return record
 
 
 def to_json(record: dict) -> str:

@@ -40,9 +40,10 @@ def _compile(model, mesh, num_steps: int):
                  out_shardings=rep)
 
 
-def _examples(config, num: int):
+def _examples(config, num: int, workdir):
   """The first `num` images (in [-1, 1]) and labels of the eval split."""
-  batches = data_lib.from_config(config).eval_batches(batch_size=min(num, 500))
+  dataset = data_lib.from_config(config, workdir, write_index=False)
+  batches = dataset.eval_batches(batch_size=min(num, 500))
   images, labels = [], []
   while sum(map(len, labels)) < num:
     batch = next(batches, None)
@@ -61,7 +62,7 @@ def run_bpd(workdir, loaded, settings) -> dict:
     raise EvalError("metric 'bpd' needs a step count: --teacher_steps")
   t0 = time.time()
   num_steps = max(settings.teacher_steps)
-  x, labels = _examples(loaded.config, settings.num_samples)
+  x, labels = _examples(loaded.config, settings.num_samples, workdir)
   params, mesh = loaded.teacher_params(), loaded.mesh
   fn = _compile(loaded.model, mesh, num_steps)
   key = jax.random.PRNGKey(settings.seed)

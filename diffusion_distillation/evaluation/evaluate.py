@@ -69,7 +69,7 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
       loaded.config, num_samples=num_samples, samplers=samplers,
       teacher_steps=teacher_steps, metric=metric,
       inception_path=inception_path, seed=seed, batch_size=batch_size,
-      cache_dir=cache_dir)
+      cache_dir=cache_dir, workdir=workdir)
   if settings.metric == 'bpd':  # the teacher's likelihood, not its samples
     return bpd.run_bpd(workdir, loaded, settings)
   specs = plan_rows(loaded.student_steps(), settings)

@@ -172,11 +172,11 @@ def _read_reference_stats(path: str):
   return mu, sigma, n
 
 
-def _real_batches(config, split: str, batch_size: int):
+def _real_batches(config, split: str, batch_size: int, workdir: str):
   """The batches of the real `split`, with a one-line error if unreadable."""
   name = config.dataset.name
   try:
-    dataset = data_lib.from_config(config)
+    dataset = data_lib.from_config(config, workdir or None, write_index=False)
     batches = dataset.eval_batches(batch_size=batch_size, split=split)
     first = next(batches, None)
   except Exception as e:  # pylint: disable=broad-except
@@ -204,18 +204,36 @@ def _pool3_stats(features, batches, limit: Optional[int], t0: float):
   return acc
 
 
+def reference_data(config, cache_dir: str, workdir: str = ''):
+  """`(name, split, directory)` of a config's FID reference statistics.
+
+  The paper's: the train split, cached under `cache_dir` by data set name
+  (a `tfds` data set's name is its TFDS name and resolution). An image
+  folder's: its held-out split, cached in the workdir, which holds the
+  folder's index.
+  """
+  dataset = config.dataset
+  if dataset.name == 'image_folder':
+    return 'image_folder', 'eval', workdir or cache_dir
+  if dataset.name == 'tfds':
+    name = f'tfds-{dataset.tfds_name}-{dataset.image_size}'.replace('/', '-')
+    return name, 'train', cache_dir
+  return dataset.name, 'train', cache_dir
+
+
 def inception_reference_stats(config, features, fingerprint: str,
-                              cache_dir: str, split: str = 'train',
+                              cache_dir: str, workdir: str = '',
                               limit: Optional[int] = None,
                               batch_size: int = _REFERENCE_BATCH):
-  """`(mu, sigma, n, path)` of pool3 features of the real `split`, cached.
+  """`(mu, sigma, n, path)` of pool3 features of the real images, cached.
 
-  The cache file is keyed by data set name, split, example count (`all` or the
-  limit) and the Inception weights' fingerprint.
+  Which images and where: `reference_data`. The cache file is keyed by data
+  set name, split, example count (`all` or the limit) and the Inception
+  weights' fingerprint.
   """
-  name = config.dataset.name
+  name, split, directory = reference_data(config, cache_dir, workdir)
   count = 'all' if not limit else str(limit)
-  path = os.path.join(cache_dir, 'fid_stats',
+  path = os.path.join(directory, 'fid_stats',
                       f'{name}_{split}_{count}_{fingerprint}.npz')
   cached = _read_reference_stats(path)
   if cached is not None:
@@ -223,11 +241,14 @@ def inception_reference_stats(config, features, fingerprint: str,
   logging.info('computing Inception statistics of %s/%s (%s examples) -> %s',
                name, split, count, path)
   t0 = time.time()
-  acc = _pool3_stats(features, _real_batches(config, split, batch_size),
-                     limit, t0)
+  acc = _pool3_stats(features,
+                     _real_batches(config, split, batch_size, workdir), limit,
+                     t0)
   if acc.num_examples < 2:
+    more = (' (hold out more: dataset.eval_fraction)'
+            if name == 'image_folder' else '')
     raise EvalError(f'{name}/{split} has {acc.num_examples} examples; the '
-                    'reference statistics need at least 2')
+                    f'reference statistics need at least 2{more}')
   mu, sigma = acc.stats()
   frechet.save_stats(path, mu, sigma, acc.num_examples)
   logging.info('reference statistics: %d examples in %.0fs', acc.num_examples,
@@ -247,7 +268,8 @@ def inception_metric(config, settings: Settings, divisor: int = 1) -> Metric:
   fingerprint = fingerprint_lib.params_fingerprint(net.params)
   limit = config.eval.reference_num_examples or None
   mu_ref, sigma_ref, n_ref, path = inception_reference_stats(
-      config, features, fingerprint, settings.cache_dir, limit=limit)
+      config, features, fingerprint, settings.cache_dir, settings.workdir,
+      limit=limit)
 
   def compute(samples):
     out = features(samples)

@@ -37,6 +37,7 @@ class Settings:
   cache_dir: str
   student_samplers: tuple[str, ...] = ('ddim',)
   guidance: tuple[float, ...] = ()  # guidance strengths w; () = unguided
+  workdir: str = ''  # the evaluated run's (an image folder's index, stats)
 
 
 def powers_of_two(max_steps: int) -> tuple[int, ...]:
@@ -116,7 +117,8 @@ def _default_teacher_steps(config) -> tuple[int, ...]:
 
 def resolve_settings(config, *, num_samples=None, samplers=None,
                      teacher_steps=None, metric=None, inception_path=None,
-                     seed=0, batch_size=None, cache_dir=None) -> Settings:
+                     seed=0, batch_size=None, cache_dir=None,
+                     workdir='') -> Settings:
   """Arguments override the workdir's (complete, validated) `config.eval`."""
   check_arguments(num_samples=num_samples, samplers=samplers,
                   teacher_steps=teacher_steps, metric=metric,
@@ -135,7 +137,8 @@ def resolve_settings(config, *, num_samples=None, samplers=None,
       inception_path=given(inception_path, ev.inception_path),
       cache_dir=cache_dir or paths.default_cache_dir(),
       student_samplers=parse_samplers(ev.student_samplers),
-      guidance=tuple(float(w) for w in ev.guidance))
+      guidance=tuple(float(w) for w in ev.guidance),
+      workdir=os.fspath(workdir))
   dataset = config.dataset.name
   if settings.metric == 'digits' and dataset != 'digits':
     raise EvalError(f"metric 'digits' only applies to the digits data set, "

@@ -63,8 +63,11 @@ class DiffusionModel:
     args = dict(config.model.args)
     if dropout is not None:
       args['dropout'] = dropout
-    args['ch_mult'] = tuple(args['ch_mult'])
-    args['attn_resolutions'] = tuple(args['attn_resolutions'])
+    by_size = unet_lib.shape_for_size(data_shape[0])  # () / None: these
+    args['ch_mult'] = tuple(args['ch_mult'] or by_size[0])
+    attention = args['attn_resolutions']
+    args['attn_resolutions'] = tuple(by_size[1] if attention is None
+                                     else attention)
     cond_drop_prob = float(config.model.cond_drop_prob)
     w_range = ((float(config.guidance.w_min), float(config.guidance.w_max))
                if 'guidance' in config else None)

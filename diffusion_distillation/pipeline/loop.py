@@ -278,7 +278,8 @@ def record_config(config, workdir: epath.Path):
 def make_context(config, workdir, dataset=None) -> Context:
   """Builds the mesh and the model; `dataset` defaults to the config's."""
   if dataset is None:
-    dataset = data_lib.from_config(config)
+    dataset = data_lib.from_config(config, workdir,
+                                   write_index=jax.process_index() == 0)
   return Context(config, epath.Path(workdir), sharding.make_mesh(), dataset,
                  model_lib.DiffusionModel.from_config(
                      config, dataset.data_shape, dataset.num_classes))
