@@ -6,15 +6,22 @@ TensorBoard reads; they are read back with TensorBoard's own loader.
 """
 
 import json
+import os
 import re
 import subprocess
+import time
+import urllib.request
 
+import numpy as np
 import pytest
+
+from diffusion_distillation.models import images
 
 from diffusion_distillation.pipeline import progress
 from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline.stages import Stage
 
+from helpers import free_port
 from helpers import override_flags
 from helpers import PYTHON
 from helpers import REPO
@@ -107,6 +114,8 @@ def test_tensorboard_has_losses_grids_and_hparams(watched_run):
     acc = _accumulator(workdir / 'tensorboard' / stage)
     tags = acc.Tags()
     assert [e.step for e in acc.Scalars('loss')] == [2, 4]
+    assert [e.value for e in acc.Scalars('log10_loss')] == pytest.approx(
+        [np.log10(e.value) for e in acc.Scalars('loss')], rel=1e-5)
     (image,) = tags['images']
     steps = 8 if stage == 'base' else int(stage.split('_')[1])
     assert image == f'samples/{steps}_steps'
@@ -121,8 +130,13 @@ def test_hparams_hold_the_flattened_config(watched_run):
   acc = _accumulator(workdir / 'tensorboard' / 'distill_2')
   content = acc.SummaryMetadata(
       '_hparams_/session_start_info').plugin_data.content
-  hparams = plugin_data_pb2.HParamsPluginData.FromString(
-      content).session_start_info.hparams
+  start = plugin_data_pb2.HParamsPluginData.FromString(
+      content).session_start_info
+  hparams = start.hparams
+  assert start.group_name == 'distill_2'  # one session per stage
+  assert hparams['stage'].string_value == 'distill_2'
+  assert hparams['sampler_steps'].number_value == 2
+  assert hparams['learning_rate'].number_value == pytest.approx(1e-3)
   assert hparams['train.batch_size'].number_value == 8
   assert hparams['distillation.start_num_steps'].number_value == 8
   assert hparams['dataset.name'].string_value == 'digits'
@@ -132,14 +146,114 @@ def test_eval_scalars_against_sampler_steps(watched_run):
   workdir, _ = watched_run
   with open(workdir / 'eval' / 'results.json') as f:
     rows = json.load(f)['rows']
-  acc = _accumulator(workdir / 'tensorboard' / 'eval')
   for column, model, sampler in (('distilled', 'distilled', 'ddim'),
                                  ('teacher_ddim', 'teacher', 'ddim'),
                                  ('teacher_ancestral', 'teacher',
                                   'ancestral')):
     expected = {r['steps']: r['digits_fd'] for r in rows
                 if (r['model'], r['sampler']) == (model, sampler)}
-    events = acc.Scalars(f'eval/digits_fd/{column}')
+    acc = _accumulator(workdir / 'tensorboard' / 'eval' / column)
+    events = acc.Scalars('quality/digits_fd')
+    assert [e.step for e in events] == sorted(expected)  # one file, ascending
     assert {e.step: pytest.approx(e.value, rel=1e-5) for e in events} == {
         k: pytest.approx(v, rel=1e-5) for k, v in expected.items()}
+    assert len(list((workdir / 'tensorboard' / 'eval' / column).iterdir())) == 1
+  for stage in STAGES[1:]:  # each student at its own steps, for HParams
+    acc = _accumulator(workdir / 'tensorboard' / stage)
+    steps = int(stage.split('_')[1])
+    (event,) = acc.Scalars('final/digits_fd')
+    assert event.value == pytest.approx(expected_row(rows, steps), rel=1e-5)
 
+
+def expected_row(rows, steps):
+  (row,) = [r for r in rows if (r['model'], r['sampler'], r['steps']) == (
+      'distilled', 'ddim', steps)]
+  return row['digits_fd']
+
+
+def _get(port, path, body=None):
+  request = urllib.request.Request(
+      f'http://127.0.0.1:{port}{path}',
+      data=None if body is None else json.dumps(body).encode(),
+      headers={'Content-Type': 'application/json'})
+  with urllib.request.urlopen(request, timeout=30) as response:
+    return json.loads(response.read())
+
+
+@pytest.fixture(scope='module')
+def tensorboard_port(watched_run):
+  """TensorBoard (the project's dependency, its default loader) serving the
+  watched run, on localhost."""
+  workdir, _ = watched_run
+  port = free_port()
+  proc = subprocess.Popen(
+      [os.path.join(os.path.dirname(PYTHON), 'tensorboard'),
+       f'--logdir={workdir / "tensorboard"}', f'--port={port}',
+       '--host=127.0.0.1'], stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while True:  # until the server is up and has read the evaluation
+      assert proc.poll() is None and time.time() < deadline
+      try:
+        if 'eval/distilled' in _get(port, '/data/runs'):
+          break
+      except OSError:
+        pass
+      time.sleep(0.5)
+    yield port
+  finally:
+    proc.kill()
+    proc.wait()
+
+
+def test_tensorboard_shows_every_point_one_chart_and_a_session_per_stage(
+    watched_run, tensorboard_port):
+  workdir, _ = watched_run
+  port = tensorboard_port
+  with open(workdir / 'eval' / 'results.json') as f:
+    rows = json.load(f)['rows']
+  # Every student's point survives the default loader (they are measured
+  # most steps first).
+  points = _get(port, '/data/plugin/scalars/scalars?run=eval/distilled'
+                '&tag=quality/digits_fd')
+  assert [p[1] for p in points] == [1, 2, 4]
+  assert [p[2] for p in points] == pytest.approx(
+      [expected_row(rows, n) for n in (1, 2, 4)], rel=1e-5)
+  # Distilled and teacher curves: one tag, so one chart, in the layout.
+  tags = _get(port, '/data/plugin/scalars/tags')
+  assert {run for run, t in tags.items() if 'quality/digits_fd' in t} == {
+      'eval/distilled', 'eval/teacher_ddim', 'eval/teacher_ancestral'}
+  (category,) = _get(port, '/data/plugin/custom_scalars/layout')['category']
+  charts = {c['title']: c['multiline']['tag'] for c in category['chart']}
+  assert charts['digits_fd vs sampler steps (x axis: steps)'] == [
+      '^quality/digits_fd$']
+  # HParams: one session per stage, with its final loss and, for a student,
+  # its quality at its own step count; the stage's columns come first.
+  experiment = _get(port, '/data/plugin/hparams/experiment',
+                    {'experimentName': ''})
+  assert [h['name'] for h in experiment['hparamInfos'][:5]] == [
+      'learning_rate', 'model.mean_type', 'sampler_steps', 'stage',
+      'train.batch_size']
+  groups = _get(port, '/data/plugin/hparams/session_groups', {
+      'experimentName': '', 'startIndex': 0, 'sliceSize': 100,
+      'allowedStatuses': ['STATUS_UNKNOWN', 'STATUS_SUCCESS',
+                          'STATUS_FAILURE', 'STATUS_RUNNING'],
+      'colParams': []})['sessionGroups']
+  sessions = {g['hparams']['stage']: {m['name']['tag']: m['value']
+                                      for m in g['metricValues']}
+              for g in groups}
+  assert sorted(sessions) == sorted(STAGES)
+  assert all('loss' in metrics for metrics in sessions.values())
+  for stage in STAGES[1:]:
+    assert sessions[stage]['final/digits_fd'] == pytest.approx(
+        expected_row(rows, int(stage.split('_')[1])), rel=1e-5)
+
+
+def test_dashboard_grids_are_integer_upscaled_to_fit():
+  samples = np.zeros((64, 8, 8, 1), np.uint8)
+  grid = images.dashboard_grid(samples)
+  assert grid.shape == (146, 146, 1)  # 8 x (8 + 1) x 2 + 2: scale 2
+  assert grid.shape[1] <= images.DASHBOARD_WIDTH
+  cifar = images.dashboard_grid(np.zeros((64, 32, 32, 3), np.uint8))
+  assert cifar.shape[:2] == (265, 265)  # no upscaling fits: as it is

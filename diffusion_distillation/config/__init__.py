@@ -13,6 +13,7 @@ from diffusion_distillation.config.defaults import complete
 from diffusion_distillation.config.defaults import default_config
 from diffusion_distillation.config.defaults import flat_fields
 from diffusion_distillation.config.fields import FIELDS
+from diffusion_distillation.config.fields import METRIC_VALUES
 from diffusion_distillation.config.fields import METRICS
 from diffusion_distillation.config.fields import OPTIMIZERS
 from diffusion_distillation.config.rerun import check_rerun
@@ -23,7 +24,7 @@ from diffusion_distillation.config.validation import validate_config
 from diffusion_distillation.config.validation import validate_model
 
 __all__ = [
-    'ConfigError', 'FIELDS', 'METRICS', 'OPTIMIZERS', 'Rerun', 'add_section',
+    'ConfigError', 'FIELDS', 'METRIC_VALUES', 'METRICS', 'OPTIMIZERS', 'Rerun', 'add_section',
     'check_rerun', 'complete', 'default_config', 'flat_fields',
     'read_saved_config', 'validate_config', 'validate_model',
 ]

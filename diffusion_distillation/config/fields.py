@@ -24,6 +24,11 @@ AVG_TYPES = ('', 'ema', 'aa')  # '': the official avg_type=None
 ANNEAL_TYPES = ('linear', 'none')
 # The quality metrics `evaluate` computes (the only list of their names).
 METRICS = ('digits', 'inception', 'bpd')
+# Each metric's values: the headline (lower is better), then the
+# Inception-Score-like one (higher is better).
+METRIC_VALUES = {'digits': ('digits_fd', 'digits_is'), 'inception': ('fid',
+                                                                     'is'),
+                 'bpd': ('bpd',)}
 # Sections a config may leave out as a whole.
 OPTIONAL_SECTIONS = ('distillation', 'guidance')
 

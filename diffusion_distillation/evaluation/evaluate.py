@@ -21,6 +21,7 @@ from etils import epath
 import jax
 
 from diffusion_distillation.evaluation import bpd
+from diffusion_distillation.evaluation import dashboards
 from diffusion_distillation.evaluation import report
 from diffusion_distillation.evaluation import scorers
 from diffusion_distillation.evaluation.settings import check_arguments
@@ -29,7 +30,6 @@ from diffusion_distillation.evaluation.settings import plan_rows
 from diffusion_distillation.evaluation.settings import resolve_settings
 from diffusion_distillation.models import generation
 from diffusion_distillation.pipeline import progress
-from diffusion_distillation.pipeline import summaries
 from diffusion_distillation.pipeline import workdir_lock
 
 
@@ -141,28 +141,17 @@ def _row_progress(i: int, count: int, t_rows: float) -> str:
   return f'row {i + 1}/{count}, ETA {progress.format_duration(left)}'
 
 
-def _write_scalars(writer, row, scorer):
-  """`eval/<value>/<column>` against the sampler steps, for TensorBoard."""
-  column = report.column_name(row['model'], row['sampler'],
-                              row.get('guidance'))
-  writer.write_scalars(row['steps'], {
-      f'eval/{name}/{column.lower().replace(" ", "_")}': row[name]
-      for name in scorer.value_names if row[name] is not None})
-  writer.flush()
-
-
 def _evaluate_rows(workdir, loaded, settings, specs, scorer, results,
                    t_start: float):
   """Samples and scores every row into `results`, writing after each.
 
-  Also writes each row's values to the TensorBoard run WORKDIR/tensorboard/
-  eval, against the sampler steps.
+  Also writes each row's values to TensorBoard (dashboards.py).
   """
   teacher = (loaded.teacher_params()
              if any(s.model == 'teacher' for s in specs) else None)
   write = jax.process_index() == 0
-  writer = summaries.SummaryWriter(
-      epath.Path(workdir) / 'tensorboard' / 'eval', enabled=write)
+  curves = dashboards.QualityCurves(workdir, loaded, scorer.value_names,
+                                    enabled=write)
   logging.info('%d rows, %d samples each; the first row of each sampler '
                'includes compiling it', len(specs), settings.num_samples)
   t_rows = time.time()
@@ -172,13 +161,12 @@ def _evaluate_rows(workdir, loaded, settings, specs, scorer, results,
     row = _evaluate_row(loaded, params, spec, settings, scorer,
                         _row_progress(i, len(specs), t_rows))
     results['rows'].append(row)
-    _write_scalars(writer, row, scorer)
+    curves.add(row)
     last = i + 1 == len(specs)
     if last:
       results.update(complete=True, seconds=round(time.time() - t_start, 1))
     if write:  # after every row: an interrupted run keeps what it measured
       report.write_results(workdir, results, plot=last)
-  writer.close()
 
 
 def _finite_or_none(value):

@@ -29,6 +29,7 @@ from etils import epath
 import jax
 import numpy as np
 
+from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
 from diffusion_distillation.evaluation.metrics import batching
 from diffusion_distillation.evaluation.metrics import fingerprint as fingerprint_lib
@@ -83,7 +84,7 @@ def digits_metric(cache_dir: str) -> Metric:
   def compute(samples):
     return dc.digits_metrics(samples, classifier, reference)
 
-  return Metric('digits', 'digits_fd', 'digits_is', compute, dict(
+  return Metric('digits', *config_lib.METRIC_VALUES['digits'], compute, dict(
       classifier_heldout_accuracy=round(classifier.heldout_accuracy, 4),
       classifier_fingerprint=classifier.fingerprint,
       reference='all 1797 scikit-learn digits',
@@ -280,11 +281,13 @@ def inception_metric(config, settings: Settings, divisor: int = 1) -> Metric:
         from_logits=True)
     return {'fid': fid, 'is': score, 'is_std': std}
 
-  info = dict(reference=f'{config.dataset.name} train split',
+  name, split, _ = reference_data(config, settings.cache_dir)
+  info = dict(reference=f'{name} {split} split',
               reference_num_examples=n_ref, reference_limit=limit,
               inception_weights=settings.inception_path,
               inception_fingerprint=fingerprint, reference_stats=path,
               is_splits=min(IS_SPLITS, settings.num_samples))
   if divisor != 1:
     info['inception_divisor'] = divisor  # test-only reduced network
-  return Metric('inception', 'fid', 'is', compute, info)
+  return Metric('inception', *config_lib.METRIC_VALUES['inception'], compute,
+                info)

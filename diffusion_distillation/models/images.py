@@ -35,6 +35,20 @@ def tile(images: np.ndarray, *, pad: int = 1, pad_value: int = 255,
   return canvas
 
 
+# TensorBoard shows an image at its own width up to about this many pixels
+# (a Time Series card) and shrinks a wider one, which aliases thin lines.
+DASHBOARD_WIDTH = 200
+
+
+def dashboard_grid(images: np.ndarray) -> np.ndarray:
+  """`tile` for TensorBoard: the largest integer upscaling (separators
+  included, as wide as one source pixel) whose grid fits DASHBOARD_WIDTH, so
+  that it is shown crisp, pixel for pixel, never resampled."""
+  cols = math.ceil(math.sqrt(len(images)))
+  scale = max(1, DASHBOARD_WIDTH // (cols * (images.shape[2] + 1) + 1))
+  return tile(images, scale=scale, pad=scale)
+
+
 def save_grid(path, images, *, scale: int = 1) -> epath.Path:
   """Writes a PNG grid of uint8 images to `path` (local or cloud)."""
   grid = tile(images, scale=scale)

@@ -120,6 +120,8 @@ class _DivergenceGuard:
 def _log(writer, guard, state, step, metrics, skipped) -> float:
   """Writes the scalars of the last call; returns its loss (after checks)."""
   scalars = update.mean_metrics(metrics)
+  if scalars['loss'] > 0:  # the students' losses are far below the teacher's
+    scalars['log10_loss'] = math.log10(scalars['loss'])
   if skipped is not None:
     scalars['skipped_updates'] = float(sharding.to_host(skipped))
   guard.check_loss(step, scalars['loss'])
@@ -179,7 +181,8 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
   step = int(jax.device_get(state.step))
   data = _train_batches(ctx, stage, step)
   writer, progress = stage_writer(ctx, stage), run_progress.stage(stage, step)
-  writer.write_hparams(config)
+  writer.write_hparams(config, stage.name,
+                       stages.stage_hparams(config, stage))
   guard, evals = _DivergenceGuard(config, stage), eval_loss.EvalLoss(ctx, stage)
   every, log_every = train.checkpoint_every_steps, train.log_loss_every_steps
   poll, stop = preemption.Poll(train.checkpoint_every_secs), False
@@ -240,7 +243,7 @@ def write_stage_grid(ctx: Context, stage: Stage, params) -> epath.Path:
     images.save_grid(path, samples, scale=scale)
   writer = stage_writer(ctx, stage)
   writer.write_images(stage.num_updates, {
-      f'samples/{num_steps}_steps': images.tile(samples, scale=scale)})
+      f'samples/{num_steps}_steps': images.dashboard_grid(samples)})
   writer.close()
   return path
 
@@ -266,6 +269,18 @@ def _apply_rerun(rerun: config_lib.Rerun, workdir, stages):
     for stage in stages:
       if stage.is_distillation:
         checkpoints.set_aside_stage(workdir, stage.name, 'stale')
+
+
+def write_dashboards(config, workdir: epath.Path, planned):
+  """The TensorBoard run `dashboards`: the HParams experiment (one session
+  per stage) and the quality-vs-steps layout of the custom scalars plugin."""
+  values = config_lib.METRIC_VALUES[config.eval.metric]
+  writer = summaries.SummaryWriter(workdir / 'tensorboard' / 'dashboards',
+                                   enabled=jax.process_index() == 0)
+  writer.write_summary(summaries.experiment(
+      config, stages.stage_hparams(config, planned[0]), values))
+  writer.write_summary(summaries.quality_layout(values))
+  writer.close()
 
 
 def record_config(config, workdir: epath.Path):
@@ -304,6 +319,7 @@ def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
   distributed.barrier('config_checked')  # all have read config.json
   with workdir_lock.hold(workdir), preemption.handling():
     record_config(config, workdir)
+    write_dashboards(config, workdir, stages)
     _apply_rerun(rerun, workdir, stages)
     return _run_stages(ctx, stages, teacher_params)
 

@@ -119,6 +119,13 @@ def grid_steps(config, stage: Stage) -> int:
           config.model.eval_sampling_num_steps)
 
 
+def stage_hparams(config, stage: Stage) -> dict:
+  """What tells a stage apart in TensorBoard's HParams table."""
+  section = config.distillation if stage.is_distillation else config.train
+  return {'stage': stage.name, 'sampler_steps': grid_steps(config, stage),
+          'learning_rate': float(section.learning_rate), 'kind': stage.kind}
+
+
 @dataclasses.dataclass
 class Context:
   """What every stage of one run shares."""
