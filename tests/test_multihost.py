@@ -216,7 +216,7 @@ def _final_params(workdir):
 
 def _step_dirs(workdir):
   return sorted(str(p.relative_to(workdir))
-                for p in (workdir / 'checkpoints').glob('*/*'))
+                for p in (workdir / 'checkpoints').glob('*/*') if p.is_dir())
 
 
 def test_two_processes_match_one(tmp_path):

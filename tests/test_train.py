@@ -68,6 +68,10 @@ def test_pipeline_trains_teacher_and_three_stages(finished_workdir):
     assert np.isfinite(meta['loss'])
     assert os.path.exists(meta['grid'])
     assert checkpoints.stage_is_complete(workdir, meta['stage'], 4)
+    # clu's parameter table, per module, beside the stage's checkpoints.
+    table = (checkpoints.stage_dir(workdir, meta['stage']) /
+             checkpoints.PARAMETERS_FILE).read_text()
+    assert '| conv_in/kernel' in table and 'Total: ' in table
   assert (workdir / 'config.json').exists()
   assert list((workdir / 'tensorboard' / 'distill_1').iterdir())
   text = loop.format_summary(summary, workdir)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import zlib
 
 from absl import logging
+from clu import parameter_overview
 from etils import epath
 import jax
 import numpy as np
@@ -47,6 +48,22 @@ def _reason(error: BaseException) -> str:
 
 def stage_dir(workdir, stage_name: str) -> epath.Path:
   return epath.Path(workdir) / 'checkpoints' / stage_name
+
+
+PARAMETERS_FILE = 'parameters.txt'
+
+
+def write_parameter_overview(workdir, stage_name: str, params) -> str:
+  """clu's table of the stage's parameters (name, shape, dtype, size, and
+  the total), written whole as STAGE_DIR/parameters.txt; returns it."""
+  table = parameter_overview.get_parameter_overview(params,
+                                                    include_stats=False)
+  directory = stage_dir(workdir, stage_name)
+  directory.mkdir(parents=True, exist_ok=True)
+  partial = directory / f'{PARAMETERS_FILE}.partial'
+  partial.write_text(table + '\n')
+  partial.replace(directory / PARAMETERS_FILE)
+  return table
 
 
 def state_checksum(state) -> str:

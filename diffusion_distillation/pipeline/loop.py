@@ -175,6 +175,10 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
       checkpoints.stage_dir(ctx.workdir, stage.name),
       keep=train.keep_checkpoints)
   state, meta = _start_state(ctx, stage, opt, manager, teacher_params)
+  if jax.process_index() == 0:
+    logging.info('%s parameters:\n%s', stage.name,
+                 checkpoints.write_parameter_overview(ctx.workdir, stage.name,
+                                                      state.params))
   teacher = (sharding.replicate(teacher_params, ctx.mesh)
              if stage.is_distillation else None)
   train_steps, key = _compiled_update(ctx, stage, opt), stage_key(ctx, stage)

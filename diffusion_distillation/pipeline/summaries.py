@@ -136,7 +136,7 @@ def write_series(logdir, name: str, series: dict, description: str = ''):
     writer = record_writer.RecordWriter(f)
     for event in events:
       writer.write(event.SerializeToString())
-  partial.rename(logdir / name)
+  partial.replace(logdir / name)
 
 
 class SummaryWriter:
