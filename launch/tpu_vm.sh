@@ -7,7 +7,7 @@
 #
 # Subcommands:
 #   create   gcloud compute tpus tpu-vm create (skipped if the VM exists)
-#   copy     tar the repository (without .venv, .git, workdirs, caches), scp it
+#   copy     tar the repository (without .venv*, .git, workdirs, caches), scp it
 #            to all workers and unpack it into ~/$REMOTE_DIR
 #   run      on all workers, in the background:
 #              cd ~/$REMOTE_DIR && DD_ACCELERATOR=tpu launch/run.sh \
@@ -156,7 +156,7 @@ do_copy() {
   trap "rm -rf '$tmp'" EXIT
   say "copy: $REPO -> $TPU_NAME:$(remote_dir) on all workers"
   COPYFILE_DISABLE=1 tar -czf "$tmp/dd_code.tar.gz" -C "$REPO" \
-      --exclude=.venv --exclude=.git --exclude=workdirs \
+      --exclude='.venv*' --exclude=.git --exclude=workdirs \
       --exclude=__pycache__ --exclude='*.egg-info' --exclude=.pytest_cache \
       .
   tpu_vm scp "$tmp/dd_code.tar.gz" "$TPU_NAME:$REMOTE_TARBALL" -- --worker=all

@@ -145,11 +145,13 @@ def test_tpu_vm_all(fake):
       '[tpu_vm.sh] create', '[tpu_vm.sh] copy', '[tpu_vm.sh] run',
       '[tpu_vm.sh] logs']
 
-  # The tarball holds the code but not the venv, git data or caches.
+  # The tarball holds the code but not the venvs (CI's .venv313 too), git
+  # data or caches.
   with tarfile.open(str(fake.log) + '.scp') as tar:
     names = {n[2:] if n.startswith('./') else n for n in tar.getnames()}
   assert {'launch/run.sh', 'launch/tpu_vm.sh', 'setup.cfg'} <= names
-  assert not any(part in {'.venv', '.git', '__pycache__', '.pytest_cache'}
+  assert not any(part in {'.git', '__pycache__', '.pytest_cache'} or
+                 part.startswith('.venv')
                  for n in names for part in n.split('/'))
 
 

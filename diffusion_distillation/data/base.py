@@ -1,5 +1,7 @@
-"""The `Dataset` interface, and the argument checks and seeding shared by its
-implementations.
+"""The `Dataset` interface, the data order every data set shares
+(`train_order`, `IndexedDataset`: a batch is a pure function of the seed and
+the step, so a resumed run replays it exactly), and the argument checks and
+seeding of the implementations.
 
 Every batch is a dict of NumPy arrays::
 

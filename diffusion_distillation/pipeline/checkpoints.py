@@ -53,17 +53,20 @@ def stage_dir(workdir, stage_name: str) -> epath.Path:
 PARAMETERS_FILE = 'parameters.txt'
 
 
-def write_parameter_overview(workdir, stage_name: str, params) -> str:
+def write_parameter_overview(workdir, stage_name: str, params):
   """clu's table of the stage's parameters (name, shape, dtype, size, and
-  the total), written whole as STAGE_DIR/parameters.txt; returns it."""
+  the total): logged, and written whole as STAGE_DIR/parameters.txt by
+  process 0."""
   table = parameter_overview.get_parameter_overview(params,
                                                     include_stats=False)
+  logging.info('%s parameters:\n%s', stage_name, table)
+  if jax.process_index() != 0:
+    return
   directory = stage_dir(workdir, stage_name)
   directory.mkdir(parents=True, exist_ok=True)
   partial = directory / f'{PARAMETERS_FILE}.partial'
   partial.write_text(table + '\n')
   partial.replace(directory / PARAMETERS_FILE)
-  return table
 
 
 def state_checksum(state) -> str:

@@ -175,18 +175,14 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
       checkpoints.stage_dir(ctx.workdir, stage.name),
       keep=train.keep_checkpoints)
   state, meta = _start_state(ctx, stage, opt, manager, teacher_params)
-  if jax.process_index() == 0:
-    logging.info('%s parameters:\n%s', stage.name,
-                 checkpoints.write_parameter_overview(ctx.workdir, stage.name,
-                                                      state.params))
+  checkpoints.write_parameter_overview(ctx.workdir, stage.name, state.params)
   teacher = (sharding.replicate(teacher_params, ctx.mesh)
              if stage.is_distillation else None)
   train_steps, key = _compiled_update(ctx, stage, opt), stage_key(ctx, stage)
   step = int(jax.device_get(state.step))
   data = _train_batches(ctx, stage, step)
   writer, progress = stage_writer(ctx, stage), run_progress.stage(stage, step)
-  writer.write_hparams(config, stage.name,
-                       stages.stage_hparams(config, stage))
+  writer.write_hparams(config, stage.name, stages.stage_hparams(config, stage))
   guard, evals = _DivergenceGuard(config, stage), eval_loss.EvalLoss(ctx, stage)
   every, log_every = train.checkpoint_every_steps, train.log_loss_every_steps
   poll, stop = preemption.Poll(train.checkpoint_every_secs), False
