@@ -169,6 +169,8 @@ def _bad_requests(workdir, student, released, conditional, tmp_path):
       (lambda: dd.load(workdir, num_steps=0), ['num_steps must be >= 1']),
       (lambda: dd.load(tmp_path / 'missing'), ['does not exist']),
       (lambda: dd.load(not_a_model), ['neither a training workdir']),
+      (lambda: dd.load(''), ["path=''", 'a training workdir']),
+      (lambda: dd.load(None), ['path=None', 'a training workdir']),
       (lambda: student.sample(4, labels=[0] * 4), ['unconditional']),
       (lambda: student.sample(4, num_steps=4),
        ['2-step distilled student', "model='teacher'"]),
@@ -197,7 +199,7 @@ def test_every_wrong_combination_is_one_error_type(workdir, student, released,
     with pytest.raises(dd.ModelError) as info:
       call()
     message = str(info.value)
-    assert '\n' not in message
+    assert '\n' not in message and message[:1].strip(), message
     for word in words:
       assert word in message, (word, message)
 

@@ -16,6 +16,7 @@ available. The device mesh is all devices.
 
 import functools
 import json
+import os
 
 from etils import epath
 import jax
@@ -77,6 +78,9 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
     A `Model`; `model.sample(n, seed=0)` draws uint8 images [n, H, W, C].
   """
   _check_args(model, num_steps)
+  if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
+    raise ModelError(f'path={path!r}: pass a training workdir, a file '
+                     'written by export, or an official checkpoint')
   path = paths.absolute_path(path)
   p = epath.Path(path)
   if not p.exists():
