@@ -71,6 +71,8 @@ def test_progress_lines_say_stage_k_of_n_and_eta(watched_run):
     assert 'step 2/4 (50%)' in first and 'measuring speed' in first
     assert re.search(r'step 4/4 \(100%\), loss [0-9.e-]+, \d+ images/s, '
                      r'stage ETA \d+s, run ETA ~?\d+s', last), last
+  # The teacher's steps as the summary table gives them (its sampler's).
+  assert 'base: 4 updates, sampler steps 8' in output
   # The teacher's rate stands in for the students' until one is measured.
   assert 'run ETA ~' in lines[1] and lines[1].endswith('(estimate)')
   assert not lines[-1].endswith('(estimate)')

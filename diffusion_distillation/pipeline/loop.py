@@ -188,7 +188,7 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
   poll, stop = preemption.Poll(train.checkpoint_every_secs), False
   skipped = jnp.zeros((), jnp.float32) if opt.skip_nonfinite else None
   logging.info('%s: %d updates, sampler steps %d', stage.name,
-               stage.num_updates, stage.num_sample_steps)
+               stage.num_updates, grid_steps(config, stage))
   try:
     while step < stage.num_updates and not stop:
       n = min(train.substeps, stage.num_updates - step, every - step % every)
