@@ -197,6 +197,36 @@ def test_digits_evaluation(digits_workdir, cache_dir, monkeypatch, capsys):
   assert '| steps | distilled | teacher ancestral |' in md
 
 
+def test_an_interrupted_evaluation_keeps_the_previous_results(
+    digits_workdir, cache_dir, monkeypatch):
+  out = Path(digits_workdir) / 'eval'
+  kwargs = dict(samplers='ddim', teacher_steps='none', num_samples=8,
+                cache_dir=cache_dir, print_table=False)
+  evaluate.run_evaluation(digits_workdir, **kwargs)
+  before = {name: (out / name).read_bytes() for name in (
+      report.RESULTS_JSON, report.RESULTS_MD, report.PLOT_PNG)}
+  scored = evaluate._evaluate_row
+  calls = []
+
+  def interrupted(*args, **kw):
+    if calls:
+      raise KeyboardInterrupt  # Ctrl-C during the second row
+    calls.append(1)
+    return scored(*args, **kw)
+
+  monkeypatch.setattr(evaluate, '_evaluate_row', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    evaluate.run_evaluation(digits_workdir, **{**kwargs, 'seed': 1})
+  assert {name: (out / name).read_bytes() for name in before} == before
+  partial = json.loads((out / report.PARTIAL_JSON).read_text())
+  assert not partial['complete'] and len(partial['rows']) == 1
+  assert not [p.name for p in out.iterdir() if p.name.endswith('.tmp')]
+  monkeypatch.setattr(evaluate, '_evaluate_row', scored)
+  evaluate.run_evaluation(digits_workdir, **kwargs)  # complete: replaces them
+  assert not (out / report.PARTIAL_JSON).exists()
+  assert not (out / report.PARTIAL_MD).exists()
+
+
 def test_bad_requests(digits_workdir, cache_dir, tmp_path, monkeypatch):
   run = lambda **kw: evaluate.run_evaluation(digits_workdir,
                                              cache_dir=cache_dir, **kw)

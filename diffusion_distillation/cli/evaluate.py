@@ -16,9 +16,10 @@ number; `--metric=inception` (FID against the train split, and IS) uses the
 once into `<cache_dir>/inception/` (from `$DD_INCEPTION_URL`, default the
 official archive).
 
-Process 0 writes WORKDIR/eval/results.json, results.md and
-quality_vs_steps.png, rewritten after every row (`complete` turns true at the
-end). Metric caches live in `--cache_dir`, else `$DD_CACHE_DIR`, else
+Process 0 writes the rows so far to WORKDIR/eval/results.partial.json and
+results.partial.md after every row, and at the end results.json, results.md
+and quality_vs_steps.png (each renamed into place whole): an interrupted
+evaluation keeps the previous complete results. Metric caches live in `--cache_dir`, else `$DD_CACHE_DIR`, else
 `$XDG_CACHE_HOME/diffusion_distillation` (default
 `~/.cache/diffusion_distillation`); delete a file to recompute it.
 """

@@ -166,7 +166,7 @@ def _evaluate_rows(workdir, loaded, settings, specs, scorer, results,
     if last:
       results.update(complete=True, seconds=round(time.time() - t_start, 1))
     if write:  # after every row: an interrupted run keeps what it measured
-      report.write_results(workdir, results, plot=last)
+      report.write_results(workdir, results)
 
 
 def _finite_or_none(value):

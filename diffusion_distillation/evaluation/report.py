@@ -1,8 +1,15 @@
 """An evaluation's output files under WORKDIR/eval.
 
-    results.json        rows + metadata (`complete` turns true at the end)
+    results.json        rows + metadata of the last complete evaluation
     results.md          Markdown tables (main metric and IS)
     quality_vs_steps.png
+    results.partial.json, results.partial.md
+                        the rows of the evaluation under way (`complete`
+                        false), replaced by the three above at its end
+
+So an interrupted evaluation keeps the previous complete results, and what
+reads results.json (`quality_claims`, the notebook) never sees a partial one.
+Each file is written under a temporary name and renamed.
 """
 
 import io
@@ -14,6 +21,8 @@ from etils import epath
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
 PLOT_PNG = 'quality_vs_steps.png'
+PARTIAL_JSON = 'results.partial.json'
+PARTIAL_MD = 'results.partial.md'
 # Plot the main metric on a log axis when its largest value exceeds the
 # smallest by this factor.
 _LOG_Y_SPREAD = 20.0
@@ -142,15 +151,30 @@ def plot_png(results: dict) -> bytes:
   return buf.getvalue()
 
 
-def write_results(workdir, results: dict,
-                  plot: bool = True) -> dict[str, epath.Path]:
-  """results.json, results.md and (with `plot`) the plot under WORKDIR/eval."""
+def _write_whole(path: epath.Path, data: bytes):
+  partial = path.parent / f'.{path.name}.tmp'
+  partial.write_bytes(data)
+  partial.replace(path)
+
+
+def write_results(workdir, results: dict) -> dict[str, epath.Path]:
+  """The files of `results` under WORKDIR/eval: the partial ones while it is
+  not complete, else the final ones (and the partial ones removed)."""
   out = epath.Path(workdir) / 'eval'
   out.mkdir(parents=True, exist_ok=True)
+  text = lambda: json.dumps(results, indent=2) + '\n'
+  if not results.get('complete'):
+    paths = dict(json=out / PARTIAL_JSON, markdown=out / PARTIAL_MD)
+    _write_whole(paths['json'], text().encode())
+    _write_whole(paths['markdown'], format_markdown(results).encode())
+    return paths
   paths = dict(json=out / RESULTS_JSON, markdown=out / RESULTS_MD,
                plot=out / PLOT_PNG)
-  paths['json'].write_text(json.dumps(results, indent=2) + '\n')
-  paths['markdown'].write_text(format_markdown(results))
-  if plot:
-    paths['plot'].write_bytes(plot_png(results))
+  files = {paths['json']: text().encode(),
+           paths['markdown']: format_markdown(results).encode(),
+           paths['plot']: plot_png(results)}  # all made before any is written
+  for path, data in files.items():
+    _write_whole(path, data)
+  for name in (PARTIAL_JSON, PARTIAL_MD):
+    (out / name).unlink(missing_ok=True)
   return paths
