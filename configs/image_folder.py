@@ -1,4 +1,4 @@
-r"""Your own images: a folder of PNG / JPEG / WebP files, teacher + distillation.
+r"""Your own images: a folder of PNG / JPEG / WebP files; teacher, distillation.
 
 Trains a teacher on the images below `dataset.path` (read recursively, central
 square crop resized to `dataset.image_size`), then distills its 1024-step DDIM

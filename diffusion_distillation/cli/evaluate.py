@@ -19,7 +19,8 @@ official archive).
 Process 0 writes the rows so far to WORKDIR/eval/results.partial.json and
 results.partial.md after every row, and at the end results.json, results.md
 and quality_vs_steps.png (each renamed into place whole): an interrupted
-evaluation keeps the previous complete results. Metric caches live in `--cache_dir`, else `$DD_CACHE_DIR`, else
+evaluation keeps the previous complete results. Metric caches live in
+`--cache_dir`, else `$DD_CACHE_DIR`, else
 `$XDG_CACHE_HOME/diffusion_distillation` (default
 `~/.cache/diffusion_distillation`); delete a file to recompute it.
 """

@@ -24,7 +24,8 @@ from diffusion_distillation.config.validation import validate_config
 from diffusion_distillation.config.validation import validate_model
 
 __all__ = [
-    'ConfigError', 'FIELDS', 'METRIC_VALUES', 'METRICS', 'OPTIMIZERS', 'Rerun', 'add_section',
+    'ConfigError', 'FIELDS', 'METRIC_VALUES', 'METRICS', 'OPTIMIZERS', 'Rerun',
+    'add_section',
     'check_rerun', 'complete', 'default_config', 'flat_fields',
     'read_saved_config', 'validate_config', 'validate_model',
 ]

@@ -52,7 +52,8 @@ from diffusion_distillation.data.tfds import TFDSDataset
 
 __all__ = [
     'Batch', 'CIFAR10', 'DATASET_NAMES', 'Dataset', 'Digits', 'ImageFolder',
-    'ImageFolderError', 'ImageNet', 'INDEX_FILE', 'LSUN', 'SIZED_DATASETS', 'SOURCES',
+    'ImageFolderError', 'ImageNet', 'INDEX_FILE', 'LSUN', 'SIZED_DATASETS',
+    'SOURCES',
     'TFDSBuilder', 'TFDSDataset', 'from_config', 'get_dataset',
     'import_tensorflow', 'shape_of',
 ]

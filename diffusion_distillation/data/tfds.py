@@ -14,8 +14,8 @@ Distillation code:
 Where the examples are read from (memory, array_record records, or a tf.data
 stream) and why that makes resume exact: `TFDSDataset`, `tfds_readers`.
 
-TensorFlow and TFDS are imported lazily (`data.tensorflow`), on the first use of one of these data
-sets, so that importing this module (or using the digits data set) never pays
+TensorFlow and TFDS are imported lazily (`data.tensorflow`), on the first use
+of one of these data sets, so that importing this module (or using the digits data set) never pays
 for, or touches the GPU through, TensorFlow. TensorFlow is always hidden from
 the GPUs. They are the package's `tfds` extra (`pip install
 'diffusion_distillation[tfds]'`); asking for one of these data sets without
@@ -54,7 +54,7 @@ def decode_and_central_square_crop(jpeg: Any) -> Any:
 
 SOURCES = ('auto', 'memory', 'random_access', 'tf_data')
 # `source='auto'` reads a split into host memory up to this many bytes (as
-# stored: encoded JPEGs for ImageNet and LSUN). CIFAR-10's train split is 130 MB.
+# stored: encoded JPEGs for ImageNet and LSUN). CIFAR-10's train split: 130 MB.
 MEMORY_LIMIT_BYTES = 4 * 2**30
 
 
@@ -132,7 +132,8 @@ class TFDSDataset(base.IndexedDataset):
   def _examples(self, split, indices):
     records = self._reader(split).read(indices)
     if self.encoded_images:
-      images = readers.map_threads(self._preprocess_one, records[self.image_key])
+      images = readers.map_threads(self._preprocess_one,
+                                   records[self.image_key])
     else:
       images = np.asarray(records[self.image_key], np.float32)
     if self.class_conditional:

@@ -52,9 +52,11 @@ def open_split(name: str, split: str, *, data_dir: Optional[str], source: str,
   """The `Reader` of TFDS `name`'s `split`, from `source` (or chosen: auto)."""
   _, tfds = _tfds()
   builder = tfds.builder(name, data_dir=data_dir)
+  label = f'{name}/{split}'
+  if source != 'tf_data':  # (tf.data's tfds.load prepares it itself)
+    builder.download_and_prepare()  # once: then the split's size is known
   if source == 'auto':
     source = _auto_source(builder, split, memory_limit)
-  label = f'{name}/{split}'
   if source == 'memory':
     return _memory_reader(builder, label, split, decoders, keys)
   if source == 'random_access':
@@ -73,14 +75,14 @@ def _auto_source(builder, split: str, memory_limit: int) -> str:
   _, tfds = _tfds()
   try:
     stored = builder.info.splits[split].num_bytes
-  except (KeyError, ValueError):  # not prepared yet: its size is unknown
+  except (KeyError, ValueError):  # no split metadata (TFDS's mock data)
     stored = None
   if stored is not None and stored <= memory_limit:
     return 'memory'
   if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     return 'random_access'
   if stored is None:
-    return 'memory'  # prepared by the first read; small data sets are usual
+    return 'memory'
   return 'tf_data'
 
 
@@ -89,7 +91,6 @@ def _memory_reader(builder, label, split, decoders, keys) -> Reader:
   150 MB; encoded images are held as their bytes)."""
   tf, tfds = _tfds()
   t0 = time.time()
-  builder.download_and_prepare()
   ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
   ds = ds.map(lambda ex: {k: ex[k] for k in keys}).batch(4096)
   parts = list(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
@@ -111,7 +112,6 @@ def _nbytes(array: np.ndarray) -> int:
 
 def _random_access_reader(builder, label, split, decoders, keys) -> Reader:
   """Single records of an array_record data set (`tfds.data_source`)."""
-  builder.download_and_prepare()
   source = builder.as_data_source(split=split, decoders=decoders)
   logging.info('%s: %d examples, read by index (array_record)', label,
                len(source))

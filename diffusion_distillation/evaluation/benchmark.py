@@ -116,7 +116,8 @@ def input_pipeline(config, *, batches: int = 50,
   config_lib.validate_config(config)
   dataset = data_lib.from_config(config)
   it = dataset.train_batches(global_batch_size=config.train.batch_size,
-                             seed=config.seed, process_index=jax.process_index(),
+                             seed=config.seed,
+                             process_index=jax.process_index(),
                              process_count=jax.process_count())
   t0 = time.perf_counter()
   next(it)
