@@ -5,14 +5,39 @@ a flag, a config field or a Python call is resolved once, against the current
 directory, when it comes in.
 """
 
+import importlib.util
 import os
 
+from diffusion_distillation.errors import UserError
+
 CACHE_ENV = 'DD_CACHE_DIR'
+# etils.epath reads gs:// through TensorFlow's gfile when it is installed,
+# else through gcsfs (the `gcs` extra).
+GCS_BACKENDS = ('gcsfs', 'tensorflow')
+
+
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ValueError:  # a module set to None in sys.modules
+    return False
+
+
+def check_url_support(path):
+  """Refuses a gs:// path when nothing that reads gs:// is installed (epath
+  would raise ImportError at the first access), naming the extra."""
+  if str(path).startswith('gs://') and not any(map(_installed, GCS_BACKENDS)):
+    raise UserError(f"{path}: gs:// paths need the gcs extra: pip install "
+                    "'diffusion_distillation[gcs]'")
 
 
 def absolute_path(path):
-  """`path` made absolute if it is local; `gs://...` and empty values as is."""
-  if not path or '://' in str(path):
+  """`path` made absolute if it is local; `gs://...` and empty values as is
+  (a gs:// path checked by `check_url_support`)."""
+  if not path:
+    return path
+  if '://' in str(path):
+    check_url_support(path)
     return path
   return os.path.abspath(os.path.expanduser(str(path)))
 

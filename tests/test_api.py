@@ -152,6 +152,48 @@ def test_a_released_imagenet_model_takes_shape_and_classes_from_config(
       dd.config_names())
 
 
+_SMALL_CIFAR = """
+from diffusion_distillation.api import configs
+
+def get_config():
+  config = configs.resolve_config('cifar10_distill')  # a TFDS data set
+  config.model.args.update(ch=32, emb_ch=32, ch_mult=(1,), num_res_blocks=1,
+                           attn_resolutions=(), num_heads=1, head_dim=None)
+  return config
+"""
+_NO_TENSORFLOW = "raise ImportError('TensorFlow is not installed (test)')\n"
+_LOAD = """
+import sys, diffusion_distillation as dd
+model = dd.load(sys.argv[1], config=sys.argv[2])
+print(model.sample(2, seed=0).shape, model.image_shape)
+"""
+
+
+def test_a_released_checkpoint_samples_without_tensorflow(tmp_path):
+  """`dd.load(file, config=...)` and `sample --checkpoint` take a TFDS data
+  set's shapes from the config: no TensorFlow, no data."""
+  (tmp_path / 'small_cifar.py').write_text(_SMALL_CIFAR)
+  for module in ('tensorflow', 'tensorflow_datasets'):
+    (tmp_path / 'blocked' / module).mkdir(parents=True)
+    (tmp_path / 'blocked' / module / '__init__.py').write_text(_NO_TENSORFLOW)
+  config = configs.resolve_config(str(tmp_path / 'small_cifar.py'))
+  model = model_lib.DiffusionModel.from_config(config, (32, 32, 3), 1)
+  file = official_checkpoints.write_official_checkpoint(
+      tmp_path / 'cifar_4', random_params(model, seed=0), 4)
+  env = dict(subprocess_env(), PYTHONPATH=str(tmp_path / 'blocked'))
+  run = lambda *args: subprocess.run(args, env=env, capture_output=True,
+                                     text=True, timeout=300, check=False)
+  done = run(PYTHON, '-c', _LOAD, file, str(tmp_path / 'small_cifar.py'))
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.split('\n')[-2] == '(2, 32, 32, 3) (32, 32, 3)'
+  done = run(PYTHON, '-m', 'diffusion_distillation.sample',
+             f'--checkpoint={file}', f'--config={tmp_path / "small_cifar.py"}',
+             '--num_samples=2', f'--output={tmp_path / "s.npz"}')
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert np.load(tmp_path / 's.npz')['images'].shape == (2, 32, 32, 3)
+  assert 'TensorFlow is not installed' not in done.stderr
+
+
 def _bad_requests(workdir, student, released, conditional, tmp_path):
   """(call, words the message must hold), for every wrong combination."""
   file, config_file = released
@@ -189,6 +231,11 @@ def _bad_requests(workdir, student, released, conditional, tmp_path):
        ['label 1000 is out of range', '1000 classes', '0..999']),
       (lambda: cond().sample(4, labels=[1, 2, 3]), ['3 labels for 4 samples']),
       (lambda: cond().sample(2, labels=['a', 'b']), ['integer class ids']),
+      (lambda: dd.load(workdir, num_steps=1).sample(2, sampler='stochastic'),
+       ["sampler='stochastic' needs 2 or more steps", "sampler='ddim'"]),
+      *[(lambda s=seed: student.sample(2, seed=s),
+         [f'seed={seed!r}', 'integer in [-2**63, 2**63 - 1]'])
+        for seed in (2**63, -2**63 - 1, 1.5, 3.0, '3', None, True)],
   ]
 
 
@@ -202,6 +249,65 @@ def test_every_wrong_combination_is_one_error_type(workdir, student, released,
     assert '\n' not in message and message[:1].strip(), message
     for word in words:
       assert word in message, (word, message)
+
+
+def test_every_integer_seed_is_its_own(student):
+  """Was: seeds taken mod 2**32 (2**32 drew seed 0's images, -1 those of
+  2**32 - 1) and 2**63 an OverflowError."""
+  draw = lambda seed: student.sample(2, seed=seed).tobytes()
+  seeds = (0, 2**32, -1, 2**32 - 1, 2**63 - 1, -2**63, np.int64(7))
+  assert len({draw(s) for s in seeds}) == len(seeds)
+  assert draw(np.int64(7)) == draw(7)
+
+
+@pytest.mark.parametrize('steps,sampler', [(2, 'ddim'), (2, 'stochastic'),
+                                           (3, 'ancestral')])
+def test_an_image_depends_on_its_seed_and_index_only(workdir, steps, sampler):
+  """Was: `batch_size=7` and the default shared only their first 7 images."""
+  model = dd.load(workdir, num_steps=steps,
+                  model='teacher' if sampler == 'ancestral' else None)
+  every = model.sample(20, seed=5, sampler=sampler)
+  np.testing.assert_array_equal(
+      model.sample(20, seed=5, batch_size=7, sampler=sampler), every)
+  np.testing.assert_array_equal(model.sample(3, seed=5, sampler=sampler),
+                                every[:3])
+  assert len({image.tobytes() for image in every}) == 20
+
+
+def test_labels_do_not_change_the_noise_of_other_images(conditional):
+  model = dd.load(conditional[0], config=conditional[1])
+  both = model.sample(2, seed=0, labels=[867, 2], batch_size=1)
+  np.testing.assert_array_equal(both[1:],
+                                model.sample(2, seed=0, labels=[5, 2])[1:])
+
+
+_TWO_DEVICES = """
+import sys, numpy as np, diffusion_distillation as dd, jax
+assert jax.device_count() == 2
+np.save(sys.argv[2], dd.load(sys.argv[1], num_steps=2).sample(
+    5, seed=3, batch_size=3, sampler='stochastic'))
+"""
+
+
+def test_the_same_images_on_two_devices(workdir, student, tmp_path):
+  """Was: 5 images in batches of 3 padded to 4 (2 devices) drew other
+  noise than on 1 device."""
+  out = tmp_path / 'two.npy'
+  done = subprocess.run([PYTHON, '-c', _TWO_DEVICES, workdir, str(out)],
+                        env=subprocess_env(num_devices=2), capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  np.testing.assert_array_equal(
+      np.load(out), student.sample(5, seed=3, sampler='stochastic'))
+
+
+def test_a_gs_path_without_the_gcs_extra(monkeypatch):
+  """Was: ImportError('Please install gcsfs ...') from etils."""
+  from diffusion_distillation import paths  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(paths, '_installed', lambda module: False)
+  with pytest.raises(dd.ModelError, match=r"^gs://b/m: gs:// paths need the "
+                     r"gcs extra: pip install 'diffusion_distillation\[gcs\]'$"):
+    dd.load('gs://b/m', config='cifar10')
 
 
 def test_an_unrecorded_step_count_must_be_given(student, tmp_path):

@@ -16,6 +16,7 @@ PACKAGE = 'diffusion_distillation'
 # -> pipeline -> evaluation -> command line.
 LAYERS = {
     'errors': 0,
+    'files': 0,
     'paths': 0,
     'diffusion': 1,
     'parallel': 1,

@@ -92,3 +92,22 @@ def test_a_ctrl_c_that_python_would_drop_still_ends_the_program(
   common._on_unraisable(lambda u: exits.append('passed on'),  # pylint: disable=protected-access
                         types.SimpleNamespace(exc_type=ValueError))
   assert exits == [130, 'passed on']
+
+
+@pytest.mark.parametrize('api,cli', [
+    ('which student? pass num_steps; available: 1, 2',
+     'which student? pass --num_steps; available: 1, 2'),
+    ("pass num_steps=4 (or leave it out), or model='teacher' for any",
+     'pass --num_steps=4 (or leave it out), or --model=teacher for any'),
+    ('the config it pairs with (config=NAME or a file)',
+     'the config it pairs with (--config=NAME or a file)'),
+    ('it has its own config (config.json); leave out config',
+     'it has its own config (config.json); leave out --config'),
+    ('seed=-1: out of range', '--seed=-1: out of range'),
+    ("config.model.mean_type is 'eps'; --num_steps=3 stays",
+     "config.model.mean_type is 'eps'; --num_steps=3 stays"),
+])
+def test_api_messages_in_flag_words(api, cli):
+  """Was: the command-line tools printed the API's argument words."""
+  assert common.in_flag_words(api, ['num_steps', 'model', 'config',
+                                    'seed']) == cli

@@ -11,13 +11,16 @@ agreement between the files, the returned rows and independent computations.
 
 import json
 import math
+import os
 from pathlib import Path
+import shutil
 import subprocess
 
 import jax
 import numpy as np
 import pytest
 
+from diffusion_distillation import files
 from diffusion_distillation.evaluation import evaluate
 from diffusion_distillation.evaluation import report
 from diffusion_distillation.evaluation import scorers
@@ -29,6 +32,7 @@ from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import train_state
+from diffusion_distillation.pipeline import workdir_lock
 from diffusion_distillation.pipeline import workdirs
 
 from helpers import PYTHON
@@ -220,11 +224,42 @@ def test_an_interrupted_evaluation_keeps_the_previous_results(
   assert {name: (out / name).read_bytes() for name in before} == before
   partial = json.loads((out / report.PARTIAL_JSON).read_text())
   assert not partial['complete'] and len(partial['rows']) == 1
-  assert not [p.name for p in out.iterdir() if p.name.endswith('.tmp')]
+  assert not [p.name for p in out.iterdir()
+              if p.name.startswith(files.TEMP_PREFIX)]
   monkeypatch.setattr(evaluate, '_evaluate_row', scored)
   evaluate.run_evaluation(digits_workdir, **kwargs)  # complete: replaces them
   assert not (out / report.PARTIAL_JSON).exists()
   assert not (out / report.PARTIAL_MD).exists()
+
+
+def test_one_evaluation_at_a_time(digits_workdir, cache_dir):
+  """Was: two evaluations raced over WORKDIR/eval."""
+  with workdir_lock.hold(Path(digits_workdir) / 'eval'):
+    with pytest.raises(workdir_lock.WorkdirInUseError, match=(
+        rf'^{digits_workdir}/eval is in use by process {os.getpid()} on host '
+        '.*; wait for it or stop it$')):
+      evaluate.run_evaluation(digits_workdir, samplers='ddim',
+                              teacher_steps='none', cache_dir=cache_dir)
+
+
+def test_a_deleted_stage_is_reported(digits_workdir, cache_dir, tmp_path,
+                                     caplog):
+  """Was: one row fewer, without a word."""
+  workdir = tmp_path / 'wd'
+  shutil.copytree(digits_workdir, workdir)
+  shutil.rmtree(checkpoints.stage_dir(workdir, 'distill_2'))
+  results = evaluate.run_evaluation(workdir, samplers='ddim',
+                                    teacher_steps='none', num_samples=8,
+                                    cache_dir=cache_dir, print_table=False)
+  assert _keys(results) == [('distilled', 'ddim', 1)]
+  assert results['missing_students'] == [2]
+  assert ('NOT EVALUATED: the student(s) for 2 steps (their checkpoints are '
+          'missing)') in (workdir / 'eval' / report.RESULTS_MD).read_text()
+  assert ('stage distill_2 has no final checkpoint though later stages '
+          'finished') in caplog.text
+  with pytest.raises(workdirs.WorkdirError, match='no student distilled for '
+                     '2 steps in .*; its checkpoints are missing'):
+    workdirs.open_workdir(workdir).student_params(2)
 
 
 def test_bad_requests(digits_workdir, cache_dir, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ leave nothing behind.
 import os
 import subprocess
 
+from etils import epath
 from flax import serialization
 import numpy as np
 import pytest
@@ -85,8 +86,11 @@ def test_an_exported_file_describes_itself(exported, workdir):
 
 def test_exported_models_sample_the_workdirs_images(exported):
   cwd, _ = exported
-  ok(run(cwd, 'sample', '--checkpoint=out/student.dd', '--num_samples=6',
-         '--seed=5', '--output=native.npz'))
+  native = ok(run(cwd, 'sample', '--checkpoint=out/student.dd',
+                  '--num_samples=6', '--seed=5', '--output=native.npz'))
+  # Was: "Reading official checkpoint" for our own file.
+  assert 'Read the exported model' in native.stderr
+  assert 'official checkpoint' not in native.stderr
   ok(run(cwd, 'sample', '--checkpoint=student_official', '--config=config.py',
          '--num_samples=6', '--seed=5', '--output=official.npz'))
   expected = images_of(cwd / 'from_workdir.npz')
@@ -108,16 +112,65 @@ def test_an_exported_teacher_keeps_any_step_count(workdir, tmp_path):
 
 @pytest.mark.parametrize('args,message', [
     (['--num_steps=3', '--output=x.dd'], ['3 steps', '1, 2, 4']),
+    (['--output=x.dd'], ['pass --num_steps;', '1, 2, 4']),  # was: num_steps
     (['--num_steps=0', '--output=x.dd'], ['--num_steps', '0']),
     (['--num_steps=2', '--output=existing'], ['is a directory']),
+    # Was: silently replaced.
+    (['--num_steps=2', '--output=kept.dd'], ['kept.dd exists',
+                                     'pass --overwrite']),
     (['--num_steps=2', '--output=x.dd', '--format=onnx'], ['--format']),
 ])
 def test_export_refuses_bad_requests(workdir, tmp_path, args, message):
   (tmp_path / 'existing').mkdir()
+  (tmp_path / 'kept.dd').write_text('a file the user keeps')
   before, cwd = snapshot(workdir), snapshot(tmp_path)
   assert_rejected(run(tmp_path, 'export', f'--workdir={workdir}', *args),
                   *message)
   assert snapshot(workdir) == before and snapshot(tmp_path) == cwd
+
+
+def test_export_replaces_a_file_only_when_asked(exported, tmp_path):
+  cwd, _ = exported
+  target = tmp_path / 'student.dd'
+  target.write_text('old')
+  student = dd.load(cwd / 'out/student.dd')
+  with pytest.raises(dd.ModelError, match='exists; pass overwrite=True'):
+    student.export(target)
+  assert target.read_text() == 'old'
+  student.export(target, overwrite=True)
+  assert dd.load(target).num_steps == 2
+
+
+def test_a_failed_export_leaves_no_file(exported, tmp_path, monkeypatch):
+  """Was: `NAME.tmp` left behind when the write failed."""
+  cwd, _ = exported
+  student = dd.load(cwd / 'out/student.dd')
+
+  def disk_full(self, data):  # pylint: disable=unused-argument
+    with self.open('wb') as f:
+      f.write(b'half')
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(type(epath.Path(tmp_path)), 'write_bytes', disk_full)
+  with pytest.raises(OSError, match='No space left'):
+    student.export(tmp_path / 'student.dd')
+  assert not os.listdir(tmp_path)
+
+
+def test_an_exported_file_is_loaded_as_what_it_holds(exported, workdir,
+                                                    tmp_path):
+  """Was: `model='teacher'` returned the 2-step student labelled teacher."""
+  cwd, _ = exported
+  with pytest.raises(dd.ModelError, match=(
+      r'holds the 2-step distilled student \(written by export\), not a '
+      "teacher model; leave out model, or export the workdir's teacher")):
+    dd.load(cwd / 'out/student.dd', model='teacher')
+  dd.load(workdir, model='teacher').export(tmp_path / 'teacher.dd')
+  with pytest.raises(dd.ModelError, match='holds a teacher'):
+    dd.load(tmp_path / 'teacher.dd', model='distilled')
+  with pytest.raises(dd.ModelError, match=r'pass num_steps=2 \(or leave it '
+                     r'out\)$'):  # no advice to load it as a teacher
+    dd.load(cwd / 'out/student.dd', num_steps=4)
 
 
 def test_export_needs_a_workdir(tmp_path):
@@ -135,11 +188,17 @@ def test_sample_refuses_bad_requests(exported, workdir):
        ['exactly one of --workdir', '--checkpoint']),
       ([], ['exactly one of --workdir']),
       (['--checkpoint=out/student.dd', '--config=digits'],
-       ['own config', 'leave out config']),
+       ['own config', 'leave out --config']),
       ([f'--workdir={workdir}', '--num_steps=2', '--labels=1,2'],
        ['unconditional']),
       (['--checkpoint=out/student.dd', '--labels=1,x'], ['--labels=1,x',
                                                          'integer']),
+      # Was: the API's words (`pass num_steps`, `config=NAME`).
+      (['--checkpoint=out/student.dd', '--num_steps=4'],
+       ['pass --num_steps=2 (or leave it out)']),
+      (['--checkpoint=student_official'], ['(--config=NAME or a config file']),
+      (['--checkpoint=out/student.dd', '--seed=9223372036854775808'],
+       ['--seed=9223372036854775808: out of range', '[-2**63, 2**63 - 1]']),
   ]:
     assert_rejected(run(cwd, 'sample', *args, '--output=bad.npz'), *message)
   assert snapshot(cwd) == before

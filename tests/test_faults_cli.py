@@ -11,6 +11,7 @@ runs them.
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -153,6 +154,30 @@ def test_a_corrupt_config_json_is_one_line_naming_it(module, workdir_copy,
   assert_rejected(result, f'error: {config_json}: not valid JSON',
                   'new --workdir')
   assert snapshot(workdir_copy) == before
+
+
+@pytest.mark.parametrize('deleted', ['arrays', 'state'])
+def test_a_deleted_checkpoint_directory_is_one_line(deleted, workdir_copy,
+                                                    tmp_path):
+  """Was: TensorStore's nested status text, then a traceback of `Event loop
+  is closed` per array that was still being read."""
+  state = workdir_copy / 'checkpoints' / 'distill_2' / '4' / 'state'
+  for path in ([state / 'd', state / 'ocdbt.process_0']
+               if deleted == 'arrays' else [state]):
+    shutil.rmtree(path)
+  result = run_module('sample', f'--workdir={workdir_copy}', '--num_steps=2',
+                      f'--output={tmp_path / "s.npz"}')
+  lines = [l for l in result.stderr.splitlines() if not l.startswith(
+      ('I1', 'W1', 'I0', 'W0'))]  # absl log lines
+  assert len(lines) == 1 and result.returncode == 2, result.stderr[-3000:]
+  expected = {
+      'arrays': r'NOT_FOUND: cannot read \S+/distill_2/4/state/d/\w+ \(a '
+                'file of the checkpoint is missing or damaged\)',
+      'state': "its 'state' item is missing",
+  }[deleted]
+  assert re.fullmatch(
+      rf'error: reading checkpoint \S+/distill_2/4 failed: {expected}; rerun '
+      'the training command to repair the stage', lines[0]), lines[0]
 
 
 # ---------------------------------------------------------------- one run per workdir

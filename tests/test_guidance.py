@@ -230,7 +230,8 @@ def _hand_stochastic(model_fn, z, num_steps, rng):
     eps = (z - alpha_t * x) / sigma_t
     z_u = alpha_u * x + sigma_u * eps
     ratio = alpha_s / alpha_u
-    noise = jax.random.normal(jax.random.fold_in(rng, i), z.shape)
+    noise = jnp.stack([jax.random.normal(jax.random.fold_in(key, i),
+                                         z.shape[1:]) for key in rng])
     z = ratio * z_u + jnp.sqrt(sigma_s ** 2 - ratio ** 2 * sigma_u ** 2) * noise
 
 
@@ -238,7 +239,7 @@ def _hand_stochastic(model_fn, z, num_steps, rng):
 def test_stochastic_sampler_matches_the_hand_computation(num_steps):
   model_fn = lambda z, logsnr: jnp.tanh(z) * 0.9
   z = jax.random.normal(jax.random.PRNGKey(2), (2, 2, 2, 1))
-  rng = jax.random.PRNGKey(3)
+  rng = jax.random.split(jax.random.PRNGKey(3), 2)  # a key per image
   got = sampling.sample_loop(model_fn, z, num_steps=num_steps,
                              logsnr_schedule_fn=SCHEDULE, mean_type='x',
                              sampler='stochastic', rng=rng)

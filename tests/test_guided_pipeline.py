@@ -112,6 +112,17 @@ def test_sample_at_a_guidance_strength(guided_workdir, tmp_path, flags):
     again = model.sample(3, labels=[1, 5, 9], sampler='stochastic',
                          guidance=2.)
     np.testing.assert_array_equal(images, again)
+    # Each image from (seed, index): any batch size, any prefix.
+    np.testing.assert_array_equal(
+        model.sample(3, labels=[1, 5, 9], sampler='stochastic', guidance=2.,
+                     batch_size=2), images)
+    np.testing.assert_array_equal(
+        model.sample(2, labels=[1, 5], sampler='stochastic', guidance=2.),
+        images[:2])
+    teacher = loading.from_workdir(str(workdir), num_steps=3, model='teacher')
+    np.testing.assert_array_equal(
+        teacher.sample(3, labels=[1, 5, 9], guidance=2., batch_size=1),
+        teacher.sample(3, labels=[1, 5, 9], guidance=2.))
 
 
 def test_the_guidance_strength_changes_a_students_samples(guided_workdir):
@@ -121,7 +132,8 @@ def test_the_guidance_strength_changes_a_students_samples(guided_workdir):
   labels = jnp.arange(4, dtype=jnp.int32)
   # In float: a tiny run's w layers move samples by less than the uint8 step.
   draw = lambda w: np.asarray(student.generate(
-      params, jax.random.PRNGKey(0), labels, num_steps=1, guidance=w))
+      params, jax.random.split(jax.random.PRNGKey(0), 4), labels,
+      num_steps=1, guidance=w))
   assert np.abs(draw(0.) - draw(4.)).max() > 1e-3
 
 

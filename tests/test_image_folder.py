@@ -143,7 +143,7 @@ def test_the_index_is_written_and_reused_without_decoding(tmp_path,
   assert written['path'] == str(root) and len(written['entries']) == 10
   assert {'relpath', 'size', 'mtime', 'label', 'width', 'height', 'mode',
           'skipped'} <= set(written['entries'][0])
-  assert not (tmp_path / 'wd' / 'index.json.tmp').exists()
+  assert [p.name for p in (tmp_path / 'wd').iterdir()] == ['index.json']
   monkeypatch.setattr(Image, 'open', lambda *a, **k: 1 / 0)
   second = dataset(root, index_path=str(index))
   assert (second.num_train, second.num_eval) == (first.num_train,

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from diffusion_distillation import files
 from diffusion_distillation.evaluation.metrics import digits_classifier as dc
 from diffusion_distillation.evaluation.metrics import frechet
 
@@ -54,7 +55,7 @@ def test_cache_is_reused(classifier, cache_dir, monkeypatch):
   again = dc.load_or_train_digits_classifier(cache_dir / 'classifier.npz')
   assert again.fingerprint == classifier.fingerprint
   assert again.heldout_accuracy == classifier.heldout_accuracy
-  assert not [p for p in cache_dir.iterdir() if p.name.startswith('.tmp')]
+  assert not [p for p in cache_dir.iterdir() if p.name.startswith(files.TEMP_PREFIX)]
 
 
 def test_stale_cache_is_ignored(cache_dir, tmp_path):

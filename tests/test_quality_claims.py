@@ -3,7 +3,10 @@
 import json
 import subprocess
 
+import pytest
+
 from helpers import PYTHON, REPO
+from diffusion_distillation.errors import UserError
 from diffusion_distillation.evaluation import claims
 
 
@@ -31,17 +34,24 @@ def test_claims_fail():
       True, False]
 
 
-def test_missing_row_fails():
+def test_a_step_count_without_rows_is_refused_naming_what_there_is():
+  """Was: `null` claims (student and bound None) and exit status 1."""
   results = _results(3., 10., 2.)
-  results['rows'] = results['rows'][1:]
-  assert not any(c['holds'] for c in claims.check(results))
+  with pytest.raises(UserError, match=r'^steps=3: no 3-step student in the '
+                     r'results; evaluated students: 4$'):
+    claims.check(results, steps=3)
+  results['rows'] = [r for r in results['rows'] if r['steps'] != 4 or
+                     r['model'] == 'distilled']
+  with pytest.raises(UserError, match='no teacher DDIM row for 4 steps .*'
+                     r'--teacher_steps.*; teacher DDIM rows: 128$'):
+    claims.check(results)
 
 
-def _cli(workdir):
+def _cli(workdir, *args):
   return subprocess.run(
       [PYTHON, '-m', 'diffusion_distillation.quality_claims',
-       f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True,
-      timeout=120, check=False)
+       f'--workdir={workdir}', *args], cwd=REPO, capture_output=True,
+      text=True, timeout=120, check=False)
 
 
 def test_cli_exit_status(tmp_path):
@@ -62,3 +72,8 @@ def test_cli_exit_status(tmp_path):
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and 'diffusion_distillation.evaluate' in last
+
+  proc = _cli(tmp_path, '--steps=3')
+  assert (proc.returncode, proc.stdout, proc.stderr) == (
+      2, '', 'error: --steps=3: no 3-step student in the results; evaluated '
+      'students: 4\n')

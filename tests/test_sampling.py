@@ -40,7 +40,7 @@ def test_point_mass_is_recovered_for_any_step_count(sampler, mean_type):
     x = sampling.sample_loop(
         _perfect_denoiser(mean_type), z, num_steps=num_steps,
         logsnr_schedule_fn=SCHEDULE, mean_type=mean_type, sampler=sampler,
-        rng=jax.random.PRNGKey(1))
+        rng=jax.random.split(jax.random.PRNGKey(1), 3))
     np.testing.assert_allclose(x, np.broadcast_to(POINT, x.shape), atol=1e-4)
 
 

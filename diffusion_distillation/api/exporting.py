@@ -25,7 +25,7 @@ from diffusion_distillation.pipeline import official_checkpoints
 from diffusion_distillation.pipeline import workdir_lock
 
 FORMATS = ('native', 'official')
-DESCRIPTION_KEY = 'diffusion_distillation'
+DESCRIPTION_KEY = official_checkpoints.EXPORT_DESCRIPTION
 VERSION = 1
 
 
@@ -37,27 +37,34 @@ def description(model) -> dict:
           'num_classes': model.num_classes}
 
 
-def check_output_name(output) -> epath.Path:
-  """Refuses an output that is a directory (before any work)."""
+def check_output_name(output, overwrite: bool = False) -> epath.Path:
+  """Refuses an output that is a directory, or an existing file unless
+  `overwrite` (before any work)."""
   path = epath.Path(output)
   if path.is_dir():
-    raise ModelError(f'--output={output} is a directory; name a file')
+    raise ModelError(f'output={output} is a directory; name a file')
+  if path.exists() and not overwrite:
+    raise ModelError(f'output={output} exists; pass overwrite=True to '
+                     'replace it, or name another file')
   return path
 
 
-def check_output(output) -> epath.Path:
+def check_output(output, overwrite: bool = False) -> epath.Path:
   """`check_output_name`, and a write probe in its directory."""
-  path = check_output_name(output)
+  path = check_output_name(output, overwrite)
   workdir_lock.check_writable(path.parent,
-                              f'{path.parent} (the directory of --output)')
+                              f'{path.parent} (the directory of '
+                              f'output={output})')
   return path
 
 
-def write(model, output, format: str = 'native') -> epath.Path:  # pylint: disable=redefined-builtin
-  """Writes `model` (see `api.model.Model`) to the file `output`."""
+def write(model, output, format: str = 'native',  # pylint: disable=redefined-builtin
+          overwrite: bool = False) -> epath.Path:
+  """Writes `model` (see `api.model.Model`) to the file `output`, whole or
+  not at all; an existing file only with `overwrite`."""
   if format not in FORMATS:
     raise ModelError(f'format={format!r}: must be one of {FORMATS}')
-  path = check_output(output)
+  path = check_output(output, overwrite)
   params = sharding.to_host(model.params)
   if jax.process_index() != 0:
     return path

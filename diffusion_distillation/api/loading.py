@@ -14,6 +14,7 @@ Every wrong combination raises `ModelError`, whose message says what is
 available. The device mesh is all devices.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -29,6 +30,7 @@ from diffusion_distillation.api import exporting
 from diffusion_distillation.api import model as model_api
 from diffusion_distillation.api.model import KINDS
 from diffusion_distillation.api.model import Model
+from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import ModelError
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.models import diffusion_model as model_lib
@@ -50,6 +52,20 @@ def _one_error_type(fn):
       raise ModelError(str(e)) from None
 
   return wrapped
+
+
+@contextlib.contextmanager
+def _reading(path):
+  """Failures to read `path` as one ModelError line: ours (OSError,
+  ValueError) as they are, a file system's own (TensorFlow's gfile for
+  gs://, a network error) with its type."""
+  try:
+    yield
+  except (OSError, ValueError) as e:
+    raise ModelError(str(e)) from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelError(f'{path}: cannot read it ({type(e).__name__}: '
+                     f'{first_line(e)})') from None
 
 
 def _check_args(model, num_steps):
@@ -83,7 +99,9 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
                      'written by export, or an official checkpoint')
   path = paths.absolute_path(path)
   p = epath.Path(path)
-  if not p.exists():
+  with _reading(path):
+    exists = p.exists()
+  if not exists:
     raise ModelError(f'{path} does not exist')
   if p.is_dir() and (p / 'config.json').exists():
     return from_workdir(path, num_steps=num_steps, model=model, config=config)
@@ -139,6 +157,19 @@ def _exported_model(description: dict, config):
       config, tuple(description['data_shape']), description['num_classes'])
 
 
+def _exported_kind(file, state: dict, model) -> str:
+  """What an exported file holds; `model`, if given, must say the same."""
+  kind = state[exporting.DESCRIPTION_KEY]['model']
+  if model is not None and model != kind:
+    held = (f'the {state.get("num_sample_steps")}-step distilled student'
+            if kind == 'distilled' else 'a teacher')
+    raise ModelError(
+        f'{file} holds {held} (written by export), not a {model} model; '
+        f"leave out model, or export the workdir's {model} "
+        f'(export --model={model})')
+  return kind
+
+
 def _released_model(path, config):
   """(config, model) of a released checkpoint, from the config it pairs with."""
   if config is None:
@@ -156,7 +187,8 @@ def _released_model(path, config):
                                                       num_classes)
 
 
-def _file_steps(file, kind, num_steps, recorded, config) -> int:
+def _file_steps(file, kind, num_steps, recorded, config,
+                exported: bool) -> int:
   """The step count of a file's model: what it records, or what is asked."""
   if kind == 'teacher':
     return num_steps or recorded or config.model.eval_sampling_num_steps
@@ -168,8 +200,9 @@ def _file_steps(file, kind, num_steps, recorded, config) -> int:
   if recorded is not None and num_steps != recorded:
     raise ModelError(
         f'{file} holds the {recorded}-step distilled student, not a '
-        f'{num_steps}-step one; pass num_steps={recorded} (or leave it out), '
-        "or model='teacher' to sample it with any step count")
+        f'{num_steps}-step one; pass num_steps={recorded} (or leave it out)' +
+        ('' if exported else
+         ", or model='teacher' to sample it with any step count"))
   return num_steps
 
 
@@ -178,14 +211,12 @@ def from_checkpoint(path, num_steps=None, model=None, config=None) -> Model:
   """An exported file (no config) or a released checkpoint (with config)."""
   _check_args(model, num_steps)
   path = paths.absolute_path(path)
-  try:
+  with _reading(path):
     file, state = official_checkpoints.read_official_state(path)
-  except (OSError, ValueError) as e:
-    raise ModelError(str(e)) from None
   description = state.get(exporting.DESCRIPTION_KEY)
   if isinstance(description, dict):
     config, diffusion = _exported_model(description, config)
-    kind, source = model or description['model'], 'exported model'
+    kind, source = _exported_kind(file, state, model), 'exported model'
   else:
     config, diffusion = _released_model(path, config)
     kind, source = model or 'distilled', 'official checkpoint'
@@ -196,6 +227,7 @@ def from_checkpoint(path, num_steps=None, model=None, config=None) -> Model:
   except ValueError as e:
     advice = '' if description else '; is it the config it pairs with?'
     raise ModelError(f'{e}{advice}') from None
-  num_steps = _file_steps(file, kind, num_steps, recorded, config)
+  num_steps = _file_steps(file, kind, num_steps, recorded, config,
+                          exported=bool(description))
   return Model(diffusion, params, config=config, kind=kind,
                num_steps=num_steps, mesh=sharding.make_mesh(), source=path)

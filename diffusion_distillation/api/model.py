@@ -122,7 +122,7 @@ class Model:
     return float(guidance)
 
   def prepare(self, n: int, labels=None, num_steps=None, *,
-              sampler: str = 'ddim', guidance=None):
+              sampler: str = 'ddim', guidance=None, seed: int = 0):
     """(labels, num_steps) that `sample` would use; raises what it would.
 
     For callers that must refuse a request before any work (the `sample`
@@ -132,9 +132,15 @@ class Model:
     num_steps = self.steps_for(num_steps)
     if self.kind == 'distilled' and sampler not in STUDENT_SAMPLERS:
       raise generation.SampleError(
-          "distilled students sample with sampler='ddim' or 'stochastic' "
-          f'(--sampler=ddim|stochastic), not {sampler!r}')
+          "distilled students sample with sampler='ddim' or "
+          f"sampler='stochastic', not {sampler!r}")
+    if sampler == 'stochastic' and num_steps == 1:
+      raise generation.SampleError(
+          "sampler='stochastic' needs 2 or more steps (each step jumps two "
+          "and renoises one); with 1 step it would be DDIM: use "
+          "sampler='ddim'")
     self.guidance_for(guidance)
+    generation.seed_key(seed)
     return y, num_steps
 
   def sample(self, n: int, seed: int = 0, labels=None, num_steps=None, *,
@@ -144,7 +150,9 @@ class Model:
 
     Args:
       n: number of images.
-      seed: random seed; the images depend on it and on `batch_size` only.
+      seed: any integer in [-2**63, 2**63 - 1]. Image i depends on (seed, i)
+        and its label only: the first k of n images are `sample(k)`'s, at
+        any `batch_size` and device count.
       labels: one class id per image for a class-conditional model (default:
         0, 1, 2, ... cycling over the classes); None for an unconditional one.
       num_steps: a teacher's step count for this call (default: the model's
@@ -161,7 +169,7 @@ class Model:
       ModelError: a request this model cannot serve; the message says why.
     """
     y, num_steps = self.prepare(n, labels, num_steps, sampler=sampler,
-                                guidance=guidance)
+                                guidance=guidance, seed=seed)
     batch_size = _positive_int(batch_size, 'batch_size')
     logging.info('sampling %d images: %s, %s, %d steps', len(y), self.kind,
                  sampler, num_steps)
@@ -172,6 +180,6 @@ class Model:
         batch_size=batch_size, labels=y, guidance=self.guidance_for(guidance))
     return images
 
-  def export(self, output, format: str = 'native'):  # pylint: disable=redefined-builtin
+  def export(self, output, format: str = 'native', overwrite: bool = False):  # pylint: disable=redefined-builtin
     """Writes this model as one file; see `exporting.write`."""
-    return exporting.write(self, output, format)
+    return exporting.write(self, output, format, overwrite)

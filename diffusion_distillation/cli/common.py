@@ -212,6 +212,27 @@ def parse_flags_with_config(argv):
   return remaining
 
 
+def _our_flag_names() -> list[str]:
+  """The flags this package defines (not absl's own), longest first."""
+  names = [flag.name for module, defined in
+           flags.FLAGS.flags_by_module_dict().items()
+           if module.startswith('diffusion_distillation') for flag in defined]
+  return sorted(set(names), key=len, reverse=True)
+
+
+def in_flag_words(message: str, names) -> str:
+  """An API message in command-line words: `name=value`, `pass name` and
+  `leave out name` of the command's flags `names` become `--name=value`
+  (quotes dropped), `pass --name` and `leave out --name`."""
+  for name in names:
+    message = re.sub(rf"(?<![\w.-]){name}=(?:'([^']*)'|([^\s,;:)]+))",
+                     lambda m, n=name: f'--{n}={m.group(m.lastindex)}',
+                     message)
+    message = re.sub(rf'\b(pass|leave out) {name}\b(?![=.])',
+                     rf'\1 --{name}', message)
+  return message
+
+
 def fail(message: str):
   """Ends the program with `error: <message>` and exit status 2."""
   sys.stderr.write(f'error: {message}\n')
@@ -251,6 +272,16 @@ def _on_unraisable(previous_hook, unraisable):
     _end_interrupted()
     os._exit(130)  # pylint: disable=protected-access
   else:
+    _drop_abandoned_reads(previous_hook, unraisable)
+
+
+def _drop_abandoned_reads(previous_hook, unraisable):
+  """Drops TensorStore's callbacks of reads still in flight when a
+  checkpoint restore failed (orbax had closed its event loop): `Event loop
+  is closed`, once per array, after the one-line error, up to the
+  interpreter's exit. Noise, not news."""
+  if not (issubclass(unraisable.exc_type, RuntimeError) and
+          str(unraisable.exc_value) == 'Event loop is closed'):
     previous_hook(unraisable)
 
 
@@ -291,9 +322,10 @@ def run(main: Callable, flags_parser: Callable = parse_flags):
       compilation_cache.configure()
       return main(argv)
     except UserError as e:
+      message = in_flag_words(str(e), _our_flag_names())
       if watchdog.running():  # every process ends with this line
-        watchdog.fail(2, f'error: {e}')
-      fail(str(e))
+        watchdog.fail(2, f'error: {message}')
+      fail(message)
     except SystemExit as e:
       if getattr(e, 'exit_status', None) is None:
         raise
@@ -310,5 +342,6 @@ def run(main: Callable, flags_parser: Callable = parse_flags):
   except KeyboardInterrupt:
     _end_interrupted()
     sys.exit(130)
-  finally:
-    sys.unraisablehook = previous_hook
+  finally:  # abandoned reads report until the interpreter exits
+    sys.unraisablehook = functools.partial(_drop_abandoned_reads,
+                                           previous_hook)

@@ -34,14 +34,15 @@ def define_flags():
   flags.DEFINE_enum('format', 'native', list(exporting.FORMATS),
                     'native: self-describing; official: the layout of the '
                     'released checkpoints (reading it back needs --config).')
+  flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
 
 
 def main(argv):
   del argv  # checked by common.run
-  exporting.check_output_name(FLAGS.output)
+  exporting.check_output_name(FLAGS.output, FLAGS.overwrite)
   model = loading.from_workdir(FLAGS.workdir, num_steps=FLAGS.num_steps,
                                model=FLAGS.model)
-  path = model.export(FLAGS.output, FLAGS.format)
+  path = model.export(FLAGS.output, FLAGS.format, FLAGS.overwrite)
   read = ('dd.load(FILE) or sample --checkpoint=FILE' if FLAGS.format ==
           'native' else 'sample --checkpoint=FILE --config=CONFIG')
   print(f'wrote {path}: {model!r}, {FLAGS.format} format; read it with '

@@ -21,8 +21,8 @@ range; the teacher: two), and a student also with `--sampler=stochastic`.
 from absl import flags
 from etils import epath
 import jax
-import numpy as np
 
+from diffusion_distillation import files
 from diffusion_distillation import paths
 from diffusion_distillation.api import configs
 from diffusion_distillation.api import loading
@@ -37,12 +37,10 @@ FLAGS = flags.FLAGS
 def write_samples(output, samples, labels, conditional: bool):
   """Writes the .npz (images, and labels when conditional) and a PNG grid."""
   output = epath.Path(output)
-  output.parent.mkdir(parents=True, exist_ok=True)
   arrays = {'images': samples}
   if conditional:
     arrays['labels'] = labels
-  with output.open('wb') as f:
-    np.savez(f, **arrays)
+  files.savez(output, arrays)
   grid = output.with_suffix('.png')
   images.save_grid(grid, samples[:256],
                    scale=max(1, 64 // samples.shape[1]))
@@ -67,7 +65,7 @@ def sample_model(model, *, num_samples, seed: int, output, labels=None,
   from diffusion_distillation.pipeline import workdir_lock  # pylint: disable=g-import-not-at-top
   num_samples = num_samples or (len(labels) if labels else 64)
   used, _ = model.prepare(num_samples, labels, sampler=sampler,
-                          guidance=guidance)
+                          guidance=guidance, seed=seed)
   if jax.process_index() == 0:  # before sampling, not after
     parent = epath.Path(output).parent
     workdir_lock.check_writable(parent, f'{parent} (the directory of --output)')

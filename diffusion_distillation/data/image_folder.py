@@ -23,6 +23,7 @@ from etils import epath
 import numpy as np
 from PIL import Image
 
+from diffusion_distillation import files
 from diffusion_distillation.data import base
 from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import UserError
@@ -186,13 +187,7 @@ class ImageFolder(base.IndexedDataset):
         'labels_from_subfolders': self.labels_from_subfolders,
         'classes': self._class_names() if self.labels_from_subfolders else [],
         'entries': entries})
-    if '://' in self.index_path:  # object stores replace objects whole
-      epath.Path(self.index_path).write_text(text)
-    else:
-      os.makedirs(os.path.dirname(self.index_path) or '.', exist_ok=True)
-      with open(self.index_path + '.tmp', 'w') as f:
-        f.write(text)
-      os.replace(self.index_path + '.tmp', self.index_path)
+    files.write_text(self.index_path, text)
 
   def _use(self, readable: list[dict]) -> None:
     """Sets the splits, labels and memory cache of the readable entries."""

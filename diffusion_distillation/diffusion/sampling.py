@@ -52,7 +52,8 @@ def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
   step count. 'ddim' is deterministic; 'ancestral' draws from the posterior
   with the given `variance`; 'stochastic' (for distilled students) jumps to
   (i - 1) / N and renoises to i / N (`stochastic_step`). The noisy samplers
-  need `rng`.
+  need `rng`: one key per example, [B] (typed) or [B, 2] (raw), so that an
+  image's noise depends on its own key only, never on the batch it is in.
   """
   if sampler not in SAMPLERS:
     raise ValueError(f'unknown sampler {sampler!r}; known: {SAMPLERS}')
@@ -73,8 +74,8 @@ def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
       return jnp.where(i == 0, pred.x,
                        process.ddim_step(z_t, pred.x, logsnr_t, logsnr_s,
                                          pred.eps))
-    noise = jax.random.normal(jax.random.fold_in(rng, i), z_t.shape,
-                              z_t.dtype)
+    noise = jax.vmap(lambda key: jax.random.normal(  # pylint: disable=cell-var-from-loop
+        jax.random.fold_in(key, i), z_t.shape[1:], z_t.dtype))(rng)
     if sampler == 'ancestral':
       z_s = process.ancestral_step(z_t, pred.x, logsnr_t, logsnr_s, noise,
                                    variance)

@@ -7,6 +7,28 @@ N-step DDIM one and at most twice the teacher's best DDIM one (its most
 steps).
 """
 
+from diffusion_distillation.errors import UserError
+
+
+def _steps_of(rows, model: str) -> list[int]:
+  """The step counts of `model`'s DDIM rows, ascending."""
+  return sorted({r['steps'] for r in rows
+                 if (r['model'], r['sampler']) == (model, 'ddim')})
+
+
+def _check_rows(rows, steps: int):
+  """Refuses a check that the results cannot answer, naming what they hold."""
+  students, teachers = _steps_of(rows, 'distilled'), _steps_of(rows, 'teacher')
+  if steps not in students:
+    raise UserError(f'steps={steps}: no {steps}-step student in the results; '
+                    f'evaluated students: '
+                    f'{", ".join(map(str, students)) or "none"}')
+  if steps not in teachers:
+    raise UserError(f'steps={steps}: no teacher DDIM row for {steps} steps in '
+                    'the results (rerun evaluate with --teacher_steps '
+                    f'including {steps}); teacher DDIM rows: '
+                    f'{", ".join(map(str, teachers)) or "none"}')
+
 
 def _value(rows, metric, model, sampler, steps):
   for row in rows:
@@ -16,13 +38,17 @@ def _value(rows, metric, model, sampler, steps):
 
 
 def check(results: dict, steps: int = 4) -> list[dict]:
-  """The claims as records {claim, student, reference, bound, holds}."""
+  """The claims as records {claim, student, reference, bound, holds}.
+
+  Raises:
+    UserError: the results hold no `steps`-step student or teacher DDIM row.
+  """
   metric = results['metric_names'][0]  # the Frechet distance comes first
   rows = results['rows']
+  _check_rows(rows, steps)
   student = _value(rows, metric, 'distilled', 'ddim', steps)
   teacher_same = _value(rows, metric, 'teacher', 'ddim', steps)
-  best_steps = max(r['steps'] for r in rows
-                   if r['model'] == 'teacher' and r['sampler'] == 'ddim')
+  best_steps = _steps_of(rows, 'teacher')[-1]
   teacher_best = _value(rows, metric, 'teacher', 'ddim', best_steps)
   claims = [
       (f'{metric}(distilled, {steps} steps) <= 0.5 * '

@@ -4,7 +4,9 @@ Each row (`settings.plan_rows`) draws `num_samples` images with
 `generation.generate` (seeded, batched, sharded over all devices; every row
 uses the same seed, so rows share their initial noise) and scores them with
 the chosen metric (`scorers`). Process 0 rewrites the outputs (`report`) after
-every row, so an interrupted evaluation keeps what it measured.
+every row, so an interrupted evaluation keeps what it measured. One
+evaluation at a time per workdir: it holds `WORKDIR/eval/.lock` (a second
+one stops in one line naming the first).
 
 Every row has the same shapes and `generate` keeps one compiled sampler per
 (model, sampler) with the step count as data, so the evaluation compiles once
@@ -70,12 +72,20 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
       teacher_steps=teacher_steps, metric=metric,
       inception_path=inception_path, seed=seed, batch_size=batch_size,
       cache_dir=cache_dir, workdir=workdir)
-  if settings.metric == 'bpd':  # the teacher's likelihood, not its samples
-    return bpd.run_bpd(workdir, loaded, settings)
   specs = plan_rows(loaded.student_steps(), settings)
-  if not specs:
+  if not specs and settings.metric != 'bpd':
     raise EvalError('nothing to evaluate: no finished student and no teacher '
                     'step counts')
+  with workdir_lock.hold(epath.Path(workdir) / 'eval'):  # one at a time
+    if settings.metric == 'bpd':  # the teacher's likelihood, not its samples
+      return bpd.run_bpd(workdir, loaded, settings)
+    return _score_rows(workdir, loaded, settings, specs, t_start,
+                       print_table, inception_divisor)
+
+
+def _score_rows(workdir, loaded, settings, specs, t_start: float,
+                print_table: bool, inception_divisor: int) -> dict:
+  """Samples and scores the rows `specs`; writes and returns the results."""
   t0 = time.time()
   scorer = scorers.make_metric(loaded.config, settings, inception_divisor)
   logging.info('metric %s ready in %.1fs', settings.metric, time.time() - t0)
@@ -128,7 +138,8 @@ def _results_header(workdir, loaded, settings, scorer) -> dict:
       num_samples=settings.num_samples, seed=settings.seed,
       batch_size=settings.batch_size, samplers=list(settings.samplers),
       teacher_steps=list(settings.teacher_steps),
-      student_steps=loaded.student_steps(), date=_now(),
+      student_steps=loaded.student_steps(),
+      missing_students=loaded.missing_steps(), date=_now(),
       devices=f'{jax.device_count()} x {jax.devices()[0].device_kind}',
       metric_info=scorer.info, complete=False, seconds=None, rows=[])
 

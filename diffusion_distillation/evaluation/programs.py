@@ -216,14 +216,15 @@ def time_sampler(bench: Bench, num_steps: int) -> dict[str, dict]:
   sample_batch = _sample_batch_size(config, ctx.mesh.devices.size)
   host_labels = generation.default_labels(sample_batch,
                                           ctx.base_model.num_classes)
-  labels = jax.make_array_from_callback(
-      host_labels.shape, sharding.batch_sharding(ctx.mesh),
-      lambda idx: host_labels[idx])
+  put = lambda a: jax.make_array_from_callback(
+      a.shape, sharding.batch_sharding(ctx.mesh), lambda idx: a[idx])
+  labels = put(host_labels)
+  index = put(np.arange(sample_batch, dtype=np.int32))
   sampler_fn = generation.compiled_sampler(ctx.base_model, config.sampler,
                                            ctx.mesh)
-  rng = jax.random.PRNGKey(config.seed)
+  rng = generation.seed_key(config.seed)
   compiled, compile_s = profiling.compile_timed(
-      sampler_fn, params, rng, labels, jnp.int32(num_steps),
+      sampler_fn, params, rng, labels, index, jnp.int32(num_steps),
       options=bench.options)
   # The step count is data, so XLA sees the loop body (one forward and one
   # sampler step) once: FLOPs per image scale with the steps taken.
@@ -234,7 +235,8 @@ def time_sampler(bench: Bench, num_steps: int) -> dict[str, dict]:
     n = jnp.int32(steps)
     # One executable: the 1-step calls' warm-up serves the N-step ones too.
     times = profiling.time_calls(
-        lambda n=n: compiled(params, rng, labels, n), repeats=bench.repeats,
+        lambda n=n: compiled(params, rng, labels, index, n),
+        repeats=bench.repeats,
         warmup=bench.warmup if name == 'sample_1step' else 0)
     records[name] = bench.add(profiling.program_record(
         name, times=times, compile_s=compile_s, images_per_call=sample_batch,

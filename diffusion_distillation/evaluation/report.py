@@ -18,6 +18,8 @@ import math
 
 from etils import epath
 
+from diffusion_distillation import files
+
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
 PLOT_PNG = 'quality_vs_steps.png'
@@ -86,6 +88,10 @@ def format_markdown(results: dict) -> str:
             'DDIM at their own step count')
   if not results.get('complete', True):
     header += ' | INCOMPLETE (evaluation still running or interrupted)'
+  if results.get('missing_students'):
+    header += (' | NOT EVALUATED: the student(s) for '
+               f"{', '.join(map(str, results['missing_students']))} steps "
+               '(their checkpoints are missing)')
   lines = [f'## Sample quality: {results["workdir"]}', '', header, '',
            f'### {main} (lower is better)', '']
   lines += _table(results['rows'], main)
@@ -151,12 +157,6 @@ def plot_png(results: dict) -> bytes:
   return buf.getvalue()
 
 
-def _write_whole(path: epath.Path, data: bytes):
-  partial = path.parent / f'.{path.name}.tmp'
-  partial.write_bytes(data)
-  partial.replace(path)
-
-
 def write_results(workdir, results: dict) -> dict[str, epath.Path]:
   """The files of `results` under WORKDIR/eval: the partial ones while it is
   not complete, else the final ones (and the partial ones removed)."""
@@ -165,16 +165,16 @@ def write_results(workdir, results: dict) -> dict[str, epath.Path]:
   text = lambda: json.dumps(results, indent=2) + '\n'
   if not results.get('complete'):
     paths = dict(json=out / PARTIAL_JSON, markdown=out / PARTIAL_MD)
-    _write_whole(paths['json'], text().encode())
-    _write_whole(paths['markdown'], format_markdown(results).encode())
+    files.write_bytes(paths['json'], text().encode())
+    files.write_bytes(paths['markdown'], format_markdown(results).encode())
     return paths
   paths = dict(json=out / RESULTS_JSON, markdown=out / RESULTS_MD,
                plot=out / PLOT_PNG)
-  files = {paths['json']: text().encode(),
+  data = {paths['json']: text().encode(),
            paths['markdown']: format_markdown(results).encode(),
            paths['plot']: plot_png(results)}  # all made before any is written
-  for path, data in files.items():
-    _write_whole(path, data)
+  for path, content in data.items():
+    files.write_bytes(path, content)
   for name in (PARTIAL_JSON, PARTIAL_MD):
     (out / name).unlink(missing_ok=True)
   return paths

@@ -31,6 +31,7 @@ import numpy as np
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
+from diffusion_distillation import files
 from diffusion_distillation.evaluation.metrics import batching
 from diffusion_distillation.evaluation.metrics import fingerprint as fingerprint_lib
 from diffusion_distillation.evaluation.metrics import frechet
@@ -136,11 +137,7 @@ def _local_weights(path: str, cache_dir: str) -> str:
   tag = hashlib.sha256(path.encode()).hexdigest()[:8]
   local = os.path.join(cache_dir, 'inception', f'{tag}_{p.name}')
   if not os.path.exists(local):
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    tmp = f'{local}.tmp-{os.getpid()}'
-    with open(tmp, 'wb') as f:
-      f.write(p.read_bytes())
-    os.replace(tmp, local)
+    files.write_bytes(local, p.read_bytes())
   return local
 
 

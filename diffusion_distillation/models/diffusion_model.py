@@ -173,21 +173,24 @@ class DiffusionModel:
       return lambda z, logsnr: apply(z, logsnr, labels, w)
     return guidance_lib.guided_model_fn(apply, labels, self.null_label, w)
 
-  def generate(self, params, rng, labels, *, num_steps, sampler: str = 'ddim',
+  def generate(self, params, keys, labels, *, num_steps, sampler: str = 'ddim',
                batch_sharding=None, guidance=None):
     """Samples images in [0, 255] (float) for the given labels.
 
-    `labels` has shape (B,) and fixes the batch size (zeros when
-    unconditional). `batch_sharding` splits the batch over devices; without it
-    XLA would run the whole batch on every device. `guidance`: see `bind`.
+    `keys`: one PRNG key per image, [B, 2]: an image depends on its own key
+    (and label) only, not on the batch it is drawn in. `labels` has shape
+    (B,) (zeros when unconditional). `batch_sharding` splits the batch over
+    devices; without it XLA would run the whole batch on every device.
+    `guidance`: see `bind`.
     """
-    rng_init, rng_loop = jax.random.split(rng)
-    z = jax.random.normal(rng_init, (labels.shape[0], *self.data_shape))
+    keys_init, keys_loop = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    z = jax.vmap(lambda key: jax.random.normal(key, self.data_shape))(
+        keys_init)
     if batch_sharding is not None:
       z = jax.lax.with_sharding_constraint(z, batch_sharding)
     x = sampling.sample_loop(
         self.bind(params, labels, guidance=guidance), z, num_steps=num_steps,
         logsnr_schedule_fn=self.logsnr_schedule('eval'),
         mean_type=self.mean_type, sampler=sampler, clip_x=self.clip_x,
-        variance=self.variance, rng=rng_loop)
+        variance=self.variance, rng=keys_loop)
     return unnormalize_images(x)

@@ -16,23 +16,46 @@ class SampleError(ModelError):
   """A sampling request that cannot be served (bad sampler or step count)."""
 
 
+SEED_RANGE = (-2**63, 2**63 - 1)
+
+
+def seed_key(seed) -> np.ndarray:
+  """The PRNG key of a user's seed: the raw threefry key JAX makes of it as
+  a 64-bit integer ([high word, low word]; `PRNGKey(seed)` for 0 <= seed <
+  2**32), so that every integer in SEED_RANGE is a seed of its own.
+
+  Raises:
+    SampleError: not an integer (bool, float, str, None), or out of range.
+  """
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int,
+                                                               np.integer)):
+    raise SampleError(f'seed={seed!r}: pass an integer in [-2**63, 2**63 - 1]')
+  if not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
+    raise SampleError(f'seed={seed}: out of range; pass an integer in '
+                      '[-2**63, 2**63 - 1]')
+  bits = int(seed) % 2**64
+  return np.array([bits >> 32, bits & 0xffffffff], np.uint32)
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_sampler(model, sampler: str, mesh, guided: bool = False):
   """One compiled sampler per model and sampler; the step count is data.
 
-  `guided`: a fifth argument is the guidance strength w, data too.
+  Image `i` of a call is drawn from fold_in(key, i): the key of the seed and
+  the image's index among all images of the request. `guided`: a sixth
+  argument is the guidance strength w, data too.
   """
   rep = sharding.replicated(mesh)
+  split = sharding.batch_sharding(mesh)
 
-  def run(params, rng, labels, num_steps, *w):
-    return model.generate(params, rng, labels, num_steps=num_steps,
-                          sampler=sampler,
-                          batch_sharding=sharding.batch_sharding(mesh),
+  def run(params, key, labels, index, num_steps, *w):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+    return model.generate(params, keys, labels, num_steps=num_steps,
+                          sampler=sampler, batch_sharding=split,
                           guidance=w[0] if w else None)
 
-  return jax.jit(run, in_shardings=(rep, rep, sharding.batch_sharding(mesh),
-                                    rep) + ((rep,) if guided else ()),
-                 out_shardings=rep)
+  return jax.jit(run, in_shardings=(rep, rep, split, split, rep) +
+                 ((rep,) if guided else ()), out_shardings=rep)
 
 
 def default_labels(num_samples: int, num_classes: int) -> np.ndarray:
@@ -45,9 +68,10 @@ def generate(model, params, *, mesh, num_samples: int, num_steps: int,
              labels=None, guidance=None):
   """Samples `num_samples` images (uint8) in batches sharded over all devices.
 
-  Returns (images [M, H, W, C] uint8, labels [M] int32). Batch k uses
-  fold_in(PRNGKey(seed), k), so results depend on the seed and batch size only.
-  `guidance`: the guidance strength w of a guided model (`model.bind`).
+  Returns (images [M, H, W, C] uint8, labels [M] int32). Image i depends on
+  (seed, i) and its label only: the first k of M images are those of
+  `num_samples=k`, at any `batch_size` and device count. `guidance`: the
+  guidance strength w of a guided model (`model.bind`).
   """
   if sampler not in sampling.SAMPLERS:
     raise SampleError(f'unknown sampler {sampler!r}; known: {sampling.SAMPLERS}')
@@ -58,9 +82,9 @@ def generate(model, params, *, mesh, num_samples: int, num_steps: int,
   fn = (compiled_sampler(model, sampler, mesh) if guidance is None else
         compiled_sampler(model, sampler, mesh, True))
   w = () if guidance is None else (jnp.float32(guidance),)
-  key = jax.random.PRNGKey(seed)
+  key = seed_key(seed)
   samples = sharding.map_batches(
-      lambda k, y: fn(params, jax.random.fold_in(key, k), y,
-                      jnp.int32(num_steps), *w),
-      labels[:num_samples], batch_size=batch_size, mesh=mesh)
+      lambda _, batch: fn(params, key, *batch, jnp.int32(num_steps), *w),
+      (labels[:num_samples], np.arange(num_samples, dtype=np.int32)),
+      batch_size=batch_size, mesh=mesh)
   return images.to_uint8(samples), labels

@@ -7,6 +7,8 @@ from etils import epath
 import numpy as np
 from PIL import Image
 
+from diffusion_distillation import files
+
 
 def to_uint8(images) -> np.ndarray:
   """Float images in [0, 255] -> uint8, rounded."""
@@ -56,7 +58,4 @@ def save_grid(path, images, *, scale: int = 1) -> epath.Path:
     grid = grid[..., 0]
   buffer = io.BytesIO()
   Image.fromarray(grid).save(buffer, format='PNG')
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(buffer.getvalue())
-  return path
+  return files.write_bytes(path, buffer.getvalue())

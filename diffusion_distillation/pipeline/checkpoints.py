@@ -17,6 +17,7 @@ can be sampled later.
 """
 
 import logging as std_logging
+import re
 from typing import Any, Optional
 import zlib
 
@@ -27,6 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from diffusion_distillation import files
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.parallel import distributed
 from diffusion_distillation.parallel import sharding
@@ -41,8 +43,22 @@ class CheckpointError(UserError):
 
 
 def _reason(error: BaseException) -> str:
-  """The first line of an exception's message (orbax's run to pages)."""
-  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  """An exception's message in a line (orbax's run to pages).
+
+  TensorStore's errors nest the driver, the key and the file read into one
+  long status text; of that, the status code and the innermost file are
+  what a user can act on. An item that is gone is named.
+  """
+  text = str(error)
+  status = re.match(r'([A-Z][A-Z_]+): ', text)
+  files = re.findall(r'file "([^"]+)"', text)
+  if status and files:
+    return (f'{status.group(1)}: cannot read {files[-1]} (a file of the '
+            'checkpoint is missing or damaged)')
+  item = re.search(r'Unknown key: (\w+)', text)
+  if item:
+    return f'its {item.group(1)!r} item is missing'
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
   return lines[0][:300] if lines else type(error).__name__
 
 
@@ -62,11 +78,8 @@ def write_parameter_overview(workdir, stage_name: str, params):
   logging.info('%s parameters:\n%s', stage_name, table)
   if jax.process_index() != 0:
     return
-  directory = stage_dir(workdir, stage_name)
-  directory.mkdir(parents=True, exist_ok=True)
-  partial = directory / f'{PARAMETERS_FILE}.partial'
-  partial.write_text(table + '\n')
-  partial.replace(directory / PARAMETERS_FILE)
+  files.write_text(stage_dir(workdir, stage_name) / PARAMETERS_FILE,
+                   table + '\n')
 
 
 def state_checksum(state) -> str:

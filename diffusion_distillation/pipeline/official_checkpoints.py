@@ -33,11 +33,16 @@ from flax import serialization
 import jax
 import numpy as np
 
+from diffusion_distillation import files
+
 # File names written by the official `save_checkpoint` (prefix + step).
 _CHECKPOINT_FILE_RE = re.compile(
     r'checkpoint_([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)')
 # First byte of a msgpack map: fixmap (0x80-0x8f), map16 (0xde), map32 (0xdf).
 _MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xde, 0xdf}
+
+# The key of the description that `export` adds (api/exporting.py).
+EXPORT_DESCRIPTION = 'diffusion_distillation'
 
 _ARCH_MISMATCH = "does not match the config's architecture"
 
@@ -95,7 +100,6 @@ def is_official_checkpoint(path) -> bool:
 def read_official_state(path) -> Tuple[epath.Path, dict]:
   """(resolved file, restored state dict) of the checkpoint at `path`."""
   file = resolve_checkpoint_file(path)
-  logging.info('Reading official checkpoint %s', file)
   data = file.read_bytes()
   try:
     state = serialization.msgpack_restore(data)
@@ -106,6 +110,8 @@ def read_official_state(path) -> Tuple[epath.Path, dict]:
   if not isinstance(state, dict):
     raise ValueError(f'{file} is not a flax msgpack checkpoint (top level is '
                      f'{type(state).__name__}, not a dict)')
+  logging.info('Read %s %s', 'the exported model' if EXPORT_DESCRIPTION in
+               state else 'the official checkpoint', file)
   return file, state
 
 
@@ -318,10 +324,7 @@ def write_official_checkpoint(path, params, num_sample_steps: Optional[int],
 
 def write_state(path, state: dict):
   """Writes a msgpack state atomically: a reader never sees half a file."""
-  p = epath.Path(path)
-  tmp = p.parent / (p.name + '.tmp')
-  tmp.write_bytes(serialization.msgpack_serialize(state))
-  tmp.replace(p)
+  files.write_bytes(path, serialization.msgpack_serialize(state))
 
 
 def _natural_key(name: str):

@@ -6,6 +6,7 @@ records, so no data set needs to be loaded to sample.
 
 import dataclasses
 
+from absl import logging
 from etils import epath
 
 from diffusion_distillation import config as config_lib
@@ -27,6 +28,14 @@ class LoadedWorkdir:
   """A workdir's config, model and finished stages."""
   ctx: stages_lib.Context
   stages: list  # finished stages, in pipeline order
+  # Unfinished stages that later finished ones followed: their checkpoints
+  # were deleted (or damaged) after the run.
+  missing: list = dataclasses.field(default_factory=list)
+
+  def missing_steps(self) -> list[int]:
+    """Step counts of the students whose stage is `missing`, ascending."""
+    return sorted(s.num_sample_steps for s in self.missing
+                  if s.is_distillation)
 
   @property
   def config(self):
@@ -49,11 +58,12 @@ class LoadedWorkdir:
       if stage.is_distillation and stage.num_sample_steps == num_steps:
         return checkpoints.final_params(self.ctx, stage)
     available = ', '.join(map(str, self.student_steps())) or 'none yet'
+    gone = ('; its checkpoints are missing (deleted after the run?)'
+            if num_steps in self.missing_steps() else '')
     raise WorkdirError(
         f'no student distilled for {num_steps} steps in '
-        f'{self.ctx.workdir}; available step counts: {available} '
-        "(or load the teacher, --model=teacher / model='teacher', for any "
-        'step count)')
+        f"{self.ctx.workdir}{gone}; available step counts: {available} (or "
+        "load the teacher, model='teacher', for any step count)")
 
   def teacher_params(self):
     for stage in self.stages:
@@ -61,6 +71,10 @@ class LoadedWorkdir:
         return checkpoints.final_params(self.ctx, stage)
     if stages_lib.external_teacher(self.config):
       return teachers.load_external_teacher(self.ctx, self.config)
+    if any(not s.is_distillation for s in self.missing):
+      raise WorkdirError(f'the teacher of {self.ctx.workdir} is missing: its '
+                         'stage directory (checkpoints/base) has no final '
+                         'checkpoint, though later stages finished')
     raise WorkdirError(f'the teacher of {self.ctx.workdir} has not finished '
                        'training yet')
 
@@ -76,14 +90,24 @@ def open_workdir(workdir) -> LoadedWorkdir:
     raise WorkdirError(f'{workdir} is not a training workdir (no config.json)')
   config = config_lib.complete(config_lib.read_saved_config(config_path))
   config_lib.validate_model(config)
-  finished, meta = [], None
+  finished, unfinished, missing, meta = [], [], [], None
   for stage in stages_lib.plan_stages(config):
     if checkpoints.stage_is_complete(workdir, stage.name, stage.num_updates):
       finished.append(stage)
+      missing += unfinished
+      unfinished = []
       meta = meta or checkpoints.final_meta(workdir, stage)
+    else:
+      unfinished.append(stage)
   if meta is None:
     raise WorkdirError(f'{workdir} has no finished stage yet')
+  if missing:
+    logging.warning(
+        '%s: stage %s has no final checkpoint though later stages finished '
+        '(deleted after the run?): its model is left out; rerun the training '
+        'command to train it again', workdir,
+        ', '.join(s.name for s in missing))
   model = model_lib.DiffusionModel.from_config(
       config, tuple(meta['data_shape']), meta['num_classes'])
   ctx = stages_lib.Context(config, workdir, sharding.make_mesh(), None, model)
-  return LoadedWorkdir(ctx, finished)
+  return LoadedWorkdir(ctx, finished, missing)

@@ -32,7 +32,7 @@ import optax
 import sklearn.datasets
 
 from diffusion_distillation.evaluation.metrics import batching
-from diffusion_distillation.evaluation.metrics import files
+from diffusion_distillation import files
 from diffusion_distillation.evaluation.metrics import fingerprint as fingerprint_lib
 from diffusion_distillation.evaluation.metrics import frechet
 
@@ -207,7 +207,7 @@ def load_or_train_digits_classifier(cache_path,
     arrays = _flatten(classifier.params)
     arrays.update(format_version=np.int64(FORMAT_VERSION), seed=np.int64(seed),
                   heldout_accuracy=np.float64(classifier.heldout_accuracy))
-    files.atomic_savez(cache_path, arrays)
+    files.savez(cache_path, arrays)
   return classifier
 
 
@@ -226,7 +226,7 @@ def load_or_compute_digits_reference_stats(cache_path,
     pass
   images, _ = digits_dataset()
   mu, sigma = frechet.stats_from_features(classifier(images)['features'])
-  files.atomic_savez(cache_path, dict(
+  files.savez(cache_path, dict(
       mu=mu, sigma=sigma, num_examples=np.int64(len(images)),
       fingerprint=np.asarray(classifier.fingerprint)))
   return mu, sigma, len(images)

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from diffusion_distillation.evaluation.metrics import files
+from diffusion_distillation import files
 
 # Largest |imag| on the diagonal of sqrtm(sigma1 sigma2) accepted as round-off
 # (the value used by TTUR and pytorch-fid).
@@ -168,9 +168,9 @@ class StatsAccumulator:
 
 def save_stats(path, mu, sigma, num_examples: int) -> None:
   """Writes statistics to an `.npz` atomically (temp file, then rename)."""
-  files.atomic_savez(path, dict(mu=np.asarray(mu, np.float64),
-                                sigma=np.asarray(sigma, np.float64),
-                                num_examples=np.asarray(num_examples, np.int64)))
+  files.savez(path, dict(mu=np.asarray(mu, np.float64),
+                         sigma=np.asarray(sigma, np.float64),
+                         num_examples=np.asarray(num_examples, np.int64)))
 
 
 def load_stats(path):

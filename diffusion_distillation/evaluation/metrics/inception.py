@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_distillation.evaluation.metrics import batching
-from diffusion_distillation.evaluation.metrics import files
+from diffusion_distillation import files
 
 # How to turn a `.pb` into an `.npz` (no TensorFlow needed to read that).
 CONVERT_COMMAND = ('python -m diffusion_distillation.inception_weights '
@@ -476,7 +476,7 @@ def convert(pb_path, npz_path, divisor: int = 1) -> str:
   flat = traverse_util.flatten_dict(
       params_from_arrays(arrays, divisor, os.fspath(pb_path)), sep='/')
   flat[EPSILON_KEY] = np.float32(_epsilon(arrays))
-  files.atomic_savez(npz_path, flat)
+  files.savez(npz_path, flat)
   return os.fspath(npz_path)
 
 
