@@ -76,19 +76,21 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
   if not specs and settings.metric != 'bpd':
     raise EvalError('nothing to evaluate: no finished student and no teacher '
                     'step counts')
+  scorer = None
+  if settings.metric != 'bpd':  # bpd: the teacher's likelihood, not samples
+    t0 = time.time()  # before WORKDIR/eval exists: the weights may be missing
+    scorer = scorers.make_metric(loaded.config, settings, inception_divisor)
+    logging.info('metric %s ready in %.1fs', settings.metric, time.time() - t0)
   with workdir_lock.hold(epath.Path(workdir) / 'eval'):  # one at a time
-    if settings.metric == 'bpd':  # the teacher's likelihood, not its samples
+    if scorer is None:
       return bpd.run_bpd(workdir, loaded, settings)
-    return _score_rows(workdir, loaded, settings, specs, t_start,
-                       print_table, inception_divisor)
+    return _score_rows(workdir, loaded, settings, specs, scorer, t_start,
+                       print_table)
 
 
-def _score_rows(workdir, loaded, settings, specs, t_start: float,
-                print_table: bool, inception_divisor: int) -> dict:
+def _score_rows(workdir, loaded, settings, specs, scorer, t_start: float,
+                print_table: bool) -> dict:
   """Samples and scores the rows `specs`; writes and returns the results."""
-  t0 = time.time()
-  scorer = scorers.make_metric(loaded.config, settings, inception_divisor)
-  logging.info('metric %s ready in %.1fs', settings.metric, time.time() - t0)
   results = _results_header(workdir, loaded, settings, scorer)
   _evaluate_rows(workdir, loaded, settings, specs, scorer, results, t_start)
   if jax.process_index() == 0:
