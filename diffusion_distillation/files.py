@@ -15,12 +15,10 @@ import uuid
 from etils import epath
 import numpy as np
 
+from diffusion_distillation import paths
+
 # Temporary files start with this, so that a listing shows what they are.
 TEMP_PREFIX = '.partial-'
-
-
-def _is_local(path: epath.Path) -> bool:
-  return '://' not in os.fspath(path)
 
 
 @contextlib.contextmanager
@@ -30,7 +28,7 @@ def replacing(path):
   """
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  if not _is_local(path):
+  if not paths.is_local(path):
     yield path
     return
   tmp = path.parent / f'{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}'

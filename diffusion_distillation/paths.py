@@ -23,6 +23,11 @@ def _installed(module: str) -> bool:
     return False
 
 
+def is_local(path) -> bool:
+  """A local path, not a URL such as gs://..."""
+  return '://' not in str(path)
+
+
 def check_url_support(path):
   """Refuses a gs:// path when nothing that reads gs:// is installed (epath
   would raise ImportError at the first access), naming the extra."""
@@ -36,7 +41,7 @@ def absolute_path(path):
   (a gs:// path checked by `check_url_support`)."""
   if not path:
     return path
-  if '://' in str(path):
+  if not is_local(path):
     check_url_support(path)
     return path
   return os.path.abspath(os.path.expanduser(str(path)))

@@ -72,17 +72,17 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
       teacher_steps=teacher_steps, metric=metric,
       inception_path=inception_path, seed=seed, batch_size=batch_size,
       cache_dir=cache_dir, workdir=workdir)
+  bits_per_dim = settings.metric == 'bpd'  # the teacher's likelihood only
   specs = plan_rows(loaded.student_steps(), settings)
-  if not specs and settings.metric != 'bpd':
+  if not specs and not bits_per_dim:
     raise EvalError('nothing to evaluate: no finished student and no teacher '
                     'step counts')
-  scorer = None
-  if settings.metric != 'bpd':  # bpd: the teacher's likelihood, not samples
-    t0 = time.time()  # before WORKDIR/eval exists: the weights may be missing
+  if not bits_per_dim:  # before WORKDIR/eval exists: weights may be missing
+    t0 = time.time()
     scorer = scorers.make_metric(loaded.config, settings, inception_divisor)
     logging.info('metric %s ready in %.1fs', settings.metric, time.time() - t0)
   with workdir_lock.hold(epath.Path(workdir) / 'eval'):  # one at a time
-    if scorer is None:
+    if bits_per_dim:
       return bpd.run_bpd(workdir, loaded, settings)
     return _score_rows(workdir, loaded, settings, specs, scorer, t_start,
                        print_table)

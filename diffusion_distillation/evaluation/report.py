@@ -171,8 +171,8 @@ def write_results(workdir, results: dict) -> dict[str, epath.Path]:
   paths = dict(json=out / RESULTS_JSON, markdown=out / RESULTS_MD,
                plot=out / PLOT_PNG)
   data = {paths['json']: text().encode(),
-           paths['markdown']: format_markdown(results).encode(),
-           paths['plot']: plot_png(results)}  # all made before any is written
+          paths['markdown']: format_markdown(results).encode(),
+          paths['plot']: plot_png(results)}  # all made before any is written
   for path, content in data.items():
     files.write_bytes(path, content)
   for name in (PARTIAL_JSON, PARTIAL_MD):

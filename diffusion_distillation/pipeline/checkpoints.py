@@ -51,9 +51,9 @@ def _reason(error: BaseException) -> str:
   """
   text = str(error)
   status = re.match(r'([A-Z][A-Z_]+): ', text)
-  files = re.findall(r'file "([^"]+)"', text)
-  if status and files:
-    return (f'{status.group(1)}: cannot read {files[-1]} (a file of the '
+  read = re.findall(r'file "([^"]+)"', text)
+  if status and read:
+    return (f'{status.group(1)}: cannot read {read[-1]} (a file of the '
             'checkpoint is missing or damaged)')
   item = re.search(r'Unknown key: (\w+)', text)
   if item:

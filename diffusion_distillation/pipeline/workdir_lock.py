@@ -47,6 +47,7 @@ from etils import epath
 import jax
 
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.paths import is_local  # flock; else a lease
 
 LOCK_FILE = '.lock'
 LEASE_FILE = 'lock.json'
@@ -61,11 +62,6 @@ class WorkdirInUseError(UserError):
 
 class WorkdirAccessError(UserError):
   """The workdir (or a directory in it) is a file or cannot be written."""
-
-
-def is_local(path) -> bool:
-  """A local path (flock), not a URL such as gs://... (lease)."""
-  return '://' not in str(path)
 
 
 def _now_iso() -> str:
