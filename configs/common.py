@@ -105,3 +105,79 @@ def distill_from(base, *, teacher_checkpoint_path, start_num_steps,
   return config_lib.add_section(
       config, 'distillation', teacher_checkpoint_path=teacher_checkpoint_path,
       start_num_steps=start_num_steps)
+
+
+# --- Guided distillation as the authors' google-research ddpm_w_distillation
+# (Meng et al., "On Distillation of Guided Diffusion Models", CVPR 2023):
+# a guided teacher (config/*_retrain_unet3.py), stage one
+# (config/*_condw_stage1_distill.py), stage two (*_condw_stage2_distill.py)
+# and its "nvidia" variant (*_condw_stage2_nvidia_distill.py), each its own
+# run. Their `get_config()` calls a sweep helper that was not released, and
+# no config gives a run's length: the update counts below are read off the
+# checkpoint names the next stage's config loads.
+
+# The w the authors evaluate (config/dir_sample_i64_condw_stage2.py).
+GUIDED_EVAL_W = (0., 0.3, 1., 2., 4.)
+# The stage-one student's sampler steps: the grid stage two starts from.
+GUIDED_START_STEPS = 1024
+
+
+def guided_teacher_config(*, dataset, model_args, num_train_steps,
+                          batch_size, learning_rate, weight_decay,
+                          eval_steps):
+  """The authors' *_retrain_unet3.py: a v-prediction teacher with label
+  dropout (`uncond_prob` 0.1, `model.cond_drop_prob` here), SNR weighting,
+  a 10k-update warm-up and 'fixed_medium:0.3' ancestral variance."""
+  config = base_config(dataset=dataset, class_conditional=True,
+                       model_args=model_args, mean_type='v',
+                       num_train_steps=num_train_steps, batch_size=batch_size,
+                       learning_rate=learning_rate, weight_decay=weight_decay)
+  config.model.cond_drop_prob = 0.1
+  config.model.mean_loss_weight_type = 'snr'
+  config.model.logvar_type = 'fixed_medium:0.3'
+  config.model.eval_sampling_num_steps = eval_steps
+  config.train.learning_rate_warmup_steps = 10_000
+  config.eval.guidance = GUIDED_EVAL_W
+  return config
+
+
+def guided_stage_one(teacher, *, teacher_checkpoint_path, batch_size,
+                     learning_rate, num_updates):
+  """The authors' *_condw_stage1_distill.py: the w-conditioned student
+  (`w_unet3`, dropout 0) matches the guided teacher in continuous time, w ~
+  U(0, 4], its w embedding warmed up over 10k updates, at a constant
+  `learning_rate` with EMA 0.9999; stage one only (no halving)."""
+  config = distill_from(teacher,
+                        teacher_checkpoint_path=teacher_checkpoint_path,
+                        start_num_steps=GUIDED_START_STEPS,
+                        learning_rate=learning_rate)
+  config.distillation.end_num_steps = GUIDED_START_STEPS
+  config.model.args.dropout = 0.
+  config.train.batch_size = batch_size
+  config_lib.add_section(config, 'guidance', num_updates=num_updates,
+                         w_warmup_steps=10_000, learning_rate=learning_rate,
+                         learning_rate_anneal_type='none', ema_decay=0.9999)
+  config.eval.update(student_samplers=('ddim',), teacher_steps=(256,))
+  return config
+
+
+def guided_stage_two(teacher, *, stage_one_workdir, batch_size, target):
+  """The authors' *_condw_stage2{,_nvidia}_distill.py: progressive
+  distillation 1024 -> 1 of the stage-one student of `stage_one_workdir`
+  (read from its `checkpoints/guided_1024`; no stage one here), 50k updates
+  per halving at 1e-4 annealed linearly, EMA 0, truncated-SNR weighting;
+  `target` 'two_step' is the nvidia variant, for the stochastic sampler."""
+  config = distill_from(
+      teacher, teacher_checkpoint_path=(
+          f'{stage_one_workdir}/checkpoints/guided_{GUIDED_START_STEPS}'),
+      start_num_steps=GUIDED_START_STEPS, learning_rate=1e-4)
+  config.model.args.dropout = 0.
+  config.model.mean_loss_weight_type = 'snr_trunc'
+  config.model.logvar_type = 'fixed_large'
+  config.train.batch_size = batch_size
+  config.distillation.target = target
+  config_lib.add_section(config, 'guidance', num_updates=0)
+  # Both samplers: the stochastic one needs 2 or more steps.
+  config.eval.update(student_samplers=('ddim', 'stochastic'),
+                     teacher_steps=(256,))
+  return config

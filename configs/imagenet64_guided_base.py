@@ -1,45 +1,52 @@
-r"""ImageNet 64x64 guided teacher: configs/imagenet64_base.py + label dropout.
+r"""ImageNet 64x64 guided teacher: the authors' config/i64_retrain_unet3.py.
 
-The classifier-free guided teacher that guided distillation starts from
-(Meng et al., "On Distillation of Guided Diffusion Models", CVPR 2023, arXiv
-2210.03142, ImageNet 64x64): the class-conditional model of the official
-imagenet64_base.py, trained with each label dropped to a "no class" label
-with probability p_uncond = `model.cond_drop_prob` = 0.1 (Ho & Salimans,
-"Classifier-Free Diffusion Guidance", 2022, found 0.1 and 0.2 best on
-ImageNet 64; 0.1 is the value we use):
+The classifier-free guided teacher of guided distillation (Meng et al., "On
+Distillation of Guided Diffusion Models", CVPR 2023, arXiv 2210.03142), as
+google-research `ddpm_w_distillation/ddpm_w_distillation/config/
+i64_retrain_unet3.py` trains it (model `unet3`): the ImageNet 64 UNet of
+Progressive Distillation (ch 192, ch_mult 1, 2, 3, 4, attention at 32, 16, 8
+with heads of 64 channels, dropout 0.1) predicting v, each label dropped to
+"no class" with probability 0.1 (`uncond_prob`; `model.cond_drop_prob`
+here), SNR weighting (eps-MSE), batch 2048, learning rate 3e-4 after a
+10k-update warm-up, EMA 0.9999, sampled with 256 DDIM steps:
 
     python -m diffusion_distillation.main \
         --config=configs/imagenet64_guided_base.py \
         --workdir=workdirs/imagenet64_guided_base
 
-Then distill it with configs/imagenet64_guided_distill.py, which reads this
-workdir as its teacher. Sample it at guidance w (two network evaluations per
-step) with `python -m diffusion_distillation.sample --workdir=... --model=teacher
---num_steps=1024 --guidance=W`.
+Then configs/imagenet64_guided_stage_one.py reads this workdir as its
+teacher. Sample it at guidance w (two network evaluations per step) with
+`python -m diffusion_distillation.sample --workdir=... --model=teacher
+--num_steps=256 --guidance=W`.
 
-Parameters: the official tree plus one row of `class_emb` (1001 x 768, the
-"no class" label), so the released class-conditional checkpoints (trained
-without label dropout) do not load into it; configs/imagenet64_base.py is
-unchanged.
+Parameters: the authors' `unet3` tree, 630 leaves, 295,900,803 parameters
+(`class_emb` 1001 x 768, row 0 the "no class" label); the released
+Progressive Distillation checkpoints (class-conditional, no label dropout)
+do not load into it.
 
-Cost: as configs/imagenet64_base.py (label dropout costs nothing): our
-estimate, not a measurement, about 5e20 FLOPs for 400k updates at batch 2048,
-roughly 1.5 days on 64 TPUv4 chips at an assumed 25% of peak. Evaluation (off
-by default) samples the teacher at each w of `eval.guidance` (the paper's
-ImageNet 64 values), two evaluations per step.
+Length: the authors' configs give none; 220k updates is the checkpoint
+(`retrain_snr_2048_.../checkpoint_220000`) their stage-one config reads.
 
-Memory: about that of configs/imagenet64_base.py / imagenet64_distill.py
-(the same UNet plus two small w layers); `python -m
-diffusion_distillation.benchmark --memory --config=imagenet64_guided_base` compiles
-this config's own updates and gives their bytes per device and the batch that
-fits (README, Memory and compile time).
+Cost: our estimate, not a measurement, about 2.8e20 FLOPs for 220k updates
+at batch 2048 (a 211 GFLOP network, three passes per image), roughly a day
+on 64 TPUv4 chips at an assumed 25% of peak. Evaluation (off by default)
+samples the teacher at each w of `eval.guidance` (the authors' 0, 0.3, 1, 2,
+4), two evaluations per step.
+
+Memory: as configs/imagenet64_base.py; `python -m
+diffusion_distillation.benchmark --memory --config=imagenet64_guided_base`
+compiles this config's own updates and gives their bytes per device and the
+batch that fits (README, Memory and compile time).
 """
 
-from diffusion_distillation.configs import imagenet64_base
+from diffusion_distillation.configs import common
 
 
 def get_config():
-  config = imagenet64_base.get_config()
-  config.model.cond_drop_prob = 0.1
-  config.eval.guidance = (0., 0.3, 1., 2., 4.)
-  return config
+  return common.guided_teacher_config(
+      dataset='imagenet64',
+      model_args=dict(ch=192, emb_ch=768, ch_mult=(1, 2, 3, 4),
+                      attn_resolutions=(8, 16, 32), num_heads=None,
+                      head_dim=64, dropout=0.1),
+      num_train_steps=220_000, batch_size=2048, learning_rate=3e-4,
+      weight_decay=0., eval_steps=256)

@@ -166,10 +166,77 @@ OFFICIAL = {
 }
 
 
-@pytest.mark.parametrize('name', sorted(OFFICIAL))
+# Values from the authors' google-research/ddpm_w_distillation configs
+# (config/{i64,cifar}_retrain_unet3.py, *_condw_stage1_distill.py,
+# *_condw_stage2_distill.py, *_condw_stage2_nvidia_distill.py).
+_GUIDED_TEACHER = {
+    'dataset.args.class_conditional': True, 'model.mean_type': 'v',
+    'model.cond_drop_prob': 0.1, 'model.mean_loss_weight_type': 'snr',
+    'model.logvar_type': 'fixed_medium:0.3', 'model.args.resblock_resample':
+    True, 'model.args.logsnr_input_type': 'inv_cos',
+    'train.learning_rate_warmup_steps': 10_000, 'train.ema_decay': 0.9999,
+    'train.grad_clip': 1.0, 'train.substeps': 10,
+    'eval.guidance': (0., 0.3, 1., 2., 4.)}
+_STAGE_ONE = {
+    'model.args.dropout': 0., 'model.mean_type': 'v',
+    'model.mean_loss_weight_type': 'snr', 'guidance.w_min': 0.,
+    'guidance.w_max': 4., 'guidance.w_input_type': 'inv_cos',
+    'guidance.w_const': 0.3, 'guidance.w_warmup_steps': 10_000,
+    'guidance.learning_rate_anneal_type': 'none', 'guidance.ema_decay':
+    0.9999, 'distillation.start_num_steps': 1024,
+    'distillation.end_num_steps': 1024}
+_STAGE_TWO = {
+    'model.args.dropout': 0., 'model.mean_type': 'v',
+    'model.mean_loss_weight_type': 'snr_trunc', 'model.logvar_type':
+    'fixed_large', 'guidance.num_updates': 0, 'guidance.w_warmup_steps': 0,
+    'distillation.start_num_steps': 1024, 'distillation.end_num_steps': 1,
+    'distillation.steps_per_iter': 50_000, 'distillation.learning_rate': 1e-4,
+    'distillation.learning_rate_anneal_type': 'linear',
+    'distillation.ema_decay': 0.}
+AUTHORS = {
+    'imagenet64_guided_base': dict(
+        _GUIDED_TEACHER, **{
+            'model.args.ch': 192, 'model.args.emb_ch': 768,
+            'model.args.ch_mult': (1, 2, 3, 4), 'model.args.head_dim': 64,
+            'model.args.attn_resolutions': (8, 16, 32),
+            'model.args.dropout': 0.1, 'train.batch_size': 2048,
+            'train.learning_rate': 3e-4, 'train.weight_decay': 0.,
+            'model.eval_sampling_num_steps': 256}),
+    'cifar10_guided_base': dict(
+        _GUIDED_TEACHER, **{
+            'model.args.ch': 256, 'model.args.emb_ch': 1024,
+            'model.args.ch_mult': (1, 1, 1), 'model.args.num_heads': 1,
+            'model.args.attn_resolutions': (8, 16),
+            'model.args.dropout': 0.2, 'train.batch_size': 128,
+            'train.learning_rate': 2e-4, 'train.weight_decay': 0.001,
+            'model.eval_sampling_num_steps': 1024}),
+    'imagenet64_guided_stage_one': dict(
+        _STAGE_ONE, **{'train.batch_size': 256, 'guidance.learning_rate': 3e-4,
+                       'distillation.teacher_checkpoint_path':
+                           'workdirs/imagenet64_guided_base'}),
+    'cifar10_guided_stage_one': dict(
+        _STAGE_ONE, **{'train.batch_size': 128, 'guidance.learning_rate': 1e-4,
+                       'distillation.teacher_checkpoint_path':
+                           'workdirs/cifar10_guided_base'}),
+    'imagenet64_guided_distill': dict(
+        _STAGE_TWO, **{'train.batch_size': 256, 'distillation.target':
+                       'progressive'}),
+    'imagenet64_guided_nvidia': dict(
+        _STAGE_TWO, **{'train.batch_size': 256, 'distillation.target':
+                       'two_step'}),
+    'cifar10_guided_distill': dict(
+        _STAGE_TWO, **{'train.batch_size': 128, 'distillation.target':
+                       'progressive'}),
+    'cifar10_guided_nvidia': dict(
+        _STAGE_TWO, **{'train.batch_size': 128, 'distillation.target':
+                       'two_step'}),
+}
+
+
+@pytest.mark.parametrize('name', sorted(OFFICIAL) + sorted(AUTHORS))
 def test_official_values(name):
   config = load_config(name)
-  for field, value in OFFICIAL[name].items():
+  for field, value in {**OFFICIAL, **AUTHORS}[name].items():
     node = config
     for part in field.split('.'):
       node = node[part]
@@ -229,38 +296,20 @@ def test_digits_teacher_max_steps_follows_start_num_steps():
   assert load_config('digits').eval.teacher_max_steps == 128
 
 
-@pytest.mark.parametrize('name', ['digits_guided', 'imagenet64_guided_base',
-                                  'imagenet64_guided_distill'])
-def test_guided_configs_are_their_unguided_configs_plus_guidance(name):
-  """Label dropout, the w range, the guided evaluation; nothing else."""
-  unguided = {'digits_guided': 'digits',
-              'imagenet64_guided_base': 'imagenet64_base',
-              'imagenet64_guided_distill': 'imagenet64_distill'}[name]
-  config, plain = load_config(name).to_dict(), load_config(unguided).to_dict()
+def test_digits_guided_is_digits_plus_guidance():
+  """Labels, label dropout, the guidance section, the guided evaluation."""
+  config, plain = (load_config('digits_guided').to_dict(),
+                   load_config('digits').to_dict())
   assert config['model'].pop('cond_drop_prob') == 0.1  # the paper's p_uncond
   assert plain['model'].pop('cond_drop_prob') == 0.
-  guidance = config.pop('guidance', None)
-  if name != 'imagenet64_guided_base':
-    assert (guidance['w_min'], guidance['w_max']) == (0., 4.)
-    assert guidance['num_updates'] > 0
+  guidance = config.pop('guidance')
+  assert (guidance['w_min'], guidance['w_max'], guidance['w_const'],
+          guidance['w_input_type']) == (0., 4., 0.3, 'inv_cos')
   assert config['eval'].pop('guidance') and not plain['eval'].pop('guidance')
   for field in ('student_samplers', 'samplers', 'teacher_steps'):
     config['eval'].pop(field, None), plain['eval'].pop(field, None)
-  if name == 'digits_guided':
-    config['dataset']['args']['class_conditional'] = False
-  if name == 'imagenet64_guided_distill':
-    config['distillation'].pop('teacher_checkpoint_path')
-    plain['distillation'].pop('teacher_checkpoint_path')
+  config['dataset']['args']['class_conditional'] = False
   assert config == plain
-
-
-def test_imagenet64_guided_network_adds_the_no_class_label_and_w():
-  model = model_lib.DiffusionModel.from_config(
-      load_config('imagenet64_guided_distill'), (64, 64, 3), num_classes=1000)
-  params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
-  assert params['class_emb']['kernel'].shape == (1001, 768)
-  assert params['dense_w0']['kernel'].shape == (192, 768)
-  assert params['dense_w1']['kernel'].shape == (768, 768)
 
 
 def test_imagenet64_network_builds_with_heads_of_64_channels():

@@ -64,7 +64,7 @@ def test_guided_teacher_is_the_hand_computed_combination(guided):
   w = jnp.array([0., 0.5, 2., 4.])
   net = lambda y: model.network.apply({'params': params}, z, logsnr, y,
                                       train=False)
-  cond, uncond = net(labels), net(jnp.full((B,), 10, jnp.int32))
+  cond, uncond = net(labels), net(jnp.full((B,), -1, jnp.int32))
   assert not np.allclose(cond, uncond, atol=1e-3)
   expected = (1 + w[:, None, None, None]) * cond - w[:, None, None,
                                                      None] * uncond
@@ -86,7 +86,7 @@ def test_combining_outputs_equals_combining_x_predictions(guided):
   net = lambda y: model.network.apply({'params': params}, z, logsnr, y,
                                       train=False)
   x_w = (1 + w) * x_of(net(labels)) - w * x_of(
-      net(jnp.full((B,), 10, jnp.int32)))
+      net(jnp.full((B,), -1, jnp.int32)))
   got = x_of(model.bind(params, labels, guidance=w)(z, logsnr))
   np.testing.assert_allclose(got, x_w, rtol=1e-4, atol=1e-4)
 
@@ -117,24 +117,32 @@ def test_stage_one_target_is_the_guided_teacher_at_data_noised_z(guided):
                              rtol=1e-4)
 
 
-def test_w_embedding_starts_at_zero_and_then_changes_the_output(guided):
+def test_w_warmup_starts_the_student_as_the_conditional_teacher(guided):
   model, params, z, logsnr, labels = guided
-  assert {'dense_w0', 'dense_w1'} <= set(params)
+  assert {'w_dense0', 'w_dense1'} <= set(params)
   student = model.student()
   fresh = model.init_params(jax.random.PRNGKey(0))
-  assert not np.any(fresh['dense_w1']['kernel'])
-  # A student initialized from its teacher: fresh w layers -> the
-  # conditional teacher at every w.
-  init = dict(params, dense_w0=fresh['dense_w0'], dense_w1=fresh['dense_w1'])
+  assert np.any(fresh['w_dense1']['kernel'])  # default init, as the authors'
+  # A student initialized from its teacher, at warm-up weight 0: the
+  # conditional teacher at every w, whatever its fresh w layers.
+  init = dict(params, w_dense0=fresh['w_dense0'], w_dense1=fresh['w_dense1'])
   cond = model.bind(init, labels)(z, logsnr)
   for w in (0., 2., 4.):
-    np.testing.assert_allclose(student.bind(init, labels, guidance=w)(z, logsnr),
-                               cond, atol=1e-5)
-  # Trained (here: random) w layers: the output depends on w.
+    np.testing.assert_allclose(
+        student.bind(init, labels, guidance=w, w_warmup=0.)(z, logsnr), cond,
+        atol=1e-5)
+  # Warmed up, the output depends on w.
   out = [student.bind(params, labels, guidance=w)(z, logsnr) for w in (0., 4.)]
   assert np.abs(out[0] - out[1]).max() > 1e-2
   with pytest.raises(ValueError, match='guidance'):
     student.bind(params, labels)
+
+
+def test_warmup_ramps_linearly_to_one():
+  assert guidance.warmup(None, 100) == 1. and guidance.warmup(5, 0) == 1.
+  np.testing.assert_allclose(
+      [guidance.warmup(s, 100) for s in (0, 25, 100, 1000)],
+      [0., .25, 1., 1.])
 
 
 def test_unguided_configs_keep_their_parameter_tree():
@@ -143,24 +151,27 @@ def test_unguided_configs_keep_their_parameter_tree():
   model = model_lib.DiffusionModel.from_config(config, (8, 8, 1), 10)
   params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
   assert params['class_emb']['kernel'].shape == (10, 128)
-  assert not any(name.startswith('dense_w') for name in params)
+  assert not any(name.startswith('w_dense') for name in params)
   # Label dropout adds one "no class" row, guided distillation the w layers.
   config.model.cond_drop_prob = 0.1
   model = model_lib.DiffusionModel.from_config(config, (8, 8, 1), 10)
   params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
   assert params['class_emb']['kernel'].shape == (11, 128)
-  assert not any(name.startswith('dense_w') for name in params)
+  assert not any(name.startswith('w_dense') for name in params)
 
 
 def test_label_dropout_and_w_draws():
   labels = jnp.arange(20000, dtype=jnp.int32) % 10
-  dropped = guidance.drop_labels(jax.random.PRNGKey(0), labels, 0.1, 10)
+  dropped = guidance.drop_labels(jax.random.PRNGKey(0), labels, 0.1, -1)
   changed = dropped != labels
-  assert np.all(np.asarray(dropped)[np.asarray(changed)] == 10)
+  assert np.all(np.asarray(dropped)[np.asarray(changed)] == -1)
   assert 0.09 < float(changed.mean()) < 0.11
   w = guidance.sample_w(jax.random.PRNGKey(1), 20000, 0.5, 4.)
-  assert 0.5 <= float(w.min()) and float(w.max()) <= 4.
+  assert 0.5 < float(w.min()) and float(w.max()) <= 4.
   assert abs(float(w.mean()) - 2.25) < 0.05
+  # The authors' 'uniform' schedule of u ~ U[0, 1): w = w_min u + w_max (1-u).
+  u = jax.random.uniform(jax.random.PRNGKey(1), (20000,))
+  np.testing.assert_allclose(w, 0.5 * u + 4. * (1. - u), rtol=1e-6)
 
 
 def test_guided_stage_losses_run_and_stage_one_is_planned(guided):
@@ -197,6 +208,7 @@ def test_check_w_names_the_range():
 @pytest.mark.parametrize('field,value', [
     ('guidance.w_max', -1.), ('guidance.w_min', 5.),
     ('guidance.num_updates', 0), ('model.cond_drop_prob', 1.),
+    ('guidance.w_const', 4.5),
     ('eval.guidance', (0., 9.)), ('dataset.args.class_conditional', False)])
 def test_bad_guided_configs_name_the_field(field, value):
   config = guided_config(**{field: value})

@@ -5,25 +5,32 @@ configs/digits_guided.py with the tiny model: a guided teacher, stage one
 sampled and evaluated through the commands a user types.
 """
 
+import json
 import os
 import shutil
 import subprocess
 
+from flax import serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import diffusion_distillation as dd
+
 from diffusion_distillation.api import loading
 from diffusion_distillation.evaluation import evaluate
+from diffusion_distillation.pipeline import checkpoints
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import workdirs
 
 from helpers import load_config
 from helpers import PYTHON
 from helpers import set_fields
+from helpers import snapshot
 from helpers import subprocess_env
 from helpers import TINY_OVERRIDES
+from helpers import write_config_file
 
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
 
@@ -60,9 +67,9 @@ def test_stages_chain_teacher_stage_one_and_halvings(guided_workdir):
   assert [m['sampler_steps'] for m in summary] == [8, 4, 2, 1]
   params = _params(workdir)
   # The teacher never calls its w layers; the students learn them.
-  assert not np.any(params['base']['dense_w1']['kernel'])
   for name in ('guided_4', 'distill_2', 'distill_1'):
-    assert np.any(params[name]['dense_w1']['kernel']), name
+    assert np.abs(params[name]['w_dense1']['kernel'] -
+                  params['base']['w_dense1']['kernel']).max() > 0, name
   assert os.path.exists(workdir / 'samples' / 'guided_4_4steps.png')
 
 
@@ -91,6 +98,29 @@ def _sample(workdir, tmp_path, *flags):
        f'--output={out}', '--num_samples=3', *flags],
       env=subprocess_env(), capture_output=True, text=True, timeout=300)
   return done, out
+
+
+def test_a_workdir_of_another_model_is_refused_untouched(guided_workdir,
+                                                         tmp_path):
+  """Checkpoints whose parameter tree is not the config's model (another
+  architecture, an older layout) are not damage: main and sample stop in
+  one line and move nothing aside."""
+  reference, _ = guided_workdir
+  workdir = tmp_path / 'other'
+  shutil.copytree(reference, workdir)
+  saved = json.loads((workdir / 'config.json').read_text())
+  saved['model']['args']['num_res_blocks'] = 2  # what the files do not hold
+  (workdir / 'config.json').write_text(json.dumps(saved))
+  before = snapshot(workdir)
+  config = set_fields(guided_tiny_config(), {'model.args.num_res_blocks': 2})
+  with pytest.raises(checkpoints.OtherModelError, match=(
+      r"checkpoints/base/\d+: it holds another model than the config "
+      r"describes \(missing \['down_0.block_1'\]")):
+    loop.run(config, str(workdir))
+  done, out = _sample(workdir, tmp_path, '--num_steps=2', '--guidance=1')
+  assert done.returncode == 2 and 'another model' in done.stderr
+  assert 'Traceback' not in done.stderr and not out.exists()
+  assert snapshot(workdir) == before
 
 
 @pytest.mark.parametrize('flags', [
@@ -123,6 +153,39 @@ def test_sample_at_a_guidance_strength(guided_workdir, tmp_path, flags):
     np.testing.assert_array_equal(
         teacher.sample(3, labels=[1, 5, 9], guidance=2., batch_size=1),
         teacher.sample(3, labels=[1, 5, 9], guidance=2.))
+
+
+def test_an_official_layout_guided_student_round_trips(guided_workdir,
+                                                        tmp_path):
+  """`export --format=official` writes the authors' layout (w_unet3 names,
+  `class_emb` row 0 = no class); `sample --checkpoint` and `dd.load` with
+  the run's config sample the workdir's images from it."""
+  workdir, _ = guided_workdir
+  common = ('--num_steps=2', '--guidance=2', '--labels=1,5,9', '--seed=4')
+  run = lambda *a: subprocess.run([PYTHON, '-m', *a], cwd=tmp_path,
+                                  env=subprocess_env(), capture_output=True,
+                                  text=True, timeout=300)
+  done = run('diffusion_distillation.export', f'--workdir={workdir}',
+             '--num_steps=2', '--format=official', '--output=student.msgpack')
+  assert done.returncode == 0, done.stderr[-3000:]
+  state = serialization.msgpack_restore(
+      (tmp_path / 'student.msgpack').read_bytes())
+  params = state['ema_params']
+  assert {'dense0', 'dense1', 'w_dense0', 'w_dense1', 'class_emb'} <= set(
+      params)
+  assert params['class_emb']['kernel'].shape[0] == 11
+  assert int(state['num_sample_steps']) == 2
+  write_config_file(tmp_path, workdir / 'config.json')
+  done = run('diffusion_distillation.sample', '--checkpoint=student.msgpack',
+             '--config=config.py', '--output=official.npz', *common)
+  assert done.returncode == 0, done.stderr[-3000:]
+  expected = loading.from_workdir(str(workdir), num_steps=2).sample(
+      3, labels=[1, 5, 9], guidance=2., seed=4)
+  with np.load(tmp_path / 'official.npz') as f:
+    np.testing.assert_array_equal(f['images'], expected)
+  model = dd.load(tmp_path / 'student.msgpack', config=tmp_path / 'config.py')
+  np.testing.assert_array_equal(
+      model.sample(3, labels=[1, 5, 9], guidance=2., seed=4), expected)
 
 
 def test_the_guidance_strength_changes_a_students_samples(guided_workdir):
@@ -195,10 +258,11 @@ def test_evaluation_has_a_guidance_axis(guided_workdir, tmp_path):
   assert (workdir / 'eval' / 'quality_vs_steps.png').exists()
 
 
-def test_guided_distillation_of_a_teacher_without_w_layers(tmp_path):
-  """As configs/imagenet64_guided_{base,distill}.py: the guided teacher is
-  trained by a config without a guidance section (so without the w layers);
-  stage one adds fresh ones and starts as the conditional teacher."""
+def test_guided_distillation_in_the_authors_three_runs(tmp_path):
+  """As configs/imagenet64_guided_{base,stage_one,nvidia}.py: the guided
+  teacher is trained by a config without a guidance section (so without
+  the w layers); stage one adds fresh ones; stage two, another run without
+  stage one, distils that student with the two-step ("nvidia") target."""
   teacher_config = guided_tiny_config()
   del teacher_config['guidance'], teacher_config['distillation']
   teacher_config.eval.teacher_max_steps = 8
@@ -210,6 +274,20 @@ def test_guided_distillation_of_a_teacher_without_w_layers(tmp_path):
   summary = loop.run(config, str(tmp_path / 'student'))
   assert [m['stage'] for m in summary] == ['guided_2', 'distill_1']
   teacher = workdirs.open_workdir(str(tmp_path / 'teacher')).teacher_params()
-  assert 'dense_w0' not in teacher
+  assert 'w_dense0' not in teacher
   student = workdirs.open_workdir(str(tmp_path / 'student')).student_params(1)
-  assert np.any(student['dense_w1']['kernel'])
+  assert {'w_dense0', 'w_dense1'} <= set(student)
+  stage_two = set_fields(config, {
+      'guidance.num_updates': 0, 'distillation.target': 'two_step',
+      'distillation.teacher_checkpoint_path': str(
+          tmp_path / 'student' / 'checkpoints' / 'guided_2')})
+  summary = loop.run(stage_two, str(tmp_path / 'stage_two'))
+  assert [m['stage'] for m in summary] == ['distill_1']
+  # Its teacher is the stage-one student: sampled with w, in any steps.
+  teacher = loading.from_workdir(str(tmp_path / 'stage_two'), num_steps=3,
+                                 model='teacher')
+  stage_one = loading.from_workdir(str(tmp_path / 'student'), num_steps=2)
+  assert teacher.guidance_for() == 0.3  # the authors' w_const
+  np.testing.assert_array_equal(
+      teacher.sample(2, labels=[3, 4], guidance=1., num_steps=2),
+      stage_one.sample(2, labels=[3, 4], guidance=1.))

@@ -111,13 +111,14 @@ class Model:
     """The guidance strength w `sample(guidance=...)` uses (checked).
 
     None samples an unguided model; a w-conditioned student (guided
-    distillation) defaults to w = 0, its conditional model.
+    distillation) defaults to `guidance.w_const` (the authors' 0.3).
     """
     student = self.kind == 'distilled'
+    takes_w = self.diffusion_model.sampled(student).w_conditioned
     if guidance is None:
-      if not (student and self.diffusion_model.w_range):
+      if not takes_w:
         return None
-      guidance = 0.
+      guidance = self.diffusion_model.w_const
     self.diffusion_model.check_guidance(float(guidance), student=student)
     return float(guidance)
 
@@ -174,8 +175,8 @@ class Model:
     logging.info('sampling %d images: %s, %s, %d steps', len(y), self.kind,
                  sampler, num_steps)
     images, _ = generation.generate(
-        self.diffusion_model.student() if self.kind == 'distilled' else
-        self.diffusion_model, self.params, mesh=self.mesh,
+        self.diffusion_model.sampled(self.kind == 'distilled'), self.params,
+        mesh=self.mesh,
         num_samples=len(y), num_steps=num_steps, seed=seed, sampler=sampler,
         batch_size=batch_size, labels=y, guidance=self.guidance_for(guidance))
     return images

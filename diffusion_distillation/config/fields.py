@@ -250,13 +250,37 @@ FIELDS = {
                                    FUTURE),
     'distillation.ema_decay': F(0., "students' EMA", fraction(), FUTURE),
     'distillation.dropout': F(0., "students' dropout", fraction(), FUTURE),
+    'distillation.target': F(
+        'progressive', "the students' target: progressive (two teacher "
+        'steps of 1/(2N), for DDIM) or two_step (two of 1/N: the 2/N jump of '
+        'the stochastic sampler)', one_of(*losses.TARGETS),
+        official="the authors' two_nvidia_distillation=True is two_step"),
     'distillation.only_finetune_temb': refused(
         False, 'the official code never reads it; all parameters train'),
     # --- guidance (optional): guided distillation --------------------------
-    'guidance.w_min': F(0., 'lowest guidance strength w trained', number(0.)),
+    'guidance.w_min': F(0., 'lowest guidance strength w trained', number(0.),
+                        official="the authors' train_w_schedule.logsnr_min"),
     'guidance.w_max': F(4., 'highest guidance strength w trained',
-                        number(0., lo_open=True)),
-    'guidance.num_updates': F(50_000, 'updates of stage one', _COUNT),
+                        number(0., lo_open=True),
+                        official="the authors' train_w_schedule.logsnr_max"),
+    'guidance.w_input_type': F(
+        'inv_cos', "how the students' w enters its embedding",
+        one_of(*unet.LOGSNR_INPUT_TYPES), official='yes (model.args)'),
+    'guidance.w_const': F(0.3, "a student's w when a sampler is given none",
+                          number(0.), FREE, "the authors' w_sample_const"),
+    'guidance.num_updates': F(50_000, 'updates of stage one (0: none, the '
+                              'teacher is w-conditioned already)', _STEPS),
+    'guidance.w_warmup_steps': F(
+        0, "stage one: the w embedding's weight ramps 0 -> 1 over these "
+        'updates', _STEPS, FUTURE, 'yes (train.w_warmup_steps)'),
+    'guidance.learning_rate': F(Same('distillation.learning_rate'),
+                                "stage one's peak learning rate", _RATE,
+                                FUTURE),
+    'guidance.learning_rate_anneal_type': F(
+        Same('distillation.learning_rate_anneal_type'), "stage one's decay",
+        one_of(*ANNEAL_TYPES), FUTURE),
+    'guidance.ema_decay': F(Same('distillation.ema_decay'), "stage one's EMA",
+                            fraction(), FUTURE),
     # --- eval ------------------------------------------------------------
     'eval.run_after_training': F(True, 'evaluate every stage after training',
                                  BOOL, FREE),

@@ -142,6 +142,9 @@ def _guidance_relations(config, require):
   lo, hi = config.guidance.w_min, config.guidance.w_max
   require(lo < hi, 'guidance.w_min',
           f'must be below guidance.w_max = {hi}, got {lo}')
+  w_const = config.guidance.w_const
+  require(lo <= w_const <= hi, 'guidance.w_const',
+          f'{w_const} is outside the trained range [{lo}, {hi}]')
   outside = [w for w in values if not lo <= w <= hi]
   require(not outside, 'eval.guidance',
           f'{outside} outside the trained range [{lo}, {hi}] '
@@ -186,8 +189,12 @@ def _training_relations(config, device_count: int, process_count: int):
     return problems
   distill = config.distillation
   start, end = distill.start_num_steps, distill.end_num_steps
-  require(start > end, 'distillation.start_num_steps',
-          f'must exceed end_num_steps ({end}), got {start}')
+  stage_one = 'guidance' in config and config.guidance.num_updates > 0
+  require(start > end or (stage_one and start == end),
+          'distillation.start_num_steps',
+          f'must exceed end_num_steps ({end}), got {start}' + (
+              ' (or equal it: stage one of guided distillation only)'
+              if stage_one else ''))
   ratio = start // end
   require(start % end == 0 and ratio & (ratio - 1) == 0,
           'distillation.start_num_steps',
@@ -196,6 +203,11 @@ def _training_relations(config, device_count: int, process_count: int):
   require(train.num_train_steps > 0 or distill.teacher_checkpoint_path,
           'distillation.teacher_checkpoint_path',
           'is empty and train.num_train_steps is 0: there is no teacher')
+  require(not ('guidance' in config and config.guidance.num_updates == 0)
+          or distill.teacher_checkpoint_path, 'guidance.num_updates',
+          '0 (no stage one) needs a w-conditioned teacher in '
+          'distillation.teacher_checkpoint_path, e.g. a stage-one '
+          "workdir's checkpoints/guided_<N>")
   return problems
 
 

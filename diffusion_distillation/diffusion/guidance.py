@@ -10,7 +10,7 @@ two network evaluations per sampler step. *On Distillation of Guided
 Diffusion Models* (Meng, Rombach, Gao, Kingma, Ermon, Ho, Salimans; CVPR
 2023; arXiv 2210.03142) removes the second evaluation in two stages. Stage
 one (Sec. 4.1) trains a student that takes `w` as an input to match `x_w` at
-data-noised z_t, with w ~ U[w_min, w_max] and t ~ U[0, 1], under the usual
+data-noised z_t, with w ~ U(w_min, w_max] and t ~ U[0, 1], under the usual
 weighting of the x error; stage two (Sec. 4.2) is progressive distillation
 of that student with w drawn per example and given to teacher and student.
 
@@ -76,9 +76,25 @@ def drop_labels(rng, labels, drop_prob: float, null_label: int,
 
 def sample_w(rng, batch_size: int, w_min: float, w_max: float,
              microbatch: Optional[Microbatch] = None):
-  """Guidance strengths w ~ U[w_min, w_max], one per example (paper Sec. 4)."""
-  return microbatches.draw(jax.random.uniform, rng, (batch_size,), microbatch,
-                           dtype=jnp.float32, minval=w_min, maxval=w_max)
+  """Guidance strengths w ~ U(w_min, w_max], one per example.
+
+  As the authors' training_losses: u ~ U[0, 1) through their 'uniform'
+  schedule (`train_w_schedule`), w = w_min u + w_max (1 - u).
+  """
+  u = microbatches.draw(jax.random.uniform, rng, (batch_size,), microbatch,
+                        dtype=jnp.float32)
+  return w_min * u + w_max * (1. - u)
+
+
+def warmup(step, warmup_steps: int):
+  """The weight of a student's w embedding at update `step` of stage one:
+  min(step / warmup_steps, 1), ramping from 0 (the student starts as its
+  teacher's conditional model, whatever its fresh w layers output) to 1;
+  1 without a warm-up or a step. (The authors' configs set
+  `w_warmup_steps`; the code that reads it was not released.)"""
+  if step is None or warmup_steps <= 0:
+    return 1.
+  return jnp.minimum(jnp.asarray(step, jnp.float32) / warmup_steps, 1.)
 
 
 def check_w(w: float, w_range, what: str, unguided_reason: str = ''):

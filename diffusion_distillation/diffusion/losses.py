@@ -66,6 +66,17 @@ def sample_times(rng, batch_size: int, num_steps: Union[int, jnp.ndarray],
   return (i + 1).astype(jnp.float32) / num_steps, i
 
 
+def _teacher_step(teacher_fn: ModelFn, z, logsnr, logsnr_next,
+                  mean_type: str):
+  """(prediction at z, its unclipped DDIM step to logsnr_next).
+
+  As the official training_losses: each DDIM step keeps the teacher's own
+  eps prediction (the network output for mean_type 'eps').
+  """
+  pred = process.interpret_output(teacher_fn(z, logsnr), z, logsnr, mean_type)
+  return pred, process.ddim_step(z, pred.x, logsnr, logsnr_next, pred.eps)
+
+
 def teacher_target(teacher_fn: ModelFn, z_t, u, i, num_steps, *,
                    logsnr_schedule_fn, mean_type: str):
   """The distillation target x for z_t at time u on an N-step student grid.
@@ -78,26 +89,48 @@ def teacher_target(teacher_fn: ModelFn, z_t, u, i, num_steps, *,
   logsnr_t = logsnr_schedule_fn(u)
   logsnr_mid = logsnr_schedule_fn(u - 0.5 / num_steps)
   logsnr_s = logsnr_schedule_fn(u - 1. / num_steps)
-
-  # As the official training_losses: each DDIM step keeps the teacher's own
-  # eps prediction (the network output for mean_type 'eps').
-  pred_1 = process.interpret_output(teacher_fn(z_t, logsnr_t), z_t, logsnr_t,
-                                    mean_type)
-  z_mid = process.ddim_step(z_t, pred_1.x, logsnr_t, logsnr_mid, pred_1.eps)
-  pred_2 = process.interpret_output(teacher_fn(z_mid, logsnr_mid), z_mid,
-                                    logsnr_mid, mean_type)
-  x_2 = pred_2.x
-  z_s = process.ddim_step(z_mid, x_2, logsnr_mid, logsnr_s, pred_2.eps)
-
+  _, z_mid = _teacher_step(teacher_fn, z_t, logsnr_t, logsnr_mid, mean_type)
+  pred_2, z_s = _teacher_step(teacher_fn, z_mid, logsnr_mid, logsnr_s,
+                              mean_type)
   x_target = process.distillation_target(z_t, z_s, logsnr_t, logsnr_s)
   last = process.broadcast_from_left(i == 0, z_t.shape)
-  return jax.lax.stop_gradient(jnp.where(last, x_2, x_target))
+  return jax.lax.stop_gradient(jnp.where(last, pred_2.x, x_target))
+
+
+def two_step_target(teacher_fn: ModelFn, z_t, u, i, num_steps, *,
+                    logsnr_schedule_fn, mean_type: str):
+  """The target of a student for the stochastic sampler: a 2/N jump.
+
+  The authors' `dpm.Model.two_nvidia_training_losses` (ddpm_w_distillation):
+  two teacher DDIM steps of 1/N each, t -> t - 1/N -> t - 2/N, and the x whose
+  single DDIM step from z_t lands on the second; on the last grid step
+  (i == 0, t = 1/N) the x whose step lands on the first (at t - 1/N = 0).
+  That is the step the stochastic sampler takes before renoising to t - 1/N
+  (`sampling.stochastic_step`). (The authors' code evaluates the schedule at
+  t - 2/N < 0 there, a NaN that its `where` discards; here that time is
+  clamped to 0, the same result without the NaN.)
+  """
+  logsnr_t = logsnr_schedule_fn(u)
+  logsnr_mid = logsnr_schedule_fn(u - 1. / num_steps)
+  logsnr_s = logsnr_schedule_fn(jnp.maximum(u - 2. / num_steps, 0.))
+  _, z_mid = _teacher_step(teacher_fn, z_t, logsnr_t, logsnr_mid, mean_type)
+  _, z_s = _teacher_step(teacher_fn, z_mid, logsnr_mid, logsnr_s, mean_type)
+  x_two = process.distillation_target(z_t, z_s, logsnr_t, logsnr_s)
+  x_one = process.distillation_target(z_t, z_mid, logsnr_t, logsnr_mid)
+  last = process.broadcast_from_left(i == 0, z_t.shape)
+  return jax.lax.stop_gradient(jnp.where(last, x_one, x_two))
+
+
+# How a student's target is made from its teacher (`diffusion_loss`):
+# 'progressive' for DDIM students, 'two_step' for the stochastic sampler's.
+TARGETS = {'progressive': teacher_target, 'two_step': two_step_target}
 
 
 def diffusion_loss(model_fn: ModelFn, x, rng, *, logsnr_schedule_fn,
                    mean_type: str, weight_type: str,
                    num_steps: Union[int, jnp.ndarray] = 0,
                    teacher_fn: Optional[ModelFn] = None,
+                   target: str = 'progressive',
                    microbatch: Optional[Microbatch] = None):
   """Per-example training loss (paper Algorithm 1, or Algorithm 2 with a teacher).
 
@@ -110,6 +143,8 @@ def diffusion_loss(model_fn: ModelFn, x, rng, *, logsnr_schedule_fn,
     weight_type: loss weighting, see `weighted_mse`.
     num_steps: 0 for continuous time; N for N discrete student steps.
     teacher_fn: when given, distill: regress onto `teacher_target`.
+    target: with `teacher_fn`, which target (`TARGETS`): 'two_step' trains
+      a student for the stochastic sampler (`two_step_target`).
     microbatch: `x` is this microbatch of a batch, and the times and noise
       are its rows of the whole batch's (`parallel/microbatches.py`).
   Returns:
@@ -127,9 +162,9 @@ def diffusion_loss(model_fn: ModelFn, x, rng, *, logsnr_schedule_fn,
   else:
     if i is None:
       raise ValueError('distillation needs a discrete num_steps > 0')
-    x_target = teacher_target(teacher_fn, z, u, i, num_steps,
-                              logsnr_schedule_fn=logsnr_schedule_fn,
-                              mean_type=mean_type)
+    x_target = TARGETS[target](teacher_fn, z, u, i, num_steps,
+                               logsnr_schedule_fn=logsnr_schedule_fn,
+                               mean_type=mean_type)
 
   pred = process.interpret_output(model_fn(z, logsnr), z, logsnr, mean_type)
   return weighted_mse(pred, x_target, z, logsnr, weight_type)

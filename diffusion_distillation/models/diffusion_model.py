@@ -5,9 +5,10 @@ output + schedules); every method is a pure function of explicit parameters,
 so the same object serves training, distillation, sampling and evaluation.
 
 Guided runs (classifier-free guidance, `model.cond_drop_prob` > 0) add a "no
-class" label `num_classes`; with a `guidance` config section (guided
-distillation, Meng et al., 2023) the network also has the w input of the
-students, and `student()` is the model whose parameters take it. Every model
+class" label -1 (row 0 of `class_emb`, the authors' `extra_class`); with a
+`guidance` config section (guided distillation, Meng et al., 2023) the
+network also has the w input of the students (`w_dense0`, `w_dense1`), and
+`student()` is the model whose parameters take it. Every model
 of one run shares one parameter tree: the teacher never calls its w layers.
 """
 
@@ -22,6 +23,10 @@ from diffusion_distillation.diffusion import guidance as guidance_lib
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.diffusion import schedules
 from diffusion_distillation.models import unet as unet_lib
+
+
+# The students' w layers (the authors' `w_unet3` names).
+W_LAYERS = ('w_dense0', 'w_dense1')
 
 
 def out_channels(mean_type: str, data_channels: int) -> int:
@@ -55,6 +60,12 @@ class DiffusionModel:
   cond_drop_prob: float = 0.  # > 0: a guided teacher (label dropout)
   w_range: Optional[tuple] = None  # (w_min, w_max) of guided distillation
   w_conditioned: bool = False  # these parameters take w (see `student`)
+  w_const: float = 0.  # a w-conditioned student's w when none is given
+  w_warmup_steps: int = 0  # stage one: the w embedding's ramp 0 -> 1
+  distill_target: str = 'progressive'  # `losses.TARGETS`
+  # The teacher takes w too: stage two from a stage-one student (no stage
+  # one here, `guidance.num_updates` = 0).
+  w_teacher: bool = False
 
   @classmethod
   def from_config(cls, config, data_shape, num_classes,
@@ -71,11 +82,17 @@ class DiffusionModel:
     cond_drop_prob = float(config.model.cond_drop_prob)
     w_range = ((float(config.guidance.w_min), float(config.guidance.w_max))
                if 'guidance' in config else None)
+    w_const = float(config.guidance.w_const) if w_range else 0.
+    w_warmup_steps = int(config.guidance.w_warmup_steps) if w_range else 0
+    distill_target = (config.distillation.target if 'distillation' in config
+                      else 'progressive')
+    w_teacher = bool(w_range) and config.guidance.num_updates == 0
+    guided = 'guidance' in config
     network = unet_lib.UNet(
-        num_classes=num_classes + (1 if cond_drop_prob > 0 else 0),
+        num_classes=num_classes, extra_class=cond_drop_prob > 0,
         out_ch=out_channels(config.model.mean_type, data_shape[-1]),
         dtype=config.model.dtype,
-        w_max=w_range[1] if w_range else 0.,
+        w_input_type=config.guidance.w_input_type if guided else None,
         remat=config.model.remat, remat_policy=config.model.remat_policy,
         **args)
     schedule = lambda s: (s.name, float(s.logsnr_min), float(s.logsnr_max))
@@ -91,7 +108,11 @@ class DiffusionModel:
         clip_x=config.model.eval_clip_denoised,
         variance=config.model.logvar_type,
         cond_drop_prob=cond_drop_prob,
-        w_range=w_range)
+        w_range=w_range,
+        w_const=w_const,
+        w_warmup_steps=w_warmup_steps,
+        distill_target=distill_target,
+        w_teacher=w_teacher)
 
   @property
   def guided(self) -> bool:
@@ -100,24 +121,32 @@ class DiffusionModel:
 
   @property
   def null_label(self) -> int:
-    """The "no class" label of a guided model (its unconditional input)."""
-    return self.num_classes
+    """The "no class" label of a guided model (its unconditional input): -1,
+    which the network's label shift (`extra_class`) maps to row 0."""
+    return -1
 
   def student(self) -> 'DiffusionModel':
     """The model of this run's distilled students: w-conditioned if guided."""
     return dataclasses.replace(self, w_conditioned=self.w_range is not None)
 
+  def sampled(self, distilled: bool) -> 'DiffusionModel':
+    """The model that samples a student's (`distilled`) or the teacher's
+    parameters: w-conditioned for students of guided distillation, and for
+    a teacher that is one (`w_teacher`)."""
+    return self.student() if distilled or self.w_teacher else self
+
   def without_w_layers(self) -> 'DiffusionModel':
     """This model without the students' w layers: the parameter tree of a
     guided teacher trained by a config without a guidance section."""
-    return dataclasses.replace(self, network=self.network.clone(w_max=0.),
-                               w_range=None)
+    return dataclasses.replace(
+        self, network=self.network.clone(w_input_type=None), w_range=None)
 
   def add_w_layers(self, params, rng):
     """`params` of `without_w_layers()` plus freshly initialized w layers
-    (`dense_w1` starts at zero: the student starts as the teacher)."""
+    (`W_LAYERS`, default init as the authors': the w warm-up of stage one,
+    `guidance.w_warmup_steps`, starts the student as the teacher)."""
     fresh = jax.jit(self.init_params)(rng)
-    return dict(params, dense_w0=fresh['dense_w0'], dense_w1=fresh['dense_w1'])
+    return dict(params, **{name: fresh[name] for name in W_LAYERS})
 
   def check_guidance(self, w: float, *, student: bool):
     """Raises GuidanceError unless the student (or teacher) serves guidance w.
@@ -125,8 +154,10 @@ class DiffusionModel:
     A w-conditioned student serves its trained range only; a guided teacher
     any w (guidance is arithmetic on its two predictions).
     """
-    if student:
-      w_range, what = self.w_range, "this run's students"
+    if student or self.w_teacher:
+      w_range = self.w_range
+      what = ("this run's students" if student else
+              'the teacher (a stage-one student)')
       reason = ('the config has no guidance section: they were distilled '
                 'without guidance')
     else:
@@ -149,12 +180,13 @@ class DiffusionModel:
         jnp.zeros((1,), jnp.int32), train=False, w=w)['params']
 
   def bind(self, params, labels, *, train: bool = False, rng=None,
-           guidance=None, microbatch=None):
+           guidance=None, w_warmup=1., microbatch=None):
     """Returns `model_fn(z, logsnr)` with parameters and labels fixed.
 
     `guidance` (None, a scalar or shape (B,)) is the guidance strength w: a
     w-conditioned student takes it as an input (one evaluation), a guided
     teacher combines its conditional and unconditional predictions (two).
+    `w_warmup` scales a student's w embedding (stage one's warm-up).
     `microbatch`: the batch is that part of one, whose dropout masks it takes
     (`parallel/microbatches.py`).
     """
@@ -162,7 +194,8 @@ class DiffusionModel:
 
     def apply(z, logsnr, y, w=None):
       return self.network.apply({'params': params}, z, logsnr, y, w=w,
-                                train=train, rngs=rngs, microbatch=microbatch)
+                                w_warmup=w_warmup, train=train, rngs=rngs,
+                                microbatch=microbatch)
 
     if guidance is None:
       if self.w_conditioned:

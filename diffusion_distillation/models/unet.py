@@ -6,8 +6,10 @@ scale/shift of their second GroupNorm, self-attention at chosen resolutions and
 a mirrored up path fed by skip connections.
 
 Module names and parameter shapes follow the official code one to one, so that a
-parameter tree saved by the official model loads into this one unchanged. Keep
-them that way: renaming a submodule breaks checkpoint compatibility.
+parameter tree saved by the official model loads into this one unchanged; with
+`w_input_type` and `extra_class` they are those of the guided-distillation
+authors' `w_unet3.UNet` (google-research `ddpm_w_distillation`). Keep them that
+way: renaming a submodule breaks checkpoint compatibility.
 
 Mixed precision: `dtype` is the computation dtype only. Parameters are always
 float32, GroupNorm statistics are reduced in float32, and the last layers
@@ -321,13 +323,19 @@ class UNet(nn.Module):
     head_dim: per-head width, alternative to num_heads.
     dtype: computation dtype, a dtype or its name ('float32', 'bfloat16').
       Parameters stay float32 and the output is float32 regardless.
-    w_max: > 0 adds the input `w` of a w-conditioned student of guided
-      distillation (Meng et al., 2023), a guidance strength in [0, w_max]:
-      Fourier-embedded like logSNR (after scaling by 1 / w_max) through
-      `dense_w0` and a zero-initialized `dense_w1`, and added to the
-      conditioning embedding. 0: no `w` input and no such layers (the
-      official parameter tree). Calls with w=None skip these layers, which
-      is how the guided teacher runs.
+    w_input_type: None (no `w` input, no w layers: the official parameter
+      tree, and a guided teacher's), or how a w-conditioned student of guided
+      distillation (Meng et al., 2023) maps its guidance strength `w` into
+      [0, 1] before the sinusoidal embedding: 'inv_cos', 'linear' (over
+      `w_scale_range`) or 'sigmoid', the formulas of `logsnr_input_type`, as
+      the authors' `w_unet3.UNet`. Then `w_dense0` and `w_dense1` (default
+      init, swish between) embed it, and `w_warmup` times that embedding is
+      added to the logSNR embedding.
+    w_scale_range: (min, max) w mapped to [0, 1] by 'linear'.
+    extra_class: labels are shifted by one, so that `class_emb` has
+      num_classes + 1 rows and y = -1 (row 0) means "no class": the
+      unconditional input of classifier-free guidance (the authors'
+      `extra_class` / `uncond_prob` != 0).
     remat, remat_policy: rematerialize every residual and attention block
       (`_rematerialized`), keeping what the jax.checkpoint_policies name
       `remat_policy` saves (REMAT_POLICIES).
@@ -347,7 +355,9 @@ class UNet(nn.Module):
   resblock_resample: bool = False
   head_dim: Optional[int] = None
   dtype: Any = jnp.float32
-  w_max: float = 0.
+  w_input_type: Optional[str] = None
+  w_scale_range: Sequence[float] = (-10., 10.)
+  extra_class: bool = False
   remat: bool = False
   remat_policy: str = 'nothing_saveable'  # one of REMAT_POLICIES
 
@@ -355,19 +365,19 @@ class UNet(nn.Module):
     # Configs (ml_collections) hand over lists and dtype names. Store tuples
     # and a real dtype so that the module stays hashable (jit static args,
     # lifted transforms) and equal to one built from tuples.
-    for name in ('ch_mult', 'attn_resolutions', 'logsnr_scale_range'):
+    for name in ('ch_mult', 'attn_resolutions', 'logsnr_scale_range',
+                 'w_scale_range'):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     object.__setattr__(self, 'dtype', canonical_dtype(self.dtype))
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x, logsnr, y, *, train: bool, w=None, microbatch=None):
+  def __call__(self, x, logsnr, y, *, train: bool, w=None, w_warmup=1.,
+               microbatch=None):
     self._check_config()
     self._check_inputs(x, logsnr, y)
     dtype = self.dtype
-    emb = self._embedding(logsnr, y, dtype)
-    if w is not None:
-      emb = emb + self._w_embedding(w, x.shape[0], dtype)
+    emb = self._embedding(logsnr, y, w, w_warmup, dtype)
     block = self._block_fn(emb, train, microbatch, dtype)
     attn = self._rematerialized(AttnBlock)
 
@@ -414,35 +424,37 @@ class UNet(nn.Module):
     h = conv3x3(self.out_ch, 'conv_out', jnp.float32, zero_init=True)(h)
     return h.astype(jnp.float32)
 
-  def _embedding(self, logsnr, y, dtype):
-    """Embedding (B, emb_ch) of logSNR, plus the class embedding if any."""
+  def _embedding(self, logsnr, y, w, w_warmup, dtype):
+    """Embedding (B, emb_ch): logSNR's, plus `w_warmup` times w's (if `w`
+    is given), plus the class's (if any), summed in the authors' order."""
     logsnr_input = logsnr_to_input(logsnr, self.logsnr_input_type,
                                    self.logsnr_scale_range)
     emb = timestep_embedding(logsnr_input, self.ch, max_time=1.)
     emb = dense(self.emb_ch, 'dense0', dtype)(emb.astype(dtype))
     emb = dense(self.emb_ch, 'dense1', dtype)(nonlinearity(emb))
+    if w is not None:
+      emb = emb + self._w_embedding(w, logsnr.shape[0], dtype) * jnp.asarray(
+          w_warmup, dtype)
     if self.num_classes > 1:
-      y_onehot = jax.nn.one_hot(y, self.num_classes, dtype=dtype)
+      rows = self.num_classes + int(self.extra_class)
+      y_onehot = jax.nn.one_hot(y + int(self.extra_class), rows, dtype=dtype)
       emb = emb + dense(self.emb_ch, 'class_emb', dtype)(y_onehot)
     return emb
 
   def _w_embedding(self, w, batch: int, dtype):
     """Embedding (B, emb_ch) of the guidance strength `w` (shape (B,)).
 
-    Like the logSNR's: sinusoids of w / w_max, then two dense layers; the
-    second starts at zero, so that a student initialized from its guided
-    teacher starts as the teacher's conditional model (Meng et al., Sec. 4.1).
+    As the authors' `w_unet3`: w through `w_input_type` into [0, 1], the
+    sinusoids of the logSNR embedding, `w_dense0`, swish, `w_dense1`.
     """
-    if self.w_max <= 0:
-      raise ValueError('this UNet takes no w input (w_max = 0)')
+    if self.w_input_type is None:
+      raise ValueError('this UNet takes no w input (w_input_type = None)')
     if w.shape != (batch,):
       raise ValueError(f'w must have shape (B,) = ({batch},), got {w.shape}')
-    emb = timestep_embedding(w.astype(jnp.float32) / self.w_max, self.ch,
-                             max_time=1.)
-    emb = dense(self.emb_ch, 'dense_w0', dtype)(emb.astype(dtype))
-    return nn.Dense(self.emb_ch, dtype=dtype, param_dtype=PARAM_DTYPE,
-                    kernel_init=nn.initializers.zeros,
-                    name='dense_w1')(nonlinearity(emb))
+    w_input = logsnr_to_input(w, self.w_input_type, self.w_scale_range)
+    emb = timestep_embedding(w_input, self.ch, max_time=1.)
+    emb = dense(self.emb_ch, 'w_dense0', dtype)(emb.astype(dtype))
+    return dense(self.emb_ch, 'w_dense1', dtype)(nonlinearity(emb))
 
   def _block_fn(self, emb, train, microbatch, dtype):
     """Returns `block(h, name, out_ch=None, resample=None)` -> ResnetBlock."""
@@ -478,10 +490,12 @@ class UNet(nn.Module):
   def _check_config(self):
     if self.num_classes < 1:
       raise ValueError(f'num_classes must be >= 1, got {self.num_classes}')
-    if self.logsnr_input_type not in LOGSNR_INPUT_TYPES:
-      raise ValueError(
-          f'unknown logsnr_input_type {self.logsnr_input_type!r}; known: '
-          f'{list(LOGSNR_INPUT_TYPES)}')
+    for name in ('logsnr_input_type', 'w_input_type'):
+      value = getattr(self, name)
+      if value not in LOGSNR_INPUT_TYPES and (name, value) != (
+          'w_input_type', None):
+        raise ValueError(f'unknown {name} {value!r}; known: '
+                         f'{list(LOGSNR_INPUT_TYPES)}')
     if not self.ch_mult:
       raise ValueError('ch_mult must not be empty')
     bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % 32]

@@ -42,6 +42,36 @@ class CheckpointError(UserError):
   """A checkpoint could not be written or read (disk, permissions, damage)."""
 
 
+class OtherModelError(CheckpointError):
+  """A checkpoint holds another parameter tree than the config's model: not
+  damage (nothing to repair), another architecture or an older layout."""
+
+
+def _leaf_shapes(tree) -> dict[str, tuple]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in
+          jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _other_tree_problem(saved, expected) -> Optional[str]:
+  """How two parameter trees' leaves (names, shapes) differ; None if not."""
+  saved, expected = _leaf_shapes(saved), _leaf_shapes(expected)
+  missing = sorted(set(expected) - set(saved))
+  extra = sorted(set(saved) - set(expected))
+  reshaped = sorted(k for k in set(saved) & set(expected)
+                    if saved[k] != expected[k])
+  if not (missing or extra or reshaped):
+    return None
+  name = lambda paths: ', '.join(paths[:3]) + (', ...' if len(paths) > 3
+                                                else '')
+  parts = (missing and f'missing {name(missing)}',
+           extra and f'unexpected {name(extra)}',
+           reshaped and f'other shapes {name(reshaped)}')
+  return ('it holds another model than the config describes (' +
+          '; '.join(p for p in parts if p) + '): it was written by another '
+          'architecture, or is a guided workdir from before the authors\' '
+          'w_unet3 layout (dense_w0, dense_w1); train in a new workdir')
+
+
 def _reason(error: BaseException) -> str:
   """An exception's message in a line (orbax's run to pages).
 
@@ -162,6 +192,8 @@ class StageCheckpoints:
     """
     step = self.latest_step() if step is None else step
     is_train_state = isinstance(abstract_state, train_state.TrainState)
+    if is_train_state:
+      self.check_params_tree(step, abstract_state.params)
     saved = (train_state.with_average(abstract_state, self._has_average(step))
              if is_train_state else abstract_state)  # with or without EMA
     restored = self._restore(
@@ -178,6 +210,21 @@ class StageCheckpoints:
               restored.meta)
     return restored.state, restored.meta
 
+  def check_params_tree(self, step: int, expected):
+    """Raises OtherModelError unless checkpoint `step`'s parameters have
+    `expected`'s leaf names (before orbax's bare 'tree structures do not
+    match')."""
+    try:
+      saved = self._manager.item_metadata(step)['state']['params']
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'reading checkpoint {self.directory / str(step)} failed: '
+          f'{_reason(e)}') from e
+    problem = _other_tree_problem(saved, expected)
+    if problem:
+      raise OtherModelError(f'checkpoint {self.directory / str(step)}: '
+                            f'{problem}')
+
   def _has_average(self, step: int) -> bool:
     """Whether checkpoint `step` holds EMA parameters (see TrainState)."""
     try:
@@ -192,18 +239,25 @@ class StageCheckpoints:
 
     With `repair` (training), each newer damaged checkpoint is moved to
     `checkpoints/damaged/` with one warning and the one before is tried; a
-    stage whose checkpoints are all damaged raises CheckpointError. Without
+    stage whose checkpoints are all damaged raises CheckpointError. One of
+    another model (OtherModelError) is not damage: it raises, and nothing
+    is moved. Without
     it (sampling, evaluation), a damaged newest checkpoint raises at once and
     nothing is changed. Collective on multi-process runs.
     """
     set_aside = False
     while (step := self.latest_step()) is not None:
+      other_model = False
       try:
         restored, problem = self.restore(abstract_state, step), None
       except CheckpointError as e:
         restored, problem = None, str(e)
+        other_model = isinstance(e, OtherModelError)
       if distributed.agree(problem is None):
         return restored
+      if other_model or not distributed.agree(not other_model):
+        raise OtherModelError(problem or 'another process read another model '
+                              f'in {self.directory}')
       if not repair:
         raise CheckpointError(
             f'{problem}; rerun the training command to repair the stage')
@@ -243,6 +297,29 @@ class StageCheckpoints:
 
   def close(self):
     self._manager.close()
+
+
+def check_saved_models(ctx: Context, stages):
+  """Raises OtherModelError, before a run writes anything, if a stage's
+  newest checkpoint holds another parameter tree than the run's model
+  (every stage of a run has the same tree). A checkpoint too damaged to say
+  is left to `restore_intact`'s repair."""
+  expected = jax.eval_shape(ctx.base_model.init_params, jax.random.PRNGKey(0))
+  for stage in stages:
+    directory = stage_dir(ctx.workdir, stage.name)
+    if not directory.exists():
+      continue
+    manager = StageCheckpoints(directory, read_only=True)
+    try:
+      step = manager.latest_step()
+      if step is not None:
+        manager.check_params_tree(step, expected)
+    except OtherModelError:
+      raise
+    except CheckpointError:
+      pass
+    finally:
+      manager.close()
 
 
 def _move_aside(source: epath.Path, directory: epath.Path) -> epath.Path:

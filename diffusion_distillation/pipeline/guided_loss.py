@@ -8,9 +8,11 @@ of Guided Diffusion Models", CVPR 2023, arXiv 2210.03142); the maths is in
   class" label with probability `model.cond_drop_prob` (p_uncond).
 * GUIDED_STAGE_ONE: the w-conditioned student, initialized from the
   teacher, matches the guided teacher's x_w at data-noised z_t, with
-  w ~ U[w_min, w_max] per example.
+  w ~ U(w_min, w_max] per example and its w embedding warmed up over
+  `guidance.w_warmup_steps` updates.
 * GUIDED_DISTILLATION (stage two): progressive distillation of the
-  w-conditioned model; teacher and student get the same w per example.
+  w-conditioned model; teacher and student get the same w per example; the
+  target is `distillation.target`'s (two_step: the authors' "nvidia" loss).
 """
 
 import jax
@@ -25,10 +27,11 @@ KINDS = stages.GUIDED_KINDS
 
 def per_example_loss(model: model_lib.DiffusionModel, kind: str, params,
                      teacher_params, batch, rng, num_steps, *,
-                     train: bool = True, microbatch=None):
+                     train: bool = True, microbatch=None, step=None):
   """Loss per example (shape (B,)) of one guided `kind` of stage (above);
   network dropout only when `train`; `microbatch`: see
-  `losses.diffusion_loss`."""
+  `losses.diffusion_loss`; `step`: the stage's update, for stage one's w
+  warm-up (None: warmed up, as when evaluating the loss)."""
   if kind not in KINDS:
     raise ValueError(f'unknown guided stage kind {kind!r}; known: {KINDS}')
   labels = batch['label']
@@ -46,12 +49,16 @@ def per_example_loss(model: model_lib.DiffusionModel, kind: str, params,
         num_steps=num_steps, **common)
   w = guidance.sample_w(rng_cond, labels.shape[0], *model.w_range, microbatch)
   student = model.student()
-  student_fn = student.bind(params, labels, train=train, rng=rng_dropout,
-                            guidance=w, microbatch=microbatch)
   if kind == stages.GUIDED_STAGE_ONE:
+    student_fn = student.bind(
+        params, labels, train=train, rng=rng_dropout, guidance=w,
+        w_warmup=guidance.warmup(step, model.w_warmup_steps),
+        microbatch=microbatch)
     return guidance.matching_loss(
         student_fn, model.bind(teacher_params, labels, guidance=w), x,
         rng_loss, **common)
   return losses.diffusion_loss(
-      student_fn, x, rng_loss, num_steps=num_steps,
-      teacher_fn=student.bind(teacher_params, labels, guidance=w), **common)
+      student.bind(params, labels, train=train, rng=rng_dropout, guidance=w,
+                   microbatch=microbatch), x, rng_loss, num_steps=num_steps,
+      teacher_fn=student.bind(teacher_params, labels, guidance=w),
+      target=model.distill_target, **common)

@@ -314,6 +314,7 @@ def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
   if profile_steps:
     ctx.trace = tracing.StepTrace(workdir / 'profile', profile_steps)
   stages = plan_stages(config)
+  checkpoints.check_saved_models(ctx, stages)
   teacher_params = (teachers.load_external_teacher(ctx, config)
                     if stages[0].is_distillation else None)
   distributed.barrier('config_checked')  # all have read config.json

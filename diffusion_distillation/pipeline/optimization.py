@@ -14,6 +14,7 @@ import optax
 
 from diffusion_distillation.config import OPTIMIZERS
 from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline.stages import Context
 from diffusion_distillation.pipeline.stages import Stage
 
@@ -95,14 +96,17 @@ class Optimization:
 
 
 def optimization_for(config, stage: Stage) -> Optimization:
-  """Base: warmup, EMA, dropout. Distillation: linear anneal per stage."""
+  """Base: warmup, EMA, dropout. Distillation: linear anneal per stage;
+  stage one of guided distillation: the `guidance` section's rate, decay
+  and EMA (the authors' stage-one configs: constant 3e-4, EMA 0.9999)."""
   t = config.train
   if stage.is_distillation:
     d = config.distillation
-    anneal = stage.num_updates if d.learning_rate_anneal_type == 'linear' else 0
-    schedule = learning_rate_schedule(d.learning_rate,
-                                      anneal_steps=anneal)
-    weight_decay, ema_decay, dropout = d.weight_decay, d.ema_decay, d.dropout
+    own = config.guidance if stage.kind == stages.GUIDED_STAGE_ONE else d
+    anneal = (stage.num_updates if own.learning_rate_anneal_type == 'linear'
+              else 0)
+    schedule = learning_rate_schedule(own.learning_rate, anneal_steps=anneal)
+    weight_decay, ema_decay, dropout = d.weight_decay, own.ema_decay, d.dropout
   else:
     schedule = learning_rate_schedule(
         t.learning_rate, warmup_steps=t.learning_rate_warmup_steps)

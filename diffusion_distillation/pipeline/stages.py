@@ -73,7 +73,7 @@ def plan_stages(config) -> list[Stage]:
   if 'distillation' not in config:
     return stages
   distill, guided = config.distillation, 'guidance' in config
-  if guided:
+  if guided and config.guidance.num_updates:
     stages.append(Stage(len(stages), guided_stage_name(distill.start_num_steps),
                         config.guidance.num_updates, distill.start_num_steps,
                         GUIDED_STAGE_ONE))

@@ -65,15 +65,16 @@ def load_external_teacher(ctx, config):
   """The teacher's parameters, checked against the config's architecture.
 
   Guided distillation: a guided teacher trained without the students' w
-  layers (configs/imagenet64_guided_base.py) gets fresh ones (see
-  `DiffusionModel.add_w_layers`).
+  layers (configs/imagenet64_guided_base.py) gets fresh ones for stage one
+  (see `DiffusionModel.add_w_layers`); without stage one
+  (`guidance.num_updates` = 0) the teacher must be w-conditioned already.
   """
   path = epath.Path(config.distillation.teacher_checkpoint_path)
   model = ctx.base_model
   try:
     params, num_steps = _load(path, model)
   except ValueError as e:
-    if not model.w_range:
+    if not model.w_range or not config.guidance.num_updates:
       raise ConfigError(f'{FIELD}: {e}') from None
     try:
       params, num_steps = _load(path, model.without_w_layers())

@@ -18,21 +18,23 @@ from diffusion_distillation.pipeline.optimization import Optimization
 
 def make_per_example_loss(model: model_lib.DiffusionModel, kind: str, *,
                           train: bool = True):
-  """`loss_fn(params, batch, rng, num_steps, teacher_params, microbatch=None)`:
-  the loss per example of a stage of `kind` (`stages.KINDS`: training, or
+  """`loss_fn(params, batch, rng, num_steps, teacher_params, microbatch=None,
+  step=None)`: the loss per example of a stage of `kind` (`stages.KINDS`: training, or
   distillation from the teacher), with dropout when `train` (the official
   `Model.loss_fn(rng, train, batch, params)`); a guided run's comes from
   `guided_loss`. With `microbatch` the batch is that part of one
-  (`parallel/microbatches.py`)."""
+  (`parallel/microbatches.py`). `step`: the stage's update, for stage
+  one's w warm-up (None: warmed up)."""
   schedule_fn = model.logsnr_schedule('train')
   distill = kind == stages.DISTILLATION
 
-  def loss_fn(params, batch, rng, num_steps, teacher_params, microbatch=None):
+  def loss_fn(params, batch, rng, num_steps, teacher_params, microbatch=None,
+              step=None):
     if kind in stages.GUIDED_KINDS:
       return guided_loss.per_example_loss(model, kind, params,
                                           teacher_params, batch, rng,
                                           num_steps, train=train,
-                                          microbatch=microbatch)
+                                          microbatch=microbatch, step=step)
     labels = batch['label']
     rng_loss, rng_dropout = jax.random.split(rng)
     teacher_fn = model.bind(teacher_params, labels) if distill else None
@@ -42,7 +44,8 @@ def make_per_example_loss(model: model_lib.DiffusionModel, kind: str, *,
         model_lib.normalize_images(batch['image']), rng_loss,
         logsnr_schedule_fn=schedule_fn, mean_type=model.mean_type,
         weight_type=model.weight_type, num_steps=num_steps,
-        teacher_fn=teacher_fn, microbatch=microbatch)
+        teacher_fn=teacher_fn, target=model.distill_target,
+        microbatch=microbatch)
 
   return loss_fn
 
@@ -70,7 +73,7 @@ def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
     num_steps = state.num_sample_steps if distill else model.train_num_steps
     grad_fn = microbatches.value_and_grad(
         lambda p, b, r, t, microbatch: per_example(p, b, r, num_steps, t,
-                                                   microbatch),
+                                                   microbatch, state.step),
         opt.num_microbatches)
     if opt.clip_per_device is None:
       loss, grads = grad_fn(state.params, batch, rng, teacher_params)
