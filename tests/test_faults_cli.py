@@ -172,7 +172,7 @@ def test_a_deleted_checkpoint_directory_is_one_line(deleted, workdir_copy,
   assert len(lines) == 1 and result.returncode == 2, result.stderr[-3000:]
   expected = {
       'arrays': r'NOT_FOUND: cannot read \S+/distill_2/4/state/d/\w+ \(a '
-                'file of the checkpoint is missing or damaged\)',
+                r'file of the checkpoint is missing or damaged\)',
       'state': "its 'state' item is missing",
   }[deleted]
   assert re.fullmatch(

@@ -114,8 +114,8 @@ def test_a_workdir_of_another_model_is_refused_untouched(guided_workdir,
   before = snapshot(workdir)
   config = set_fields(guided_tiny_config(), {'model.args.num_res_blocks': 2})
   with pytest.raises(checkpoints.OtherModelError, match=(
-      r"checkpoints/base/\d+: it holds another model than the config "
-      r"describes \(missing \['down_0.block_1'\]")):
+      r"checkpoints/base/\d+ holds another model than the config describes: "
+      r"parameter 'down_0.block_1/")):
     loop.run(config, str(workdir))
   done, out = _sample(workdir, tmp_path, '--num_steps=2', '--guidance=1')
   assert done.returncode == 2 and 'another model' in done.stderr

@@ -87,12 +87,11 @@ class DiffusionModel:
     distill_target = (config.distillation.target if 'distillation' in config
                       else 'progressive')
     w_teacher = bool(w_range) and config.guidance.num_updates == 0
-    guided = 'guidance' in config
     network = unet_lib.UNet(
         num_classes=num_classes, extra_class=cond_drop_prob > 0,
         out_ch=out_channels(config.model.mean_type, data_shape[-1]),
         dtype=config.model.dtype,
-        w_input_type=config.guidance.w_input_type if guided else None,
+        w_input_type=config.guidance.w_input_type if w_range else None,
         remat=config.model.remat, remat_policy=config.model.remat_policy,
         **args)
     schedule = lambda s: (s.name, float(s.logsnr_min), float(s.logsnr_max))

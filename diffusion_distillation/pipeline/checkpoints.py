@@ -32,6 +32,7 @@ from diffusion_distillation import files
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.parallel import distributed
 from diffusion_distillation.parallel import sharding
+from diffusion_distillation.pipeline import official_checkpoints
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline.stages import Context
@@ -45,31 +46,6 @@ class CheckpointError(UserError):
 class OtherModelError(CheckpointError):
   """A checkpoint holds another parameter tree than the config's model: not
   damage (nothing to repair), another architecture or an older layout."""
-
-
-def _leaf_shapes(tree) -> dict[str, tuple]:
-  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in
-          jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _other_tree_problem(saved, expected) -> Optional[str]:
-  """How two parameter trees' leaves (names, shapes) differ; None if not."""
-  saved, expected = _leaf_shapes(saved), _leaf_shapes(expected)
-  missing = sorted(set(expected) - set(saved))
-  extra = sorted(set(saved) - set(expected))
-  reshaped = sorted(k for k in set(saved) & set(expected)
-                    if saved[k] != expected[k])
-  if not (missing or extra or reshaped):
-    return None
-  name = lambda paths: ', '.join(paths[:3]) + (', ...' if len(paths) > 3
-                                                else '')
-  parts = (missing and f'missing {name(missing)}',
-           extra and f'unexpected {name(extra)}',
-           reshaped and f'other shapes {name(reshaped)}')
-  return ('it holds another model than the config describes (' +
-          '; '.join(p for p in parts if p) + '): it was written by another '
-          'architecture, or is a guided workdir from before the authors\' '
-          'w_unet3 layout (dense_w0, dense_w1); train in a new workdir')
 
 
 def _reason(error: BaseException) -> str:
@@ -220,10 +196,15 @@ class StageCheckpoints:
       raise CheckpointError(
           f'reading checkpoint {self.directory / str(step)} failed: '
           f'{_reason(e)}') from e
-    problem = _other_tree_problem(saved, expected)
-    if problem:
-      raise OtherModelError(f'checkpoint {self.directory / str(step)}: '
-                            f'{problem}')
+    problems = official_checkpoints.parameter_mismatches(expected, saved)
+    if problems:
+      more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+      raise OtherModelError(
+          f'checkpoint {self.directory / str(step)} holds another model than '
+          f'the config describes: {problems[0]}{more}; it was written by '
+          "another architecture, or is a guided workdir from before the "
+          "authors' w_unet3 layout (dense_w0, dense_w1): train in a new "
+          'workdir')
 
   def _has_average(self, step: int) -> bool:
     """Whether checkpoint `step` holds EMA parameters (see TrainState)."""

@@ -157,7 +157,7 @@ def _path_str(path) -> str:
 
 
 def _shape(x) -> Tuple[int, ...]:
-  return tuple(np.shape(x))
+  return tuple(x.shape) if hasattr(x, 'shape') else tuple(np.shape(x))
 
 
 def _mismatches(expected: dict, got: dict) -> list[str]:
@@ -182,6 +182,22 @@ def _mismatches(expected: dict, got: dict) -> list[str]:
   return problems
 
 
+def _model_leaves(abstract_params):
+  """([(path, leaf)] of a model's parameter pytree, its treedef, {path tuple:
+  leaf})."""
+  with_path, treedef = jax.tree_util.tree_flatten_with_path(
+      nn.meta.unbox(abstract_params))
+  return with_path, treedef, {tuple(_key_name(e) for e in path): leaf
+                              for path, leaf in with_path}
+
+
+def parameter_mismatches(abstract_params, saved: dict) -> list[str]:
+  """How a saved nested dict of arrays (or of their metadata) differs from a
+  model's parameter tree: missing, extra, incompatibly shaped parameters."""
+  return _mismatches(_model_leaves(abstract_params)[2],
+                     _flatten_file_tree(saved))
+
+
 def map_onto(loaded: dict, abstract_params, *, source: str = 'checkpoint'):
   """Maps a restored parameter tree onto the structure of `abstract_params`.
 
@@ -201,10 +217,7 @@ def map_onto(loaded: dict, abstract_params, *, source: str = 'checkpoint'):
     ValueError: naming the first (in sorted path order) parameter that is
       missing, extra, or of an incompatible shape.
   """
-  abstract_params = nn.meta.unbox(abstract_params)
-  with_path, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
-  expected = {tuple(_key_name(e) for e in path): leaf
-              for path, leaf in with_path}
+  with_path, treedef, expected = _model_leaves(abstract_params)
   got = _flatten_file_tree(loaded)
   # Tolerate a variables dict ({'params': ...}) for the model.
   if (all(p[0] == 'params' for p in expected) and

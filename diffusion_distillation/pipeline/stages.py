@@ -8,7 +8,9 @@ A config with a `guidance` section (guided distillation, Meng et al., 2023,
 arXiv 2210.03142) adds stage one, `guided_<N>`, between them: the
 w-conditioned student that matches the guided teacher, sampled with the
 teacher's N steps; the `distill_<N/2>` ... stages then distill it as usual
-(stage two), with w drawn per example.
+(stage two), with w drawn per example. With `guidance.num_updates` = 0 there
+is no stage one: the external teacher is a stage-one student already (the
+authors' stage-two configs are runs of their own).
 """
 
 import dataclasses
