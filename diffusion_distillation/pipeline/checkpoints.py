@@ -168,10 +168,13 @@ class StageCheckpoints:
     """
     step = self.latest_step() if step is None else step
     is_train_state = isinstance(abstract_state, train_state.TrainState)
-    if is_train_state:
-      self.check_params_tree(step, abstract_state.params)
-    saved = (train_state.with_average(abstract_state, self._has_average(step))
-             if is_train_state else abstract_state)  # with or without EMA
+    if is_train_state:  # with or without EMA, as saved
+      saved_state = self._state_metadata(step)
+      self._check_params(step, saved_state, abstract_state.params)
+      saved = train_state.with_average(
+          abstract_state, saved_state['ema_params'] is not None)
+    else:
+      saved = abstract_state
     restored = self._restore(
         step, state=ocp.args.StandardRestore(saved),
         meta=ocp.args.JsonRestore())
@@ -186,17 +189,24 @@ class StageCheckpoints:
               restored.meta)
     return restored.state, restored.meta
 
-  def check_params_tree(self, step: int, expected):
-    """Raises OtherModelError unless checkpoint `step`'s parameters have
-    `expected`'s leaf names (before orbax's bare 'tree structures do not
-    match')."""
+  def _state_metadata(self, step: int):
+    """The saved 'state' item's tree of array metadata at `step`."""
     try:
-      saved = self._manager.item_metadata(step)['state']['params']
+      return self._manager.item_metadata(step)['state']
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f'reading checkpoint {self.directory / str(step)} failed: '
           f'{_reason(e)}') from e
-    problems = official_checkpoints.parameter_mismatches(expected, saved)
+
+  def check_params_tree(self, step: int, expected):
+    """Raises OtherModelError unless checkpoint `step`'s parameters have
+    `expected`'s names and shapes (before orbax's bare 'tree structures do
+    not match')."""
+    self._check_params(step, self._state_metadata(step), expected)
+
+  def _check_params(self, step: int, saved_state, expected):
+    problems = official_checkpoints.parameter_mismatches(
+        expected, saved_state['params'])
     if problems:
       more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
       raise OtherModelError(
@@ -206,25 +216,16 @@ class StageCheckpoints:
           "authors' w_unet3 layout (dense_w0, dense_w1): train in a new "
           'workdir')
 
-  def _has_average(self, step: int) -> bool:
-    """Whether checkpoint `step` holds EMA parameters (see TrainState)."""
-    try:
-      return self._manager.item_metadata(step)['state']['ema_params'] is not None
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f'reading checkpoint {self.directory / str(step)} failed: '
-          f'{_reason(e)}') from e
-
   def restore_intact(self, abstract_state, *, repair: bool):
     """(state, meta) of the newest intact checkpoint; None if there is none.
 
     With `repair` (training), each newer damaged checkpoint is moved to
     `checkpoints/damaged/` with one warning and the one before is tried; a
-    stage whose checkpoints are all damaged raises CheckpointError. One of
-    another model (OtherModelError) is not damage: it raises, and nothing
-    is moved. Without
+    stage whose checkpoints are all damaged raises CheckpointError. Without
     it (sampling, evaluation), a damaged newest checkpoint raises at once and
-    nothing is changed. Collective on multi-process runs.
+    nothing is changed. One of another model (OtherModelError) is not
+    damage: it raises, and nothing is moved. Collective on multi-process
+    runs.
     """
     set_aside = False
     while (step := self.latest_step()) is not None:
@@ -281,11 +282,10 @@ class StageCheckpoints:
 
 
 def check_saved_models(ctx: Context, stages):
-  """Raises OtherModelError, before a run writes anything, if a stage's
-  newest checkpoint holds another parameter tree than the run's model
+  """Raises OtherModelError, before a run writes anything, if the first
+  stage with a checkpoint holds another parameter tree than the run's model
   (every stage of a run has the same tree). A checkpoint too damaged to say
   is left to `restore_intact`'s repair."""
-  expected = jax.eval_shape(ctx.base_model.init_params, jax.random.PRNGKey(0))
   for stage in stages:
     directory = stage_dir(ctx.workdir, stage.name)
     if not directory.exists():
@@ -293,12 +293,15 @@ def check_saved_models(ctx: Context, stages):
     manager = StageCheckpoints(directory, read_only=True)
     try:
       step = manager.latest_step()
-      if step is not None:
-        manager.check_params_tree(step, expected)
+      if step is None:
+        continue
+      manager.check_params_tree(step, jax.eval_shape(
+          ctx.base_model.init_params, jax.random.PRNGKey(0)))
+      return
     except OtherModelError:
       raise
     except CheckpointError:
-      pass
+      return
     finally:
       manager.close()
 
