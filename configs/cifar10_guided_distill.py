@@ -1,4 +1,4 @@
-r"""CIFAR-10 guided distillation, stage two: config/cifar_condw_stage2_distill.py.
+r"""CIFAR-10 guided stage two: the authors' cifar_condw_stage2_distill.py.
 
 Stage two of Meng et al. (CVPR 2023, Sec. 4.2) as the authors'
 `ddpm_w_distillation/ddpm_w_distillation/config/cifar_condw_stage2_distill.py`:

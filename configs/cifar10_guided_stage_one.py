@@ -1,4 +1,4 @@
-r"""CIFAR-10 guided distillation, stage one: config/cifar_condw_stage1_distill.py.
+r"""CIFAR-10 guided stage one: the authors' cifar_condw_stage1_distill.py.
 
 Stage one of Meng et al. (CVPR 2023, Sec. 4.1) as the authors'
 `ddpm_w_distillation/ddpm_w_distillation/config/cifar_condw_stage1_distill.py`:

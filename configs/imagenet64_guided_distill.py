@@ -1,4 +1,4 @@
-r"""ImageNet 64 guided distillation, stage two: config/i64_condw_stage2_distill.py.
+r"""ImageNet 64 guided stage two: the authors' i64_condw_stage2_distill.py.
 
 Stage two of Meng et al. (CVPR 2023, Sec. 4.2) as the authors'
 `ddpm_w_distillation/ddpm_w_distillation/config/i64_condw_stage2_distill.py`:

@@ -1,4 +1,4 @@
-r"""ImageNet 64 guided distillation, stage one: config/i64_condw_stage1_distill.py.
+r"""ImageNet 64 guided stage one: the authors' i64_condw_stage1_distill.py.
 
 Stage one of Meng et al. (CVPR 2023, Sec. 4.1) as the authors'
 `ddpm_w_distillation/ddpm_w_distillation/config/i64_condw_stage1_distill.py`:

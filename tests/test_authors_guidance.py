@@ -196,7 +196,7 @@ def test_the_students_tree_is_w_unet3s(stage_one, base, data_shape, classes,
                           if not k.startswith('w_dense')}
 
 
-# --- Embeddings ----------------------------------------------------------------
+# --- Embeddings -------------------------------------------------------------
 
 
 def _random_params(tree, seed=0):

@@ -191,7 +191,8 @@ def _evaluate_row(loaded, params, spec, settings, scorer, where: str):
   """One row: samples `spec`'s model and scores the samples."""
   t0 = time.time()
   samples, labels = generation.generate(
-      loaded.model.sampled(spec.model == 'distilled'), params, mesh=loaded.mesh, num_samples=settings.num_samples,
+      loaded.model.sampled(spec.model == 'distilled'), params,
+      mesh=loaded.mesh, num_samples=settings.num_samples,
       num_steps=spec.steps, seed=settings.seed, sampler=spec.sampler,
       batch_size=settings.batch_size, guidance=spec.guidance)
   t1 = time.time()

@@ -19,8 +19,8 @@ from diffusion_distillation.pipeline.optimization import Optimization
 def make_per_example_loss(model: model_lib.DiffusionModel, kind: str, *,
                           train: bool = True):
   """`loss_fn(params, batch, rng, num_steps, teacher_params, microbatch=None,
-  step=None)`: the loss per example of a stage of `kind` (`stages.KINDS`: training, or
-  distillation from the teacher), with dropout when `train` (the official
+  step=None)`: the loss per example of a stage of `kind` (`stages.KINDS`:
+  training, or distillation from the teacher), with dropout when `train` (the official
   `Model.loss_fn(rng, train, batch, params)`); a guided run's comes from
   `guided_loss`. With `microbatch` the batch is that part of one
   (`parallel/microbatches.py`). `step`: the stage's update, for stage
