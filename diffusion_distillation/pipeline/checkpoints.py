@@ -237,9 +237,9 @@ class StageCheckpoints:
         other_model = isinstance(e, OtherModelError)
       if distributed.agree(problem is None):
         return restored
-      if other_model or not distributed.agree(not other_model):
-        raise OtherModelError(problem or 'another process read another model '
-                              f'in {self.directory}')
+      if distributed.agree(other_model):  # a collective: on every process
+        raise OtherModelError(problem or 'process 0 read another model in '
+                              f'{self.directory}')
       if not repair:
         raise CheckpointError(
             f'{problem}; rerun the training command to repair the stage')
