@@ -490,10 +490,10 @@ class UNet(nn.Module):
   def _check_config(self):
     if self.num_classes < 1:
       raise ValueError(f'num_classes must be >= 1, got {self.num_classes}')
-    for name in ('logsnr_input_type', 'w_input_type'):
-      value = getattr(self, name)
-      if value not in LOGSNR_INPUT_TYPES and (name, value) != (
-          'w_input_type', None):
+    for name, value, allowed in (
+        ('logsnr_input_type', self.logsnr_input_type, LOGSNR_INPUT_TYPES),
+        ('w_input_type', self.w_input_type, (None, *LOGSNR_INPUT_TYPES))):
+      if value not in allowed:
         raise ValueError(f'unknown {name} {value!r}; known: '
                          f'{list(LOGSNR_INPUT_TYPES)}')
     if not self.ch_mult:
