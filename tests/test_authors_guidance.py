@@ -269,15 +269,13 @@ def test_two_step_loss_is_the_authors_nvidia_loss(num_steps):
   batch = 16
   x = jax.random.uniform(jax.random.PRNGKey(0), (batch, 4, 4, 1), minval=-1.,
                          maxval=1.)
-  rng = jax.random.PRNGKey(1)
+  draws = losses.draw_noise(jax.random.PRNGKey(1), x, num_steps)
   got = losses.diffusion_loss(
-      student_fn, x, rng, logsnr_schedule_fn=SCHEDULE, mean_type='v',
-      weight_type='snr_trunc', num_steps=num_steps, teacher_fn=teacher_fn,
-      target='two_step')
-  # The same draws as diffusion_loss: grid index t, then the noise.
-  rng_t, rng_eps = jax.random.split(rng)
-  t = np.asarray(jax.random.randint(rng_t, (batch,), 0, num_steps))
-  eps = np.asarray(jax.random.normal(rng_eps, x.shape), np.float64)
+      student_fn, x, draws['u'], draws['i'], draws['eps'],
+      logsnr_schedule_fn=SCHEDULE, mean_type='v', weight_type='snr_trunc',
+      num_steps=num_steps, teacher_fn=teacher_fn, target='two_step')
+  t = np.asarray(draws['i'])  # the authors' grid index
+  eps = np.asarray(draws['eps'], np.float64)
   expected, x_target = np_two_nvidia_loss(student_fn, teacher_fn,
                                           np.asarray(x, np.float64), t, eps,
                                           num_steps)

@@ -86,7 +86,7 @@ def test_benchmark_stages_come_from_the_plan():
   # An external teacher: the plan has no base stage; the one it would have.
   external = tiny_config(distillation__teacher_checkpoint_path='/teacher')
   base, distill, from_config = benchmark.benchmark_stages(external)
-  assert base == plan[0] and not base.is_distillation
+  assert base == plan[0] and not base.trains_student
   assert distill == stages.plan_stages(external)[0] and from_config
   assert external.distillation.teacher_checkpoint_path == '/teacher'
 
@@ -96,7 +96,7 @@ def test_benchmark_stages_come_from_the_plan():
   base, distill, from_config = benchmark.benchmark_stages(base_only)
   assert base == plan[0] and not from_config
   assert distill.num_sample_steps == 4  # eval_sampling_num_steps // 2
-  assert distill.kind == stages.DISTILLATION  # with the base optimizer
+  assert distill.objective == 'progressive'  # with the base optimizer
 
 
 def test_memory_lines_from_the_cli():
@@ -128,7 +128,7 @@ def test_memory_needs_no_data_and_no_teacher_file():
   (lowering is what reads the config; compiling it is the suite's cost)."""
   config = config_lib.complete(load_config('cifar10_distill'))
   base, distill, from_config = benchmark.benchmark_stages(config)
-  assert distill.kind == stages.DISTILLATION and from_config
+  assert distill.objective == 'progressive' and from_config
   opt = optimization.optimization_for(config, distill)
   text = memory.lower_update(config, distill, opt, 2).as_text()
   assert '2x32x32x3' in text

@@ -288,7 +288,7 @@ def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
 
   loaded = workdirs.open_workdir(WORKDIR)
   assert loaded.student_steps() == sorted(
-      s.num_sample_steps for s in planned if s.is_distillation)
+      s.num_sample_steps for s in planned if s.trains_student)
 
 
 # --- No local file API on the workdir, statically ---------------------------

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from diffusion_distillation import objectives
 from diffusion_distillation.config import ConfigError
 from diffusion_distillation.pipeline import checkpoints
 from diffusion_distillation.pipeline import loop
@@ -139,7 +140,7 @@ def test_update_skip_drops_a_non_finite_update_and_counts_it(
   stage = stages.plan_stages(config)[0]
   opt = optimization.optimization_for(config, stage)
   steps = functools.partial(jax.jit(update.make_train_steps(
-      optimization.stage_model(ctx, opt), opt, stages.TEACHER)),
+      objectives.make('teacher', optimization.stage_model(ctx, opt)), opt)),
       key=jax.random.PRNGKey(0))
   state = train_state.create(ctx.base_model.init_params(
       jax.random.PRNGKey(0)), opt.tx, 0)

@@ -12,11 +12,12 @@ import pytest
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import diffusion
+from diffusion_distillation import objectives
 from diffusion_distillation.diffusion import guidance
+from diffusion_distillation.diffusion import losses
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.diffusion import schedules
 from diffusion_distillation.models import diffusion_model as model_lib
-from diffusion_distillation.pipeline import guided_loss
 from diffusion_distillation.pipeline import stages
 
 from helpers import load_config
@@ -100,18 +101,19 @@ def test_stage_one_target_is_the_guided_teacher_at_data_noised_z(guided):
   # A student whose prediction is the teacher's exactly has zero loss; one
   # off by d in x has loss mean(d^2) under the 'constant' weighting.
   common = dict(logsnr_schedule_fn=SCHEDULE, mean_type=model.mean_type)
-  zero = guidance.matching_loss(teacher_fn, teacher_fn, x, rng,
+  draws = losses.draw_noise(rng, x, 0)  # continuous time
+  u, eps = draws['u'], draws['eps']
+  zero = guidance.matching_loss(teacher_fn, teacher_fn, x, u, eps,
                                 weight_type='snr_trunc', **common)
   np.testing.assert_allclose(zero, 0., atol=1e-10)
-  # Hand computation of z_t and the target (same rng use as matching_loss).
-  rng_t, rng_eps = jax.random.split(rng)
-  logsnr = SCHEDULE(jax.random.uniform(rng_t, (B,)))
-  z = diffusion.diffuse(x, jax.random.normal(rng_eps, x.shape), logsnr)
+  # Hand computation of z_t and the target.
+  logsnr = SCHEDULE(u)
+  z = diffusion.diffuse(x, eps, logsnr)
   target = diffusion.interpret_output(teacher_fn(z, logsnr), z, logsnr,
                                       model.mean_type).x
   student_x = lambda zz, ll: diffusion.v_from_x_eps(
       jnp.zeros_like(zz), diffusion.eps_from_x(zz, jnp.zeros_like(zz), ll), ll)
-  loss = guidance.matching_loss(student_x, teacher_fn, x, rng,
+  loss = guidance.matching_loss(student_x, teacher_fn, x, u, eps,
                                 weight_type='constant', **common)
   np.testing.assert_allclose(loss, jnp.mean(target ** 2, axis=(1, 2, 3)),
                              rtol=1e-4)
@@ -162,7 +164,9 @@ def test_unguided_configs_keep_their_parameter_tree():
 
 def test_label_dropout_and_w_draws():
   labels = jnp.arange(20000, dtype=jnp.int32) % 10
-  dropped = guidance.drop_labels(jax.random.PRNGKey(0), labels, 0.1, -1)
+  dropped = guidance.drop_labels(
+      labels, guidance.draw_label_drops(jax.random.PRNGKey(0), labels, 0.1),
+      -1)
   changed = dropped != labels
   assert np.all(np.asarray(dropped)[np.asarray(changed)] == -1)
   assert 0.09 < float(changed.mean()) < 0.11
@@ -180,18 +184,18 @@ def test_guided_stage_losses_run_and_stage_one_is_planned(guided):
   plan = stages.plan_stages(config)
   assert [s.name for s in plan] == ['base', 'guided_8', 'distill_4',
                                     'distill_2', 'distill_1']
-  assert [s.kind for s in plan] == [
-      stages.GUIDED_TEACHER, stages.GUIDED_STAGE_ONE] + [
-          stages.GUIDED_DISTILLATION] * 3
+  assert [s.objective for s in plan] == [
+      'guided_teacher', 'guided_stage_one'] + ['guided_progressive'] * 3
   assert plan[1].num_updates == 4 and plan[1].num_sample_steps == 8
   # Sample grids: at the largest evaluated w; students need some w.
   assert [stages.grid_guidance(config, s) for s in plan[:2]] == [2., 2.]
   config.eval.guidance = ()
   assert [stages.grid_guidance(config, s) for s in plan[:2]] == [None, 0.]
   batch = {'image': jnp.full((B, 8, 8, 1), 128.), 'label': labels}
-  for kind in guided_loss.KINDS:
-    loss = guided_loss.per_example_loss(model, kind, params, params, batch,
-                                        jax.random.PRNGKey(0), 4)
+  for stage in plan:
+    objective = objectives.make(stage.objective, model)
+    draws = objective.draw(jax.random.PRNGKey(0), batch, 4)
+    loss = objective.loss(params, params, batch, draws, num_steps=4)
     assert loss.shape == (B,) and np.all(np.isfinite(loss))
 
 

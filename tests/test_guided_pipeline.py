@@ -55,7 +55,7 @@ def _params(workdir):
   loaded = workdirs.open_workdir(str(workdir))
   out = {'base': loaded.teacher_params()}
   for stage in loaded.stages:
-    if stage.is_distillation:
+    if stage.trains_student:
       out[stage.name] = loaded.student_params(stage.num_sample_steps)
   return out
 

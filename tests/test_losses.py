@@ -67,6 +67,17 @@ def test_discrete_times_lie_on_the_grid():
   assert i is None and np.all((0 <= u) & (u <= 1))
 
 
+def test_noise_draws_are_the_times_then_the_noise_of_one_key():
+  x = jnp.zeros(SHAPE, jnp.float32)
+  rng_t, rng_eps = jax.random.split(jax.random.PRNGKey(5))
+  draws = losses.draw_noise(jax.random.PRNGKey(5), x, 8)
+  u, i = losses.sample_times(rng_t, SHAPE[0], 8)
+  np.testing.assert_array_equal(draws['u'], u)
+  np.testing.assert_array_equal(draws['i'], i)
+  np.testing.assert_array_equal(draws['eps'],
+                                jax.random.normal(rng_eps, SHAPE))
+
+
 def test_perfect_student_has_zero_distillation_loss():
   """A student that already equals two teacher steps gets zero loss."""
   teacher = lambda z, logsnr: jnp.tanh(z + 0.05 * logsnr.reshape(-1, 1, 1, 1))
@@ -74,20 +85,20 @@ def test_perfect_student_has_zero_distillation_loss():
   rng = jax.random.PRNGKey(3)
   num_steps = 4
 
-  # Recompute the loss's own times and noise to build the ideal student.
-  rng_t, rng_eps = jax.random.split(rng)
-  u, i = losses.sample_times(rng_t, SHAPE[0], num_steps)
-  z = diffusion.diffuse(x, jax.random.normal(rng_eps, SHAPE), SCHEDULE(u))
+  # The loss's own times and noise build the ideal student.
+  draws = losses.draw_noise(rng, x, num_steps)
+  u, i, eps = draws['u'], draws['i'], draws['eps']
+  z = diffusion.diffuse(x, eps, SCHEDULE(u))
   target = losses.teacher_target(teacher, z, u, i, num_steps,
                                  logsnr_schedule_fn=SCHEDULE, mean_type='x')
   student = lambda z_, logsnr: target
   loss = losses.diffusion_loss(
-      student, x, rng, logsnr_schedule_fn=SCHEDULE, mean_type='x',
+      student, x, u, i, eps, logsnr_schedule_fn=SCHEDULE, mean_type='x',
       weight_type='snr_trunc', num_steps=num_steps, teacher_fn=teacher)
   np.testing.assert_allclose(loss, 0., atol=1e-8)
   # ... and a different student does not.
   loss = losses.diffusion_loss(
-      lambda z_, l: target + 0.1, x, rng, logsnr_schedule_fn=SCHEDULE,
+      lambda z_, l: target + 0.1, x, u, i, eps, logsnr_schedule_fn=SCHEDULE,
       mean_type='x', weight_type='snr_trunc', num_steps=num_steps,
       teacher_fn=teacher)
   assert np.all(loss > 1e-3)

@@ -3,11 +3,13 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
+from diffusion_distillation import objectives
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.parallel import microbatches
 from diffusion_distillation.pipeline import optimization
@@ -37,20 +39,39 @@ def test_a_microbatch_takes_its_rows_of_the_whole_batchs_draw():
         whole[j::PARTS])
 
 
+def test_accumulation_slices_arrays_and_sets_the_rows_of_batch_keys():
+  key = jax.random.PRNGKey(3)
+  x = jax.random.normal(jax.random.PRNGKey(4), (BATCH, 3))
+  seen = []
+
+  def per_example(params, inputs):
+    noise = microbatches.draw(jax.random.normal, inputs['key'].key,
+                              inputs['x'].shape, inputs['key'].rows)
+    seen.append(inputs['key'].rows)
+    return jnp.sum(params * inputs['x'] * noise, axis=1)
+
+  inputs = {'x': x, 'key': microbatches.BatchKey(key)}
+  whole = microbatches.value_and_grad(per_example, 1)(jnp.ones(3), inputs)
+  parts = microbatches.value_and_grad(per_example, PARTS)(jnp.ones(3), inputs)
+  for a, b in zip(parts, whole):  # (loss, gradient)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  assert seen[0] is None and seen[1].count == PARTS
+
+
 def _guided_config():
   return set_fields(load_config('digits_guided'), TINY_OVERRIDES)
 
 
-CASES = {  # kind: (config, the stage's sampler steps); with dropout each
-    stages.TEACHER: (tiny_config, 0),  # continuous time
-    stages.GUIDED_TEACHER: (_guided_config, 0),  # label dropout
-    stages.GUIDED_DISTILLATION: (_guided_config, 4),  # the teacher's two
-                                                     # steps, w per example
+CASES = {  # objective: (config, the stage's sampler steps); with dropout each
+    'teacher': (tiny_config, 0),  # continuous time
+    'guided_teacher': (_guided_config, 0),  # label dropout
+    'guided_progressive': (_guided_config, 4),  # the teacher's two
+                                                # steps, w per example
 }
 
 
-def _update(kind, parts):
-  make_config, num_steps = CASES[kind]
+def _update(objective, parts):
+  make_config, num_steps = CASES[objective]
   config = make_config()
   config.train.num_microbatches = parts
   # SGD at a learning rate from step 0: the update is the gradient (Adam's
@@ -58,17 +79,18 @@ def _update(kind, parts):
   config.train.optimizer = 'momentum'
   config.train.learning_rate_warmup_steps = 0
   dataset = data_lib.from_config(config)
-  stage = stages.Stage(1, 'stage', 10, num_steps, kind)
+  stage = stages.Stage(1, 'stage', 10, num_steps, objective)
   opt = optimization.optimization_for(config, stage)
-  if stage.is_distillation:  # dropout too, to check the students' masks
+  if stage.trains_student:  # dropout too, to check the students' masks
     opt = dataclasses.replace(opt, dropout=0.1)
   model = model_lib.DiffusionModel.from_config(
       config, dataset.data_shape, dataset.num_classes, dropout=opt.dropout)
   params = random_params(model, 0)
-  teacher = random_params(model, 1) if stage.is_distillation else None
+  teacher = random_params(model, 1) if stage.trains_student else None
   state = train_state.create(params, opt.tx, num_steps)
   batch = next(dataset.train_batches(global_batch_size=BATCH, seed=0))
-  steps = jax.jit(update.make_train_steps(model, opt, kind)).lower(
+  steps = jax.jit(update.make_train_steps(
+      objectives.make(objective, model), opt)).lower(
       state, update.stack_batches([batch]), teacher, jax.random.PRNGKey(2))
   # LLVM's optimizations triple the compile time and do not change numerics.
   new, metrics = steps.compile({'xla_backend_optimization_level': 0})(
@@ -76,10 +98,10 @@ def _update(kind, parts):
   return state.params, new, metrics
 
 
-@pytest.mark.parametrize('kind', list(CASES))
-def test_four_microbatches_make_the_full_batchs_update(kind):
-  before, whole, whole_metrics = _update(kind, 1)
-  _, parts, parts_metrics = _update(kind, PARTS)
+@pytest.mark.parametrize('objective', list(CASES))
+def test_four_microbatches_make_the_full_batchs_update(objective):
+  before, whole, whole_metrics = _update(objective, 1)
+  _, parts, parts_metrics = _update(objective, PARTS)
   np.testing.assert_allclose(parts_metrics['loss'], whole_metrics['loss'],
                              rtol=1e-5)
   np.testing.assert_allclose(parts_metrics['grad_norm'],

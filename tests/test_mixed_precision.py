@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import data as data_lib
+from diffusion_distillation import objectives
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import stages
@@ -73,7 +74,7 @@ def _train_steps(dtype, distill):
   """The pipeline's update for this dtype: (train_steps, state, teacher)."""
   config = _config(dtype)
   stage = (stages.Stage(1, f'distill_{STUDENT_STEPS}', 10, STUDENT_STEPS,
-                        stages.DISTILLATION)
+                        'progressive')
            if distill else stages.plan_stages(config)[0])
   opt = optimization.optimization_for(config, stage)
   model = model_lib.DiffusionModel.from_config(config, (8, 8, 1), 1,
@@ -85,7 +86,7 @@ def _train_steps(dtype, distill):
   state = train_state.create(params, opt.tx, stage.num_sample_steps).replace(
       step=jnp.asarray(_start_step(distill), jnp.int32))
   return (functools.partial(update.make_train_steps(
-              model, opt, stages.DISTILLATION if distill else stages.TEACHER),
+              objectives.make(stage.objective, model), opt),
               key=jax.random.PRNGKey(3)),
           state, params if distill else None)
 

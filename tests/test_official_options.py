@@ -20,6 +20,7 @@ import optax
 import pytest
 
 from diffusion_distillation import config as config_lib
+from diffusion_distillation import objectives
 from diffusion_distillation.config import ConfigError
 from diffusion_distillation.diffusion import likelihood
 from diffusion_distillation.diffusion import losses
@@ -45,6 +46,7 @@ _PER_DEVICE = r'''
 import jax, numpy as np, optax
 import helpers
 from diffusion_distillation.parallel import sharding
+from diffusion_distillation import objectives
 from diffusion_distillation.pipeline import loop, optimization, stages
 from diffusion_distillation.pipeline import train_state, update
 
@@ -62,7 +64,8 @@ def one_update(per_device):
   state = train_state.create(params, opt.tx, 0)
   batch = next(ctx.dataset.train_batches(global_batch_size=8, seed=0))
   steps = update.compile_train_steps(
-      update.make_train_steps(model, opt, stages.TEACHER), ctx.mesh)
+      update.make_train_steps(objectives.make('teacher', model), opt),
+      ctx.mesh)
   new, metrics = steps(
       sharding.replicate(jax.tree.map(np.array, state), ctx.mesh),
       sharding.global_batch(update.stack_batches([batch]), ctx.mesh, 1), None,
@@ -71,13 +74,14 @@ def one_update(per_device):
 
 assert jax.device_count() == 4
 model, opt, params, state, batch, got = one_update(True)
-per_example = update.make_per_example_loss(model, stages.TEACHER)
-loss_fn = lambda *args: per_example(*args).mean()
+objective = objectives.make('teacher', model)
+loss_fn = lambda params, shard, rng: objective.loss(
+    params, None, shard, objective.draw(rng, shard, 0), num_steps=0).mean()
 clipped, norms = [], []
 for k in range(4):  # device k: examples 2k, 2k + 1; rng folded with k
   shard = jax.tree.map(lambda b: b[2 * k:2 * k + 2], batch)
   rng = jax.random.fold_in(jax.random.fold_in(KEY, 0), k)
-  grad = jax.grad(loss_fn)(params, shard, rng, 0, None)
+  grad = jax.grad(loss_fn)(params, shard, rng)
   norm = float(optax.tree.norm(grad))
   norms.append(norm)
   clipped.append(jax.tree.map(lambda g: g * min(1., CLIP / norm), grad))
@@ -179,7 +183,7 @@ def test_update_skip_checks_the_new_parameters_not_the_gradients():
       optimization.optimization_for(config, stage),
       tx=optax.chain(optax.scale(1e30), optax.scale(1e30)))
   steps = functools.partial(jax.jit(update.make_train_steps(
-      optimization.stage_model(ctx, opt), opt, stages.TEACHER)),
+      objectives.make('teacher', optimization.stage_model(ctx, opt)), opt)),
       key=jax.random.PRNGKey(0))
   state = train_state.create(ctx.base_model.init_params(
       jax.random.PRNGKey(0)), opt.tx, 0)

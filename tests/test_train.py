@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from diffusion_distillation import objectives
 from diffusion_distillation.cli import sample as sample_cli
 from diffusion_distillation.models import generation
 from diffusion_distillation.pipeline import checkpoints
@@ -193,8 +194,9 @@ def test_substeps_in_one_call_equal_single_steps(finished_workdir):
   opt = optimization.optimization_for(config, stage)
   teacher = workdirs.open_workdir(str(workdir)).teacher_params()
   steps = functools.partial(
-      update.make_train_steps(optimization.stage_model(ctx, opt), opt,
-                              stages.DISTILLATION), key=jax.random.PRNGKey(0))
+      update.make_train_steps(objectives.make(
+          stage.objective, optimization.stage_model(ctx, opt)), opt),
+      key=jax.random.PRNGKey(0))
   state = train_state.create(teacher, opt.tx, stage.num_sample_steps)
   data = ctx.dataset.train_batches(global_batch_size=8, seed=0)
   batches = update.stack_batches([next(data), next(data)])

@@ -80,9 +80,9 @@ def test_progress_lines_say_stage_k_of_n_and_eta(watched_run):
 
 
 def test_run_eta_adds_each_later_stage_updates_and_overhead():
-  base = Stage(0, 'base', 100, 0, stages.TEACHER)
-  students = [Stage(1, 'distill_4', 10, 4, stages.DISTILLATION),
-              Stage(2, 'distill_2', 10, 2, stages.DISTILLATION)]
+  base = Stage(0, 'base', 100, 0, 'teacher')
+  students = [Stage(1, 'distill_4', 10, 4, 'progressive'),
+              Stage(2, 'distill_2', 10, 2, 'progressive')]
   run = progress.RunProgress([base, *students], batch_size=8)
   run.seconds_per_update[False] = 0.5
   run.startup[False] = 4.  # the teacher's compiling, while it trains

@@ -21,7 +21,6 @@ sampling) applies to the guided x, as in the paper.
 """
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +28,6 @@ import jax.numpy as jnp
 from diffusion_distillation.diffusion import losses
 from diffusion_distillation.diffusion import process
 from diffusion_distillation.errors import ModelError
-from diffusion_distillation.parallel import microbatches
-from diffusion_distillation.parallel.microbatches import Microbatch
 
 
 class GuidanceError(ModelError):
@@ -61,28 +58,28 @@ def guided_model_fn(apply_fn, labels, null_label: int, w):
   return model_fn
 
 
-def drop_labels(rng, labels, drop_prob: float, null_label: int,
-                microbatch: Optional[Microbatch] = None):
-  """Each label replaced by `null_label` with probability `drop_prob`.
+def draw_label_drops(rng, labels, drop_prob: float):
+  """Which labels classifier-free guidance training drops (bool, shape of
+  `labels`): each with probability `drop_prob` (p_uncond)."""
+  return jax.random.bernoulli(rng, p=drop_prob, shape=labels.shape)
 
-  The label dropout of classifier-free guidance training (p_uncond), which
-  teaches the same network the unconditional model. (`microbatch`: see
-  `losses.diffusion_loss`.)
+
+def drop_labels(labels, drops, null_label: int):
+  """`labels` with the `drops` (`draw_label_drops`) replaced by `null_label`.
+
+  The label dropout of classifier-free guidance training, which teaches the
+  same network the unconditional model.
   """
-  drop = microbatches.draw(jax.random.bernoulli, rng, labels.shape,
-                           microbatch, p=drop_prob)
-  return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
+  return jnp.where(drops, jnp.asarray(null_label, labels.dtype), labels)
 
 
-def sample_w(rng, batch_size: int, w_min: float, w_max: float,
-             microbatch: Optional[Microbatch] = None):
+def sample_w(rng, batch_size: int, w_min: float, w_max: float):
   """Guidance strengths w ~ U(w_min, w_max], one per example.
 
   As the authors' training_losses: u ~ U[0, 1) through their 'uniform'
   schedule (`train_w_schedule`), w = w_min u + w_max (1 - u).
   """
-  u = microbatches.draw(jax.random.uniform, rng, (batch_size,), microbatch,
-                        dtype=jnp.float32)
+  u = jax.random.uniform(rng, (batch_size,), dtype=jnp.float32)
   return w_min * u + w_max * (1. - u)
 
 
@@ -117,20 +114,17 @@ def check_w(w: float, w_range, what: str, unguided_reason: str = ''):
 
 
 def matching_loss(student_fn: losses.ModelFn, teacher_fn: losses.ModelFn, x,
-                  rng, *, logsnr_schedule_fn, mean_type: str,
-                  weight_type: str, microbatch: Optional[Microbatch] = None):
+                  u, eps, *, logsnr_schedule_fn, mean_type: str,
+                  weight_type: str):
   """Stage one of guided distillation: per-example loss, shape (B,).
 
-  z_t = alpha_t x + sigma_t eps at t ~ U[0, 1] (data-noised, continuous
-  time); the target is the guided teacher's x prediction at z_t (no sampler
-  step in between), under stop_gradient, weighted like the base loss
-  (`losses.weighted_mse`; the paper's omega(lambda_t)).
+  z_t = alpha_t x + sigma_t eps at t = u ~ U[0, 1] (data-noised, continuous
+  time: `losses.draw_noise(rng, x, 0)`); the target is the guided teacher's
+  x prediction at z_t (no sampler step in between), under stop_gradient,
+  weighted like the base loss (`losses.weighted_mse`; the paper's
+  omega(lambda_t)).
   """
-  rng_t, rng_eps = jax.random.split(rng)
-  u, _ = losses.sample_times(rng_t, x.shape[0], 0, microbatch)
   logsnr = logsnr_schedule_fn(u)
-  eps = microbatches.draw(jax.random.normal, rng_eps, x.shape, microbatch,
-                          dtype=x.dtype)
   z = process.diffuse(x, eps, logsnr)
   x_target = jax.lax.stop_gradient(
       process.interpret_output(teacher_fn(z, logsnr), z, logsnr, mean_type).x)

@@ -11,8 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_distillation.diffusion import process
-from diffusion_distillation.parallel import microbatches
-from diffusion_distillation.parallel.microbatches import Microbatch
 
 # model_fn(z, logsnr) -> raw network output (interpreted by `mean_type`).
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -48,22 +46,29 @@ def weighted_mse(pred: process.Prediction, x_target, z, logsnr,
       f'unknown mean_loss_weight_type {weight_type!r}; known: {WEIGHT_TYPES}')
 
 
-def sample_times(rng, batch_size: int, num_steps: Union[int, jnp.ndarray],
-                 microbatch: Optional[Microbatch] = None):
+def sample_times(rng, batch_size: int, num_steps: Union[int, jnp.ndarray]):
   """Training times: uniform in (0, 1], or on the grid {1/N, ..., 1}.
 
   Returns (u, i) with u = (i + 1) / N in discrete time; i is None in
   continuous time (num_steps == 0, which must be a Python int then).
   `num_steps` may be a traced integer so that distillation stages, which halve
-  it, reuse one compiled program. With `microbatch`, `batch_size` is its own
-  and the times are its rows of the whole batch's.
+  it, reuse one compiled program.
   """
   shape = (batch_size,)
   if isinstance(num_steps, int) and num_steps == 0:
-    return microbatches.draw(jax.random.uniform, rng, shape, microbatch), None
-  i = microbatches.draw(jax.random.randint, rng, shape, microbatch, minval=0,
-                        maxval=num_steps)
+    return jax.random.uniform(rng, shape), None
+  i = jax.random.randint(rng, shape, minval=0, maxval=num_steps)
   return (i + 1).astype(jnp.float32) / num_steps, i
+
+
+def draw_noise(rng, x, num_steps: Union[int, jnp.ndarray]) -> dict:
+  """The random draws of `diffusion_loss` for a batch `x`: its times `u` and
+  grid indices `i` (`sample_times`; `i` is None in continuous time) and the
+  noise `eps`, from one key."""
+  rng_t, rng_eps = jax.random.split(rng)
+  u, i = sample_times(rng_t, x.shape[0], num_steps)
+  return {'u': u, 'i': i,
+          'eps': jax.random.normal(rng_eps, x.shape, dtype=x.dtype)}
 
 
 def _teacher_step(teacher_fn: ModelFn, z, logsnr, logsnr_next,
@@ -126,18 +131,18 @@ def two_step_target(teacher_fn: ModelFn, z_t, u, i, num_steps, *,
 TARGETS = {'progressive': teacher_target, 'two_step': two_step_target}
 
 
-def diffusion_loss(model_fn: ModelFn, x, rng, *, logsnr_schedule_fn,
+def diffusion_loss(model_fn: ModelFn, x, u, i, eps, *, logsnr_schedule_fn,
                    mean_type: str, weight_type: str,
                    num_steps: Union[int, jnp.ndarray] = 0,
                    teacher_fn: Optional[ModelFn] = None,
-                   target: str = 'progressive',
-                   microbatch: Optional[Microbatch] = None):
+                   target: str = 'progressive'):
   """Per-example training loss (paper Algorithm 1, or Algorithm 2 with a teacher).
 
   Args:
     model_fn: the network being trained, `model_fn(z, logsnr) -> output`.
     x: data in [-1, 1], shape (B, H, W, C).
-    rng: PRNG key for times and noise.
+    u, i, eps: the times (B,), their grid indices (B,) or None in continuous
+      time, and the noise (B, H, W, C): `draw_noise`'s.
     logsnr_schedule_fn: maps t in [0, 1] to logSNR.
     mean_type: how to read the network output ('x', 'eps', 'v', 'both').
     weight_type: loss weighting, see `weighted_mse`.
@@ -145,16 +150,10 @@ def diffusion_loss(model_fn: ModelFn, x, rng, *, logsnr_schedule_fn,
     teacher_fn: when given, distill: regress onto `teacher_target`.
     target: with `teacher_fn`, which target (`TARGETS`): 'two_step' trains
       a student for the stochastic sampler (`two_step_target`).
-    microbatch: `x` is this microbatch of a batch, and the times and noise
-      are its rows of the whole batch's (`parallel/microbatches.py`).
   Returns:
     Loss per example, shape (B,).
   """
-  rng_t, rng_eps = jax.random.split(rng)
-  u, i = sample_times(rng_t, x.shape[0], num_steps, microbatch)
   logsnr = logsnr_schedule_fn(u)
-  eps = microbatches.draw(jax.random.normal, rng_eps, x.shape, microbatch,
-                          dtype=x.dtype)
   z = process.diffuse(x, eps, logsnr)
 
   if teacher_fn is None:

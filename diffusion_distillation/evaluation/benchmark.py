@@ -165,7 +165,7 @@ def benchmark_stages(config):
     base = stages.plan_stages(config)[0]
   if 'distillation' not in config:
     return base, _stand_in_distill_stage(config), False
-  first = next(s for s in stages.plan_stages(config) if s.is_distillation)
+  first = next(s for s in stages.plan_stages(config) if s.trains_student)
   return base, first, True
 
 
@@ -178,8 +178,7 @@ def _stand_in_distill_stage(config) -> stages.Stage:
   `benchmark_stages` says).
   """
   n = max(1, config.model.eval_sampling_num_steps // 2)
-  return stages.Stage(1, stages.distill_stage_name(n), 1, n,
-                      stages.DISTILLATION)
+  return stages.Stage(1, stages.distill_stage_name(n), 1, n, 'progressive')
 
 
 # --- Summary -----------------------------------------------------------------

@@ -48,9 +48,9 @@ class QualityCurves:
     self._points, self._last_file = {}, {}
     teacher_steps = loaded.config.model.eval_sampling_num_steps
     self._stages = {
-        ('distilled' if s.is_distillation else 'teacher',
-         s.num_sample_steps if s.is_distillation else teacher_steps): s
-        for s in loaded.stages if s.kind != stages.GUIDED_STAGE_ONE}
+        ('distilled' if s.trains_student else 'teacher',
+         s.num_sample_steps if s.trains_student else teacher_steps): s
+        for s in loaded.stages if s.objective != 'guided_stage_one'}
 
   def add(self, row):
     """One measured row: its run's curve, and its stage's HParams metric."""

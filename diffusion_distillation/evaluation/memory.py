@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_distillation import data as data_lib
+from diffusion_distillation import objectives
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.evaluation import profiling
 from diffusion_distillation.models import diffusion_model as model_lib
@@ -58,10 +59,11 @@ def lower_update(config, stage, opt, per_device_batch: int):
       'image': jax.ShapeDtypeStruct((1, batch, *data_shape), jnp.float32),
       'label': jax.ShapeDtypeStruct((1, batch), jnp.int32)},
                     sharding.batch_sharding(mesh, 1))
-  teacher = _placed(params, rep) if stage.is_distillation else None
+  teacher = _placed(params, rep) if stage.trains_student else None
   key = _placed(jax.eval_shape(lambda: jax.random.PRNGKey(0)), rep)
   jitted = update.compile_train_steps(
-      update.make_train_steps(model, opt, stage.kind), mesh)
+      update.make_train_steps(objectives.make(stage.objective, model), opt),
+      mesh)
   return jitted.lower(state, batches, teacher, key)
 
 
@@ -116,7 +118,8 @@ def measure(config, base_stage, distill_stage, distill_opt_from_config: bool,
     points = {b: program_bytes(config, stage, opt, b, options=options)
               for b in (32 * parts, 64 * parts)}
     batch = config.train.batch_size // jax.device_count()
-    record = dict(program=name, kind=stage.kind, **fit(points, parts))
+    record = dict(program=name, objective=stage.objective,
+                  **fit(points, parts))
     record.update(
         batch_per_device=batch,
         bytes_at_batch=int(record['fixed_bytes'] +

@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_distillation import data as data_lib
+from diffusion_distillation import objectives
 from diffusion_distillation.evaluation import profiling
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.models import generation
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import optimization
-from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import tracing
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import update
@@ -116,18 +116,18 @@ def time_forward(bench: Bench) -> dict:
       **bench.fields()))
 
 
-def _update_program(bench: Bench, stage, opt, *, kind: str, key) -> dict:
+def _update_program(bench: Bench, stage, opt, *, key) -> dict:
   """Compiles one training program; returns its call and static figures.
 
   FLOPs are per update, from a single-update program: the timed one when the
   batches hold one step, else one compiled for the analysis alone.
   """
-  distill = stages.trains_student(kind)
+  distill = stage.trains_student
   model = model_lib.DiffusionModel.from_config(
       bench.config, bench.ctx.base_model.data_shape,
       bench.ctx.base_model.num_classes, dropout=opt.dropout)
   jitted = update.compile_train_steps(
-      update.make_train_steps(model, opt, kind),
+      update.make_train_steps(objectives.make(stage.objective, model), opt),
       bench.ctx.mesh)
   init_params = bench.teacher if distill else bench.params
   teacher = bench.teacher if distill else None
@@ -171,10 +171,8 @@ def time_updates(bench: Bench, base_stage, distill_stage,
   programs = {
       'train': _update_program(
           bench, base_stage,
-          optimization.optimization_for(bench.config, base_stage),
-          kind=stages.TEACHER, key=key),
-      'distill': _update_program(bench, distill_stage, distill_opt,
-                                 kind=stages.DISTILLATION, key=key)}
+          optimization.optimization_for(bench.config, base_stage), key=key),
+      'distill': _update_program(bench, distill_stage, distill_opt, key=key)}
   times = profiling.time_calls_interleaved(
       {name: p['call'] for name, p in programs.items()},
       repeats=bench.repeats, warmup=bench.warmup)

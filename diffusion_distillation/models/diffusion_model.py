@@ -62,7 +62,6 @@ class DiffusionModel:
   w_conditioned: bool = False  # these parameters take w (see `student`)
   w_const: float = 0.  # a w-conditioned student's w when none is given
   w_warmup_steps: int = 0  # stage one: the w embedding's ramp 0 -> 1
-  distill_target: str = 'progressive'  # `losses.TARGETS`
   # The teacher takes w too: stage two from a stage-one student (no stage
   # one here, `guidance.num_updates` = 0).
   w_teacher: bool = False
@@ -84,8 +83,6 @@ class DiffusionModel:
                if 'guidance' in config else None)
     w_const = float(config.guidance.w_const) if w_range else 0.
     w_warmup_steps = int(config.guidance.w_warmup_steps) if w_range else 0
-    distill_target = (config.distillation.target if 'distillation' in config
-                      else 'progressive')
     w_teacher = bool(w_range) and config.guidance.num_updates == 0
     network = unet_lib.UNet(
         num_classes=num_classes, extra_class=cond_drop_prob > 0,
@@ -110,7 +107,6 @@ class DiffusionModel:
         w_range=w_range,
         w_const=w_const,
         w_warmup_steps=w_warmup_steps,
-        distill_target=distill_target,
         w_teacher=w_teacher)
 
   @property
@@ -178,23 +174,24 @@ class DiffusionModel:
         {'params': rng}, x, jnp.zeros((1,), jnp.float32),
         jnp.zeros((1,), jnp.int32), train=False, w=w)['params']
 
-  def bind(self, params, labels, *, train: bool = False, rng=None,
-           guidance=None, w_warmup=1., microbatch=None):
+  def bind(self, params, labels, *, train: bool = False, dropout=None,
+           guidance=None, w_warmup=1.):
     """Returns `model_fn(z, logsnr)` with parameters and labels fixed.
 
     `guidance` (None, a scalar or shape (B,)) is the guidance strength w: a
     w-conditioned student takes it as an input (one evaluation), a guided
     teacher combines its conditional and unconditional predictions (two).
     `w_warmup` scales a student's w embedding (stage one's warm-up).
-    `microbatch`: the batch is that part of one, whose dropout masks it takes
-    (`parallel/microbatches.py`).
+    `dropout`: with `train`, the `microbatches.BatchKey` of the network's
+    dropout masks (and the rows of the batch computed).
     """
-    rngs = {'dropout': rng} if train else None
+    rngs = {'dropout': dropout.key} if train else None
+    rows = dropout.rows if train else None
 
     def apply(z, logsnr, y, w=None):
       return self.network.apply({'params': params}, z, logsnr, y, w=w,
                                 w_warmup=w_warmup, train=train, rngs=rngs,
-                                microbatch=microbatch)
+                                microbatch=rows)
 
     if guidance is None:
       if self.w_conditioned:

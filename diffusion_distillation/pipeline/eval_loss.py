@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_distillation import objectives
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import optimization
-from diffusion_distillation.pipeline import stages
-from diffusion_distillation.pipeline import update
 from diffusion_distillation.pipeline.stages import Context
 from diffusion_distillation.pipeline.stages import Stage
 
@@ -65,13 +64,13 @@ class EvalLoss:
     ctx, stage = self._ctx, self._stage
     opt = optimization.optimization_for(ctx.config, stage)
     model = optimization.stage_model(ctx, opt)
-    loss_fn = update.make_per_example_loss(
-        model, stage.kind, train=False)
-    num_steps = (stage.num_sample_steps if stage.is_distillation else
-                 model.train_num_steps)
+    objective = objectives.make(stage.objective, model)
+    num_steps = stage.num_sample_steps
 
     def sums(params, batch, mask, rng, teacher):
-      per_example = loss_fn(params, batch, rng, num_steps, teacher)
+      per_example = objective.loss(
+          params, teacher, batch, objective.draw(rng, batch, num_steps),
+          num_steps=num_steps, train=False)
       return jnp.sum(per_example * mask), jnp.sum(mask)
 
     rep, split = (sharding.replicated(ctx.mesh),

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
+from diffusion_distillation import objectives
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.models import generation
@@ -60,7 +61,7 @@ def _start_state(ctx: Context, stage: Stage, opt, manager, teacher_params):
           'num_updates': stage.num_updates, 'loss': None,
           'data_shape': list(ctx.base_model.data_shape),
           'num_classes': ctx.base_model.num_classes}
-  init = (teacher_params if stage.is_distillation else
+  init = (teacher_params if stage.trains_student else
           jax.jit(ctx.base_model.init_params)(
               jax.random.PRNGKey(ctx.config.seed)))
   state = sharding.replicate(
@@ -103,7 +104,7 @@ class _DivergenceGuard:
       raise self._error(step, 'the parameters hold NaN or Inf')
 
   def _error(self, step: int, what: str) -> DivergenceError:
-    section = 'distillation' if self._stage.is_distillation else 'train'
+    section = objectives.OBJECTIVES[self._stage.objective].settings
     rate = self._config[section].learning_rate
     last = ('last finite loss {1:.6g} at step {0}'.format(*self.last_finite)
             if self.last_finite else 'no finite loss logged before')
@@ -132,18 +133,18 @@ def _log(writer, guard, state, step, metrics, skipped) -> float:
 
 
 def _compiled_update(ctx: Context, stage: Stage, opt):
-  """The stage's compiled update, shared by every stage of its kind.
+  """The stage's compiled update, shared by every stage of its objective.
 
   Its key (`stage_key`) and sampler step count (in the state) are data, so
   base + N distillation stages compile two programs. `optimization_for`
-  reads only the kind and the number of updates of a stage.
+  reads only the objective and the number of updates of a stage.
   """
-  program = (stage.kind, stage.num_updates)
+  program = (stage.objective, stage.num_updates)
   if program not in ctx.programs:
+    objective = objectives.make(stage.objective,
+                                optimization.stage_model(ctx, opt))
     ctx.programs[program] = update.compile_train_steps(
-        update.make_train_steps(optimization.stage_model(ctx, opt), opt,
-                                stage.kind),
-        ctx.mesh)
+        update.make_train_steps(objective, opt), ctx.mesh)
   return ctx.programs[program]
 
 
@@ -177,7 +178,7 @@ def run_stage(ctx: Context, stage: Stage, teacher_params,
   state, meta = _start_state(ctx, stage, opt, manager, teacher_params)
   checkpoints.write_parameter_overview(ctx.workdir, stage.name, state.params)
   teacher = (sharding.replicate(teacher_params, ctx.mesh)
-             if stage.is_distillation else None)
+             if stage.trains_student else None)
   train_steps, key = _compiled_update(ctx, stage, opt), stage_key(ctx, stage)
   step = int(jax.device_get(state.step))
   data = _train_batches(ctx, stage, step)
@@ -267,7 +268,7 @@ def _apply_rerun(rerun: config_lib.Rerun, workdir, stages):
     logging.warning('%s', notice)
   if rerun.base_extended:
     for stage in stages:
-      if stage.is_distillation:
+      if stage.trains_student:
         checkpoints.set_aside_stage(workdir, stage.name, 'stale')
 
 
@@ -316,7 +317,7 @@ def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
   stages = plan_stages(config)
   checkpoints.check_saved_models(ctx, stages)
   teacher_params = (teachers.load_external_teacher(ctx, config)
-                    if stages[0].is_distillation else None)
+                    if stages[0].trains_student else None)
   distributed.barrier('config_checked')  # all have read config.json
   with workdir_lock.hold(workdir), preemption.handling():
     record_config(config, workdir)

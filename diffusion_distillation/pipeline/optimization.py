@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import optax
 
 from diffusion_distillation.config import OPTIMIZERS
+from diffusion_distillation import objectives
 from diffusion_distillation.models import diffusion_model as model_lib
-from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline.stages import Context
 from diffusion_distillation.pipeline.stages import Stage
 
@@ -97,12 +97,14 @@ class Optimization:
 
 def optimization_for(config, stage: Stage) -> Optimization:
   """Base: warmup, EMA, dropout. Distillation: linear anneal per stage;
-  stage one of guided distillation: the `guidance` section's rate, decay
-  and EMA (the authors' stage-one configs: constant 3e-4, EMA 0.9999)."""
+  an objective whose `settings` are 'guidance' (stage one of guided
+  distillation): that section's rate, decay and EMA (the authors' stage-one
+  configs: constant 3e-4, EMA 0.9999)."""
   t = config.train
-  if stage.is_distillation:
+  settings = objectives.OBJECTIVES[stage.objective].settings
+  if settings != 'train':
     d = config.distillation
-    own = config.guidance if stage.kind == stages.GUIDED_STAGE_ONE else d
+    own = config[settings]
     anneal = (stage.num_updates if own.learning_rate_anneal_type == 'linear'
               else 0)
     schedule = learning_rate_schedule(own.learning_rate, anneal_steps=anneal)

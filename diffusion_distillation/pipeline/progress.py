@@ -38,9 +38,9 @@ class RunProgress:
   def __init__(self, stages, batch_size: int):
     self.stages = list(stages)
     self.batch_size = batch_size
-    self.seconds_per_update = {}  # is_distillation -> measured rate
-    self.overhead = {}  # is_distillation -> a finished stage's other seconds
-    self.startup = {}  # is_distillation -> seconds to the first logged step
+    self.seconds_per_update = {}  # trains_student -> measured rate
+    self.overhead = {}  # trains_student -> a finished stage's other seconds
+    self.startup = {}  # trains_student -> seconds to the first logged step
 
   def stage(self, stage: Stage, start_step: int = 0) -> 'StageProgress':
     """The progress of `stage`, which (re)starts at `start_step` now."""
@@ -48,9 +48,9 @@ class RunProgress:
 
   def finished(self, stage: Stage, seconds: float):
     """Records what a stage trained here spent besides its updates."""
-    rate = self.seconds_per_update.get(stage.is_distillation)
+    rate = self.seconds_per_update.get(stage.trains_student)
     if rate is not None:
-      self.overhead[stage.is_distillation] = max(
+      self.overhead[stage.trains_student] = max(
           0., seconds - rate * stage.num_updates)
 
   def remaining_after(self, stage: Stage) -> tuple[Optional[float], bool]:
@@ -58,10 +58,10 @@ class RunProgress:
     total, estimate = 0.0, False
     for later in self.stages[self.stages.index(stage) + 1:]:
       rate, rate_known = _measured(self.seconds_per_update,
-                                   later.is_distillation)
+                                   later.trains_student)
       if rate is None:
         return None, True
-      overhead, overhead_known = self._overhead(later.is_distillation)
+      overhead, overhead_known = self._overhead(later.trains_student)
       total += rate * later.num_updates + (overhead or 0.)
       estimate |= not (rate_known and overhead_known)
     return total, estimate
@@ -110,8 +110,8 @@ class StageProgress:
       parts.append('measuring speed (this interval includes compiling)')
     else:
       rate = (now - self._origin[0]) / (step - self._origin[1])
-      self._run.seconds_per_update[stage.is_distillation] = rate
-      self._run.startup.setdefault(stage.is_distillation, max(0., (
+      self._run.seconds_per_update[stage.trains_student] = rate
+      self._run.startup.setdefault(stage.trains_student, max(0., (
           self._origin[0] - self._start[0]) - rate * (
               self._origin[1] - self._start[1])))
       left = rate * (total - step)

@@ -18,24 +18,9 @@ from typing import Any
 
 from etils import epath
 
+from diffusion_distillation import objectives
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.pipeline import tracing
-
-
-# What a stage trains: losses, optimizers, sampling and grids dispatch on it.
-TEACHER = 'teacher'  # base training
-GUIDED_TEACHER = 'guided_teacher'  # base training with label dropout
-GUIDED_STAGE_ONE = 'guided_stage_one'  # the w-conditioned student, guided_<N>
-DISTILLATION = 'distillation'  # distill_<N>
-GUIDED_DISTILLATION = 'guided_distillation'  # distill_<N>, w-conditioned
-KINDS = (TEACHER, GUIDED_TEACHER, GUIDED_STAGE_ONE, DISTILLATION,
-         GUIDED_DISTILLATION)
-GUIDED_KINDS = (GUIDED_TEACHER, GUIDED_STAGE_ONE, GUIDED_DISTILLATION)
-
-
-def trains_student(kind: str) -> bool:
-  """A stage of `kind` starts from the previous stage's model."""
-  return kind not in (TEACHER, GUIDED_TEACHER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +30,20 @@ class Stage:
   name: str
   num_updates: int
   num_sample_steps: int  # base: train_num_steps (0 = continuous); student's N
-  kind: str  # one of KINDS
+  objective: str  # its loss: a name in `objectives.OBJECTIVES`
 
   def __post_init__(self):
-    assert self.kind in KINDS, self.kind
+    assert self.objective in objectives.OBJECTIVES, self.objective
 
   @property
-  def is_distillation(self) -> bool:
-    """Starts from the previous stage's model (a student)."""
-    return trains_student(self.kind)
+  def trains_student(self) -> bool:
+    """Starts from the previous stage's model, its teacher."""
+    return objectives.OBJECTIVES[self.objective].trains_student
+
+  @property
+  def w_conditioned(self) -> bool:
+    """Its model takes the guidance strength w."""
+    return objectives.OBJECTIVES[self.objective].w_conditioned
 
 
 def external_teacher(config) -> bool:
@@ -65,25 +55,26 @@ def external_teacher(config) -> bool:
 def plan_stages(config) -> list[Stage]:
   """Base training (unless the teacher is given), then one stage per halving.
 
-  Each stage's kind is decided here, once, from the config.
+  Each stage's objective is decided here, once, from the config.
   """
   stages = []
   if not external_teacher(config):
-    kind = GUIDED_TEACHER if config.model.cond_drop_prob > 0 else TEACHER
+    teacher = ('guided_teacher' if config.model.cond_drop_prob > 0 else
+               'teacher')
     stages.append(Stage(0, 'base', config.train.num_train_steps,
-                        config.model.train_num_steps, kind))
+                        config.model.train_num_steps, teacher))
   if 'distillation' not in config:
     return stages
   distill, guided = config.distillation, 'guidance' in config
   if guided and config.guidance.num_updates:
     stages.append(Stage(len(stages), guided_stage_name(distill.start_num_steps),
                         config.guidance.num_updates, distill.start_num_steps,
-                        GUIDED_STAGE_ONE))
+                        'guided_stage_one'))
+  student = ('guided_' if guided else '') + distill.target
   n = distill.start_num_steps // 2
   while n >= distill.end_num_steps:
     stages.append(Stage(len(stages), distill_stage_name(n),
-                        distill.steps_per_iter, n,
-                        GUIDED_DISTILLATION if guided else DISTILLATION))
+                        distill.steps_per_iter, n, student))
     n //= 2
   return stages
 
@@ -98,7 +89,7 @@ def guided_stage_name(num_steps: int) -> str:
 
 def sampling_model(ctx, stage: Stage) -> model_lib.DiffusionModel:
   """The model whose parameters a stage trains (students take w if guided)."""
-  return ctx.base_model.student() if stage.is_distillation else ctx.base_model
+  return ctx.base_model.student() if stage.trains_student else ctx.base_model
 
 
 def grid_guidance(config, stage: Stage):
@@ -108,24 +99,25 @@ def grid_guidance(config, stage: Stage):
   w-conditioned students (which without that list use `guidance.w_min`).
   """
   values = config.eval.guidance
-  if stage.kind in (GUIDED_STAGE_ONE, GUIDED_DISTILLATION):
+  if stage.w_conditioned:
     return float(max(values)) if values else float(config.guidance.w_min)
-  if stage.kind == GUIDED_TEACHER and values:
+  if not stage.trains_student and values:  # a guided teacher (validated)
     return float(max(values))
   return None
 
 
 def grid_steps(config, stage: Stage) -> int:
   """Sampler steps of a stage's grid: a student's own, the teacher's eval."""
-  return (stage.num_sample_steps if stage.is_distillation else
+  return (stage.num_sample_steps if stage.trains_student else
           config.model.eval_sampling_num_steps)
 
 
 def stage_hparams(config, stage: Stage) -> dict:
   """What tells a stage apart in TensorBoard's HParams table."""
-  section = config.distillation if stage.is_distillation else config.train
+  section = config.distillation if stage.trains_student else config.train
   return {'stage': stage.name, 'sampler_steps': grid_steps(config, stage),
-          'learning_rate': float(section.learning_rate), 'kind': stage.kind}
+          'learning_rate': float(section.learning_rate),
+          'objective': stage.objective}
 
 
 @dataclasses.dataclass
@@ -136,7 +128,7 @@ class Context:
   mesh: Any
   dataset: Any
   base_model: model_lib.DiffusionModel
-  # Compiled updates by (kind, updates): see loop._compiled_update.
+  # Compiled updates by (objective, updates): see loop._compiled_update.
   programs: dict = dataclasses.field(default_factory=dict)
   # main --profile_steps: by default, a trace of no steps.
   trace: tracing.StepTrace = dataclasses.field(

@@ -6,92 +6,59 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
-from diffusion_distillation.diffusion import losses
-from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.objectives import Objective
 from diffusion_distillation.parallel import microbatches
 from diffusion_distillation.parallel import sharding
-from diffusion_distillation.pipeline import guided_loss
-from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline.optimization import Optimization
 
 
-def make_per_example_loss(model: model_lib.DiffusionModel, kind: str, *,
-                          train: bool = True):
-  """`loss_fn(params, batch, rng, num_steps, teacher_params, microbatch=None,
-  step=None)`: the loss per example of a stage of `kind` (`stages.KINDS`:
-  training, or distillation from the teacher), with dropout when `train` (the official
-  `Model.loss_fn(rng, train, batch, params)`); a guided run's comes from
-  `guided_loss`. With `microbatch` the batch is that part of one
-  (`parallel/microbatches.py`). `step`: the stage's update, for stage
-  one's w warm-up (None: warmed up)."""
-  schedule_fn = model.logsnr_schedule('train')
-  distill = kind == stages.DISTILLATION
-
-  def loss_fn(params, batch, rng, num_steps, teacher_params, microbatch=None,
-              step=None):
-    if kind in stages.GUIDED_KINDS:
-      return guided_loss.per_example_loss(model, kind, params,
-                                          teacher_params, batch, rng,
-                                          num_steps, train=train,
-                                          microbatch=microbatch, step=step)
-    labels = batch['label']
-    rng_loss, rng_dropout = jax.random.split(rng)
-    teacher_fn = model.bind(teacher_params, labels) if distill else None
-    return losses.diffusion_loss(
-        model.bind(params, labels, train=train, rng=rng_dropout,
-                   microbatch=microbatch),
-        model_lib.normalize_images(batch['image']), rng_loss,
-        logsnr_schedule_fn=schedule_fn, mean_type=model.mean_type,
-        weight_type=model.weight_type, num_steps=num_steps,
-        teacher_fn=teacher_fn, target=model.distill_target,
-        microbatch=microbatch)
-
-  return loss_fn
-
-
-def make_train_steps(model: model_lib.DiffusionModel, opt: Optimization,
-                     kind: str):
+def make_train_steps(objective: Objective, opt: Optimization):
   """Returns `train_steps(state, batches, teacher_params, key) -> (state,
   metrics)`; step k's randomness is `fold_in(key, k)`.
 
   The stage's key, like its sampler step count (in the state), is data, so
-  one compiled program serves every stage of a kind (see `StagePrograms`).
+  one compiled program serves every stage of an objective (see
+  `loop._compiled_update`).
 
   `batches` stacks several steps' batches on a leading axis; they run in one
   `lax.scan`, one update each (`train.substeps` per call saves dispatch on
   TPU). A single step runs without a loop: XLA:CPU executes gradient
   convolutions inside loops about 15x slower, so CPU configs use substeps=1.
-  The teacher's two forward passes happen inside the same program, without
+  The teacher's forward passes happen inside the same program, without
   gradients.
   """
-  per_example = make_per_example_loss(model, kind)
-  distill = stages.trains_student(kind)
 
   def one_step(state, batch, teacher_params, key):
-    rng = jax.random.fold_in(key, state.step)
-    num_steps = state.num_sample_steps if distill else model.train_num_steps
-    grad_fn = microbatches.value_and_grad(
-        lambda p, b, r, t, microbatch: per_example(p, b, r, num_steps, t,
-                                                   microbatch, state.step),
-        opt.num_microbatches)
+    num_steps, step = state.num_sample_steps, state.step
+
+    def grads(params, batch, rng, teacher_params):
+      """1. every random draw of the batch; 2. the loss and its gradient,
+      in microbatches that slice the batch and the draws."""
+      draws = objective.draw(rng, batch, num_steps)
+      return microbatches.value_and_grad(
+          lambda p, inputs: objective.loss(
+              p, teacher_params, inputs['batch'], inputs['draws'],
+              num_steps=num_steps, step=step),
+          opt.num_microbatches)(params, {'batch': batch, 'draws': draws})
+
+    rng = jax.random.fold_in(key, step)
     if opt.clip_per_device is None:
-      loss, grads = grad_fn(state.params, batch, rng, teacher_params)
+      loss, grads = grads(state.params, batch, rng, teacher_params)
       grad_norm = optax.tree.norm(grads)
     else:
       loss, grads, grad_norm = per_device_clipped_grads(
-          grad_fn, opt.clip_per_device)(state.params, batch, rng,
-                                        teacher_params)
+          grads, opt.clip_per_device)(state.params, batch, rng,
+                                      teacher_params)
     updates, opt_state = opt.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': grad_norm,
-               'learning_rate': jnp.asarray(opt.schedule(state.step),
-                                            jnp.float32)}
+               'learning_rate': jnp.asarray(opt.schedule(step), jnp.float32)}
     new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state,
+        step=step + 1, params=params, opt_state=opt_state,
         ema_params=None if state.ema_params is None else
         train_state.update_ema(state.ema_params, params,
-                               opt.ema_decay(state.step), state.step))
+                               opt.ema_decay(step), step))
     if opt.skip_nonfinite:
       new_state, metrics['skipped'] = skip_if_nonfinite(state, new_state)
     return new_state, metrics

@@ -35,7 +35,7 @@ class LoadedWorkdir:
   def missing_steps(self) -> list[int]:
     """Step counts of the students whose stage is `missing`, ascending."""
     return sorted(s.num_sample_steps for s in self.missing
-                  if s.is_distillation)
+                  if s.trains_student)
 
   @property
   def config(self):
@@ -51,11 +51,11 @@ class LoadedWorkdir:
 
   def student_steps(self) -> list[int]:
     """Step counts of the finished distilled students, ascending."""
-    return sorted(s.num_sample_steps for s in self.stages if s.is_distillation)
+    return sorted(s.num_sample_steps for s in self.stages if s.trains_student)
 
   def student_params(self, num_steps: int):
     for stage in self.stages:
-      if stage.is_distillation and stage.num_sample_steps == num_steps:
+      if stage.trains_student and stage.num_sample_steps == num_steps:
         return checkpoints.final_params(self.ctx, stage)
     available = ', '.join(map(str, self.student_steps())) or 'none yet'
     gone = ('; its checkpoints are missing (deleted after the run?)'
@@ -67,11 +67,11 @@ class LoadedWorkdir:
 
   def teacher_params(self):
     for stage in self.stages:
-      if not stage.is_distillation:
+      if not stage.trains_student:
         return checkpoints.final_params(self.ctx, stage)
     if stages_lib.external_teacher(self.config):
       return teachers.load_external_teacher(self.ctx, self.config)
-    if any(not s.is_distillation for s in self.missing):
+    if any(not s.trains_student for s in self.missing):
       raise WorkdirError(f'the teacher of {self.ctx.workdir} is missing: its '
                          'stage directory (checkpoints/base) has no final '
                          'checkpoint, though later stages finished')
