@@ -10,6 +10,7 @@ import configparser
 import json
 import os
 import pathlib
+import re
 
 import pytest
 
@@ -197,3 +198,38 @@ def test_setup_cfg_installs_every_package_and_the_configs():
   assert listed == found | {'diffusion_distillation.configs'}
   assert parser['options']['package_dir'].split() == [
       'diffusion_distillation.configs', '=', 'configs']
+
+
+@pytest.mark.parametrize('args, wide', [
+    # An image folder's network without attention levels: only the middle
+    # block attends, on its 64 channels (level 0's 32 do not matter).
+    (dict(ch=32, ch_mult=(1, 2), attn_resolutions=()), None),
+    (dict(ch=32, ch_mult=(1,), attn_resolutions=()), '[32]'),  # the middle
+    (dict(ch=32, ch_mult=(1, 2), attn_resolutions=(32,)), '[32]'),
+    # Level 0 (96) has no attention; the middle block's 288 has.
+    (dict(ch=96, ch_mult=(1, 2, 3), attn_resolutions=(16,)), '[288]'),
+])
+def test_head_dim_is_checked_on_the_layers_that_attend(args, wide):
+  config = config_lib.complete(load_config('image_folder'))
+  config.dataset.path = '/unused'
+  config.dataset.image_size = 32
+  config.model.args.update(num_heads=None, head_dim=64, **args)
+  if wide is None:
+    config_lib.validate_config(config, device_count=1, process_count=1)
+    return
+  with pytest.raises(config_lib.ConfigError,
+                     match=rf'config\.model\.args\.head_dim: 64 must divide '
+                           rf'the channel counts {re.escape(wide)}'):
+    config_lib.validate_config(config, device_count=1, process_count=1)
+
+
+def test_one_check_for_a_sampler_in_a_field_a_flag_and_the_api():
+  from diffusion_distillation.config import choices  # pylint: disable=g-import-not-at-top
+  config = config_lib.complete(config_lib.default_config())
+  config.sampler = 'euler'
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate_config(config, device_count=1, process_count=1)
+  problem = choices.SAMPLER.problem('euler')
+  assert f'config.sampler: {problem}' in str(e.value)
+  with pytest.raises(ValueError, match=f'sampler: {re.escape(problem)}'):
+    choices.require(choices.SAMPLER, 'sampler', 'euler', ValueError)

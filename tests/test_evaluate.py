@@ -265,7 +265,7 @@ def test_a_deleted_stage_is_reported(digits_workdir, cache_dir, tmp_path,
 def test_bad_requests(digits_workdir, cache_dir, tmp_path, monkeypatch):
   run = lambda **kw: evaluate.run_evaluation(digits_workdir,
                                              cache_dir=cache_dir, **kw)
-  with pytest.raises(settings.EvalError, match='unknown sampler'):
+  with pytest.raises(settings.EvalError, match="samplers: holds 'euler'"):
     run(samplers=['ddim', 'euler'])
   with pytest.raises(settings.EvalError, match='teacher_steps'):
     run(teacher_steps='1,0')

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import diffusion
+from diffusion_distillation.config import choices
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.diffusion import schedules
 
@@ -32,7 +33,7 @@ def _perfect_denoiser(mean_type):
   return model_fn
 
 
-@pytest.mark.parametrize('sampler', sampling.SAMPLERS)
+@pytest.mark.parametrize('sampler', choices.SAMPLERS)
 @pytest.mark.parametrize('mean_type', ['x', 'v', 'both'])
 def test_point_mass_is_recovered_for_any_step_count(sampler, mean_type):
   z = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 2, 3))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion_distillation.config import choices
 from diffusion_distillation.models import unet
 
 B, SIZE = 2, 8
@@ -244,7 +245,7 @@ def test_dropout_only_in_train_mode(tiny):
 
 
 def test_remat_policies_are_jax_checkpoint_policies():
-  for policy in unet.REMAT_POLICIES:
+  for policy in choices.REMAT_POLICIES:
     assert callable(getattr(jax.checkpoint_policies, policy)), policy
 
 

@@ -9,13 +9,13 @@ from absl import logging
 import numpy as np
 
 from diffusion_distillation.api import exporting
+from diffusion_distillation.config import choices
 from diffusion_distillation.errors import ModelError
 from diffusion_distillation.models import generation
 from diffusion_distillation.parallel import sharding
 
 KINDS = ('distilled', 'teacher')
 # A student's samplers: DDIM, or the stochastic sampler of Meng et al. (2023).
-STUDENT_SAMPLERS = ('ddim', 'stochastic')
 
 
 def steps_argument(num_steps) -> int:
@@ -131,7 +131,9 @@ class Model:
     """
     y = self.labels_for(n, labels)
     num_steps = self.steps_for(num_steps)
-    if self.kind == 'distilled' and sampler not in STUDENT_SAMPLERS:
+    choices.require(choices.SAMPLER, 'sampler', sampler,
+                    generation.SampleError)
+    if self.kind == 'distilled' and sampler not in choices.STUDENT_SAMPLERS:
       raise generation.SampleError(
           "distilled students sample with sampler='ddim' or "
           f"sampler='stochastic', not {sampler!r}")

@@ -40,6 +40,21 @@ def DEFINE_path(name, default, help_text, **kwargs):  # pylint: disable=invalid-
                       serializer=flags.ArgumentSerializer(), **kwargs)
 
 
+def DEFINE_choice(name, default, check, help_text):  # pylint: disable=invalid-name
+  """A string flag checked by `check` (config/choices.py), the same check
+  and words as the config field and the API argument of its name."""
+
+  def checker(value):
+    problem = check.problem(value)
+    if problem:
+      raise flags.ValidationError(problem)
+    return True
+
+  flag = flags.DEFINE_string(name, default, help_text)
+  flags.register_validator(name, checker)
+  return flag
+
+
 def complete_config(config):
   """`--config` (with its overrides) complete, every field the schema
   declares, and its local path fields made absolute."""

@@ -27,7 +27,7 @@ from diffusion_distillation import paths
 from diffusion_distillation.api import configs
 from diffusion_distillation.api import loading
 from diffusion_distillation.cli import common
-from diffusion_distillation.diffusion import sampling
+from diffusion_distillation.config import choices
 from diffusion_distillation.models import images
 from diffusion_distillation.models.generation import SampleError
 
@@ -132,9 +132,9 @@ def define_flags():
   flags.DEFINE_enum('model', None, ['distilled', 'teacher'],
                     'The distilled student for --num_steps (default), or the '
                     'teacher.')
-  flags.DEFINE_enum('sampler', 'ddim', list(sampling.SAMPLERS),
-                    'Sampler: ddim or ancestral for the teacher, ddim or '
-                    'stochastic (Meng et al., 2023) for a student.')
+  common.DEFINE_choice('sampler', 'ddim', choices.SAMPLER,
+                       'Sampler: ddim or ancestral for the teacher, ddim or '
+                       'stochastic (Meng et al., 2023) for a student.')
   flags.DEFINE_float('guidance', None,
                      'Classifier-free guidance strength w of a guided model: '
                      'the guided teacher (two evaluations per step) or the '

@@ -9,14 +9,10 @@ The table of all of them is docs/config_fields.md (`python -m
 diffusion_distillation.config.table`).
 """
 
-from diffusion_distillation import data as data_lib
+from diffusion_distillation.config import choices
 from diffusion_distillation.config.schema import (
     ANY, BOOL, Check, EXTENDS, FREE, FUTURE, Field as F, Same, TEXT, fraction,
     integer, number, one_of, refused)
-from diffusion_distillation.diffusion import losses
-from diffusion_distillation.diffusion import process
-from diffusion_distillation.diffusion import sampling
-from diffusion_distillation.models import unet
 
 DTYPES = ('float32', 'bfloat16')
 OPTIMIZERS = ('adam', 'momentum', 'nesterov')  # the official optimizers
@@ -32,8 +28,8 @@ METRIC_VALUES = {'digits': ('digits_fd', 'digits_is'), 'inception': ('fid',
 # Sections a config may leave out as a whole.
 OPTIONAL_SECTIONS = ('distillation', 'guidance')
 
-_SAMPLER = one_of(*sampling.SAMPLERS)
-_SAMPLERS = Check('choices', choices=sampling.SAMPLERS, nonempty=True)
+_SAMPLER = choices.SAMPLER
+_SAMPLERS = choices.SAMPLER_LIST
 _COUNT = integer(1)
 _STEPS = integer(0)
 _RATE = number(0., lo_open=True)
@@ -60,7 +56,7 @@ FIELDS = {
                  "'ancestral')", _SAMPLER, FUTURE, 'yes'),
     # --- dataset ---------------------------------------------------------
     'dataset.name': F('digits', 'the data set and its resolution',
-                      one_of(*data_lib.DATASET_NAMES), official=(
+                      one_of(*choices.DATASET_NAMES), official=(
                           'names cifar10, imagenet64, lsun_church128, '
                           'lsun_bedroom128')),
     'dataset.data_dir': F('', "TFDS data directory ('': TFDS's default)",
@@ -82,7 +78,7 @@ FIELDS = {
                         'from: memory, random_access (array_record), '
                         "tf_data (a stream: resume not exact); auto: "
                         'memory up to 4 GiB, else the first that works',
-                        one_of(*data_lib.SOURCES), FUTURE),
+                        one_of(*choices.TFDS_SOURCES), FUTURE),
     'dataset.tfds_name': F('', "the TFDS builder of dataset.name='tfds', "
                            "e.g. 'oxford_flowers102'", TEXT),
     'dataset.image_key': F('image', "the image feature of dataset.name='tfds'",
@@ -116,7 +112,7 @@ FIELDS = {
     'model.args.emb_ch': F(128, 'width of the logSNR / class embedding',
                            _COUNT, official='yes'),
     'model.args.ch_mult': F((1, 1), 'channel multiplier per resolution (): '
-                            'by the image size (models/unet.py '
+                            'by the image size (config/choices.py '
                             'shape_for_size)', Check('ints', lo=1),
                             official='yes'),
     'model.args.num_res_blocks': F(1, 'ResNet blocks per resolution',
@@ -134,17 +130,17 @@ FIELDS = {
                             fraction(), FUTURE, 'yes'),
     'model.args.logsnr_input_type': F(
         'inv_cos', 'how the logSNR enters the network',
-        one_of(*unet.LOGSNR_INPUT_TYPES), official='yes'),
+        one_of(*choices.LOGSNR_INPUT_TYPES), official='yes'),
     'model.args.resblock_resample': F(False, 'resample with ResNet blocks',
                                       BOOL, official='yes'),
     # --- model: the diffusion process --------------------------------------
     'model.mean_type': F('v', 'what the network predicts',
-                         one_of(*process.MEAN_TYPES), official='yes'),
+                         one_of(*choices.MEAN_TYPES), official='yes'),
     'model.logvar_type': F('fixed_large', "ancestral sampler's variance: "
                            "fixed_small, fixed_large, fixed_medium:<fraction>",
                            TEXT, official='yes'),
     'model.mean_loss_weight_type': F('snr_trunc', 'loss weighting',
-                                     one_of(*losses.WEIGHT_TYPES),
+                                     one_of(*choices.WEIGHT_TYPES),
                                      official='yes'),
     'model.train_num_steps': F(0, 'base training in discrete time with this '
                                'many steps (0: continuous)', _STEPS,
@@ -163,7 +159,7 @@ FIELDS = {
                      'compute', BOOL, FUTURE),
     'model.remat_policy': F('nothing_saveable', 'what remat keeps (a '
                             'jax.checkpoint_policies name)',
-                            one_of(*unet.REMAT_POLICIES), FUTURE),
+                            one_of(*choices.REMAT_POLICIES), FUTURE),
     'model.cond_drop_prob': F(0., 'label dropout of a guided teacher '
                               '(classifier-free guidance; 0: none)',
                               fraction()),
@@ -253,7 +249,7 @@ FIELDS = {
     'distillation.target': F(
         'progressive', "the students' target: progressive (two teacher "
         'steps of 1/(2N), for DDIM) or two_step (two of 1/N: the 2/N jump of '
-        'the stochastic sampler)', one_of(*losses.TARGETS),
+        'the stochastic sampler)', one_of(*choices.DISTILLATION_TARGETS),
         official="the authors' two_nvidia_distillation=True is two_step"),
     'distillation.only_finetune_temb': refused(
         False, 'the official code never reads it; all parameters train'),
@@ -265,7 +261,7 @@ FIELDS = {
                         official="the authors' train_w_schedule.logsnr_max"),
     'guidance.w_input_type': F(
         'inv_cos', "how the students' w enters its embedding",
-        one_of(*unet.LOGSNR_INPUT_TYPES), official='yes (model.args)'),
+        one_of(*choices.LOGSNR_INPUT_TYPES), official='yes (model.args)'),
     'guidance.w_const': F(0.3, "a student's w when a sampler is given none",
                           number(0.), FREE, "the authors' w_sample_const"),
     'guidance.num_updates': F(50_000, 'updates of stage one (0: none, the '

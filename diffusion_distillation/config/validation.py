@@ -8,12 +8,10 @@ traceback deep inside a jitted step.
 
 import jax
 
-from diffusion_distillation import data as data_lib
+from diffusion_distillation.config import choices
 from diffusion_distillation.config import defaults
 from diffusion_distillation.config import fields as fields_lib
 from diffusion_distillation.config.schema import ConfigError
-from diffusion_distillation.diffusion import process
-from diffusion_distillation.models import unet
 
 FIELDS = fields_lib.FIELDS
 # The sections `validate_model` checks: what sampling a model needs.
@@ -49,7 +47,7 @@ def _model_relations(config) -> list:
   require = problems.require
   model, args = config.model, config.model.args
   try:
-    process.variance_fraction(model.logvar_type)
+    choices.variance_fraction(model.logvar_type)
   except ValueError as e:
     problems.append(f'config.model.logvar_type: {e}')
   for name in ('train_logsnr_schedule', 'eval_logsnr_schedule'):
@@ -79,7 +77,7 @@ _DATASET_OWN = {
 
 
 def _dataset_relations(dataset, require):
-  name, sized = dataset.name, dataset.name in data_lib.SIZED_DATASETS
+  name, sized = dataset.name, dataset.name in choices.SIZED_DATASETS
   require(not sized or dataset.image_size > 0, 'dataset.image_size',
           f"must be set (> 0) for dataset.name='{name}'")
   require(sized or dataset.image_size == 0, 'dataset.image_size',
@@ -102,14 +100,19 @@ def _dataset_relations(dataset, require):
 
 def _levels_relation(config, require):
   """The image size halves at each resolution level but the last, and
-  attention heads of head_dim channels split every level's channels."""
-  args, size = config.model.args, config.dataset.image_size
-  mults = args.ch_mult or unet.shape_for_size(size or 32)[0]
-  wide = [args.ch * m for m in mults if args.head_dim and
-          args.ch * m % args.head_dim]
-  require(not wide, 'model.args.head_dim',
-          f'{args.head_dim} must divide the channel counts {wide} '
-          '(model.args.ch x ch_mult) of the attention layers')
+  attention heads of head_dim channels split the channels of every layer
+  that attends (the middle block's, and those at attn_resolutions)."""
+  args, dataset = config.model.args, config.dataset
+  size = dataset.image_size or choices.IMAGE_SIZES.get(dataset.name, 32)
+  mults = args.ch_mult or choices.shape_for_size(size)[0]
+  if args.head_dim:
+    wide = [c for c in choices.attention_channels(
+        args.ch, mults, args.attn_resolutions, size) if c % args.head_dim]
+    require(not wide, 'model.args.head_dim',
+            f'{args.head_dim} must divide the channel counts {wide} '
+            '(model.args.ch x ch_mult) of the attention layers (the middle '
+            "block's and those at model.args.attn_resolutions)")
+  size = dataset.image_size
   if not size:
     return  # the paper data sets: checked by their configs' tests
   levels = len(mults)

@@ -36,6 +36,9 @@ from __future__ import annotations
 import functools
 import os
 
+from diffusion_distillation.config.choices import DATASET_NAMES
+from diffusion_distillation.config.choices import SIZED_DATASETS
+from diffusion_distillation.config.choices import TFDS_SOURCES as SOURCES
 from diffusion_distillation.data.base import Batch
 from diffusion_distillation.data.base import Dataset
 from diffusion_distillation.data.digits import Digits
@@ -46,7 +49,6 @@ from diffusion_distillation.data.tfds import CIFAR10
 from diffusion_distillation.data.tfds import ImageNet
 from diffusion_distillation.data.tfds import import_tensorflow
 from diffusion_distillation.data.tfds import LSUN
-from diffusion_distillation.data.tfds import SOURCES
 from diffusion_distillation.data.tfds import TFDSBuilder
 from diffusion_distillation.data.tfds import TFDSDataset
 
@@ -115,9 +117,6 @@ _BUILDERS = {
     'image_folder': _image_folder,
 }
 
-DATASET_NAMES = tuple(_BUILDERS)
-# The data sets whose resolution is `image_size` (the others have their own).
-SIZED_DATASETS = ('tfds', 'image_folder')
 # The file, in the workdir, of an image folder's index (`ImageFolder`).
 INDEX_FILE = 'image_folder_index.json'
 

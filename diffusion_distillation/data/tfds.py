@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from diffusion_distillation.config.choices import TFDS_SOURCES as SOURCES
 from diffusion_distillation.data import base
 from diffusion_distillation.data import tfds_readers as readers
 from diffusion_distillation.data.tensorflow import check_installed  # pylint: disable=unused-import
@@ -52,7 +53,6 @@ def decode_and_central_square_crop(jpeg: Any) -> Any:
   return tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
 
 
-SOURCES = ('auto', 'memory', 'random_access', 'tf_data')
 # `source='auto'` reads a split into host memory up to this many bytes (as
 # stored: encoded JPEGs for ImageNet and LSUN). CIFAR-10's train split: 130 MB.
 MEMORY_LIMIT_BYTES = 4 * 2**30

@@ -10,12 +10,11 @@ from typing import Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from diffusion_distillation.config.choices import WEIGHT_TYPES
 from diffusion_distillation.diffusion import process
 
 # model_fn(z, logsnr) -> raw network output (interpreted by `mean_type`).
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
-
-WEIGHT_TYPES = ('constant', 'snr', 'snr_trunc', 'v_mse')
 
 
 def meanflat(x):

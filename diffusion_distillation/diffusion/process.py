@@ -16,7 +16,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-MEAN_TYPES = ('x', 'eps', 'v', 'both')
+from diffusion_distillation.config.choices import MEAN_TYPES
+from diffusion_distillation.config.choices import variance_fraction
 
 
 def broadcast_from_left(x, shape):
@@ -92,24 +93,6 @@ def posterior(x, z_t, logsnr_t, logsnr_s, variance='fixed_large'):
       frac * large + (1. - frac) * small)
   return {'mean': mean, 'std': jnp.exp(0.5 * logvar), 'var': jnp.exp(logvar),
           'logvar': logvar}
-
-
-def variance_fraction(variance: str) -> float:
-  """Position of `variance` between 'fixed_small' (0) and 'fixed_large' (1)."""
-  if variance == 'fixed_small':
-    return 0.
-  if variance == 'fixed_large':
-    return 1.
-  if variance.startswith('fixed_medium:'):
-    try:
-      frac = float(variance.split(':', 1)[1])
-    except ValueError:
-      frac = -1.
-    if 0. <= frac <= 1.:
-      return frac
-  raise ValueError(
-      f"unknown variance {variance!r}: expected 'fixed_small', 'fixed_large' "
-      "or 'fixed_medium:<fraction in [0, 1]>'")
 
 
 # --- Conversions between parameterizations --------------------------------------

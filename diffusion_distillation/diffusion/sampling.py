@@ -5,12 +5,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from diffusion_distillation.config import choices
+from diffusion_distillation.config.choices import NOISY_SAMPLERS
 from diffusion_distillation.diffusion import process
 from diffusion_distillation.diffusion.losses import ModelFn
-
-SAMPLERS = ('ddim', 'ancestral', 'stochastic')
-# The samplers that draw fresh noise inside the loop (they need an rng).
-NOISY_SAMPLERS = ('ancestral', 'stochastic')
 
 
 def renoise(z_u, logsnr_u, logsnr_s, noise):
@@ -55,8 +53,7 @@ def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
   need `rng`: one key per example, [B] (typed) or [B, 2] (raw), so that an
   image's noise depends on its own key only, never on the batch it is in.
   """
-  if sampler not in SAMPLERS:
-    raise ValueError(f'unknown sampler {sampler!r}; known: {SAMPLERS}')
+  choices.require(choices.SAMPLER, 'sampler', sampler, ValueError)
   if sampler in NOISY_SAMPLERS and rng is None:
     raise ValueError(f'the {sampler} sampler needs an rng')
   batch = z_init.shape[0]

@@ -14,7 +14,7 @@ import os
 from typing import Optional, Sequence
 
 from diffusion_distillation import config as config_lib
-from diffusion_distillation.diffusion import sampling
+from diffusion_distillation.config import choices
 from diffusion_distillation import paths
 from diffusion_distillation.errors import UserError
 
@@ -70,16 +70,9 @@ def parse_int_list(value, name: str) -> tuple[int, ...]:
 def parse_samplers(value) -> tuple[str, ...]:
   """'ddim,ancestral' or a sequence -> known sampler names, first use kept."""
   items = value.split(',') if isinstance(value, str) else list(value)
-  samplers = []
-  for item in (str(s).strip() for s in items):
-    if item not in sampling.SAMPLERS:
-      raise EvalError(f'samplers: unknown sampler {item!r}; known: '
-                      f'{",".join(sampling.SAMPLERS)}')
-    if item not in samplers:
-      samplers.append(item)
-  if not samplers:
-    raise EvalError('samplers: need at least one sampler')
-  return tuple(samplers)
+  samplers = tuple(dict.fromkeys(str(s).strip() for s in items))
+  choices.require(choices.SAMPLER_LIST, 'samplers', samplers, EvalError)
+  return samplers
 
 
 def _check(field: str, value, name: str):

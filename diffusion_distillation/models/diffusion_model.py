@@ -19,6 +19,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from diffusion_distillation.config import choices
 from diffusion_distillation.diffusion import guidance as guidance_lib
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.diffusion import schedules
@@ -73,7 +74,7 @@ class DiffusionModel:
     args = dict(config.model.args)
     if dropout is not None:
       args['dropout'] = dropout
-    by_size = unet_lib.shape_for_size(data_shape[0])  # () / None: these
+    by_size = choices.shape_for_size(data_shape[0])  # () / None: these
     args['ch_mult'] = tuple(args['ch_mult'] or by_size[0])
     attention = args['attn_resolutions']
     args['attn_resolutions'] = tuple(by_size[1] if attention is None

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_distillation.config import choices
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.errors import ModelError
 from diffusion_distillation.models import images
@@ -73,8 +74,7 @@ def generate(model, params, *, mesh, num_samples: int, num_steps: int,
   `num_samples=k`, at any `batch_size` and device count. `guidance`: the
   guidance strength w of a guided model (`model.bind`).
   """
-  if sampler not in sampling.SAMPLERS:
-    raise SampleError(f'unknown sampler {sampler!r}; known: {sampling.SAMPLERS}')
+  choices.require(choices.SAMPLER, 'sampler', sampler, SampleError)
   labels = (default_labels(num_samples, model.num_classes) if labels is None
             else np.asarray(labels, np.int32))
   # (The unguided call keeps the three-argument cache key of callers that

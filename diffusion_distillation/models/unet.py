@@ -17,7 +17,6 @@ float32, GroupNorm statistics are reduced in float32, and the last layers
 whatever `dtype` is.
 """
 
-import math
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -25,41 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_distillation.config.choices import LOGSNR_INPUT_TYPES
 from diffusion_distillation.parallel import microbatches
 
 PARAM_DTYPE = jnp.float32
-LOGSNR_INPUT_TYPES = ('linear', 'sigmoid', 'inv_cos')
-# What `remat` keeps for the backward pass (jax.checkpoint_policies names):
-# nothing (the least memory), or the matrix products' outputs.
-REMAT_POLICIES = ('nothing_saveable', 'dots_saveable',
-                  'dots_with_no_batch_dims_saveable')
-
-# The paper configs' levels: image size -> (ch_mult, attention at the lowest
-# resolution levels, how many). CIFAR-10's attention is at 16 and 8 of 32,
-# 16, 8; ImageNet 64's and LSUN 128's at 32, 16 and 8.
-_PAPER_SHAPES = {32: ((1, 1, 1), 2), 64: ((1, 2, 3, 4), 3),
-                 128: ((1, 2, 4, 6, 8), 3)}
-
-
-def shape_for_size(image_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """`(ch_mult, attn_resolutions)` the paper's configs use at `image_size`.
-
-  32: CIFAR-10's, 64: ImageNet 64's, 128: LSUN's. Another size takes the
-  nearest of these (in octaves; ties go to the smaller) with one level more
-  (a leading multiplier 1) per doubling above it, one fewer (the lowest
-  resolution dropped) per halving below it, and attention at as many of the
-  lowest-resolution levels as the paper config has: 256 -> (1, 1, 2, 4, 6, 8)
-  with attention at 32, 16, 8; 16 -> (1, 1) at 16, 8; 48 -> ImageNet 64's
-  levels at 48, 24, 12, 6, attention at 24, 12, 6.
-  """
-  octaves = math.log2(image_size)
-  paper = min(_PAPER_SHAPES, key=lambda p: (abs(math.log2(p) - octaves), p))
-  mults, num_attn = _PAPER_SHAPES[paper]
-  extra = round(octaves - math.log2(paper))
-  mults = (1,) * extra + mults if extra > 0 else mults[:max(
-      1, len(mults) + extra)]
-  levels = [image_size // 2**i for i in range(len(mults))]
-  return tuple(mults), tuple(sorted(levels[-num_attn:]))
 
 nonlinearity = nn.swish
 
@@ -338,7 +306,7 @@ class UNet(nn.Module):
       `extra_class` / `uncond_prob` != 0).
     remat, remat_policy: rematerialize every residual and attention block
       (`_rematerialized`), keeping what the jax.checkpoint_policies name
-      `remat_policy` saves (REMAT_POLICIES).
+      `remat_policy` saves (config/choices.py REMAT_POLICIES).
   """
 
   num_classes: int
@@ -359,7 +327,7 @@ class UNet(nn.Module):
   w_scale_range: Sequence[float] = (-10., 10.)
   extra_class: bool = False
   remat: bool = False
-  remat_policy: str = 'nothing_saveable'  # one of REMAT_POLICIES
+  remat_policy: str = 'nothing_saveable'  # choices.REMAT_POLICIES
 
   def __post_init__(self):
     # Configs (ml_collections) hand over lists and dtype names. Store tuples

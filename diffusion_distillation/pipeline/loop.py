@@ -1,12 +1,15 @@
-"""Teacher training and progressive distillation, stage by stage, resumably.
+"""The trainer: teacher training and distillation, stage by stage, resumably.
 
-A run is a list of stages: optionally `base` (train the teacher), then one
-`distill_<N>` stage per halving of the sampler steps. Each stage trains one
-`TrainState` with a compiled multi-step update and checkpoints under its own
-directory; a rerun skips finished stages and resumes the unfinished one from
-its last checkpoint. Randomness comes from `fold_in(key, step)` and the digits
-data order is a function of the step, so a resumed run ends with exactly the
-parameters of an uninterrupted one.
+`run` is the whole loop, in one function read top to bottom; the helpers
+below it are its named steps. A run is a list of stages (stages.py):
+optionally `base` (train the teacher), then one `distill_<N>` stage per
+halving of the sampler steps (and stage one of guided distillation). Each
+stage trains one `TrainState` with the compiled update of its objective
+(objectives/) and checkpoints under its own directory; a rerun skips
+finished stages and resumes the unfinished one from its last checkpoint.
+Randomness comes from `fold_in(key, step)` and the data order is a function
+of the step, so a resumed run ends with exactly the parameters of an
+uninterrupted one.
 """
 
 import math
@@ -32,7 +35,7 @@ from diffusion_distillation.pipeline import checkpoints
 from diffusion_distillation.pipeline import eval_loss
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import progress as progress_lib
-from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import stages as stages_lib
 from diffusion_distillation.pipeline import summaries
 from diffusion_distillation.pipeline import teachers
 from diffusion_distillation.pipeline import tracing
@@ -43,6 +46,123 @@ from diffusion_distillation.pipeline.stages import Context
 from diffusion_distillation.pipeline.stages import grid_steps
 from diffusion_distillation.pipeline.stages import plan_stages
 from diffusion_distillation.pipeline.stages import Stage
+
+
+def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
+  """Trains the teacher and distills it, stage by stage (paper Algorithm 2).
+
+  Read top to bottom: (1) the config, once, into what the loop needs (the
+  mesh, data and model, the stage plan, the first teacher); then for each
+  stage (2) restore-or-init, (3) its objective's compiled update, (4) the
+  updates, with logging, checkpoints and preemption, and (5) the student
+  handed on as the next stage's teacher. A finished stage is verified, not
+  retrained; an unfinished one resumes from its last checkpoint exactly
+  (step k's randomness is fold_in(stage key, k), its data a function of k).
+
+  Holds the workdir's lock and turns SIGTERM / Ctrl-C into a checkpoint and a
+  clean stop. Fields `config` lacks take their defaults. `profile_steps`:
+  trace that many updates into WORKDIR/profile (tracing.py). Returns the
+  stages' meta records.
+  """
+  # 1. The config, once. Nothing is written before it is validated.
+  config = config_lib.complete(config)
+  train = config.train
+  rerun = check_workdir(config, workdir)
+  workdir = epath.Path(workdir)
+  ctx = make_context(config, workdir)
+  if profile_steps:
+    ctx.trace = tracing.StepTrace(workdir / 'profile', profile_steps)
+  stages = plan_stages(config)
+  checkpoints.check_saved_models(ctx, stages)
+  teacher_params = (teachers.load_external_teacher(ctx, config)
+                    if stages[0].trains_student else None)
+  distributed.barrier('config_checked')  # all have read config.json
+  summary = []
+  with workdir_lock.hold(workdir), preemption.handling():
+    record_config(config, workdir)
+    write_dashboards(config, workdir, stages)
+    _apply_rerun(rerun, workdir, stages)
+    run_progress = progress_lib.RunProgress(stages, train.batch_size)
+    for stage in stages:
+      t0 = time.time()
+      finished = checkpoints.finished_stage(ctx, stage)
+      if finished:
+        teacher_params, meta = finished
+      else:
+        # 2. Restore-or-init: a fresh student is a copy of its teacher.
+        opt = optimization.optimization_for(config, stage)
+        manager = checkpoints.StageCheckpoints(
+            checkpoints.stage_dir(workdir, stage.name),
+            keep=train.keep_checkpoints)
+        state, meta = _start_state(ctx, stage, opt, manager, teacher_params)
+        checkpoints.write_parameter_overview(workdir, stage.name,
+                                             state.params)
+        teacher = (sharding.replicate(teacher_params, ctx.mesh)
+                   if stage.trains_student else None)
+        # 3. The objective's compiled update; step k draws fold_in(key, k).
+        train_steps = _compiled_update(ctx, stage, opt)
+        key = stage_key(ctx, stage)
+        # 4. The updates: a compiled call of up to train.substeps at a time.
+        step = int(jax.device_get(state.step))
+        data = _train_batches(ctx, stage, step)
+        writer = stage_writer(ctx, stage)
+        progress = run_progress.stage(stage, step)
+        writer.write_hparams(config, stage.name,
+                             stages_lib.stage_hparams(config, stage))
+        guard = _DivergenceGuard(config, stage)
+        evals = eval_loss.EvalLoss(ctx, stage)
+        every, log_every = (train.checkpoint_every_steps,
+                            train.log_loss_every_steps)
+        poll, stop = preemption.Poll(train.checkpoint_every_secs), False
+        skipped = jnp.zeros((), jnp.float32) if opt.skip_nonfinite else None
+        logging.info('%s: %d updates, sampler steps %d', stage.name,
+                     stage.num_updates, grid_steps(config, stage))
+        try:
+          while step < stage.num_updates and not stop:
+            n = min(train.substeps, stage.num_updates - step,
+                    every - step % every)
+            host = [ctx.dataset.device_batch(next(data)) for _ in range(n)]
+            batches = sharding.global_batch(update.stack_batches(host),
+                                            ctx.mesh, batch_axis=1)
+            state, metrics = train_steps(state, batches, teacher, key)
+            ctx.trace.after_call(n, state)
+            if skipped is not None:  # summed on the device: no sync per call
+              skipped = skipped + metrics['skipped'].sum()
+            step += n
+            evals.after(step, n, state, teacher, writer)
+            logged = (step // log_every != (step - n) // log_every or
+                      step == stage.num_updates)
+            if logged:  # checks the loss and this state
+              meta['loss'] = _log(writer, guard, state, step, metrics,
+                                  skipped)
+              progress.log(step, meta['loss'])
+            stop, save_due = poll.after_call()
+            if (step % every == 0 or step == stage.num_updates or stop or
+                save_due):
+              if meta['loss'] is None:
+                meta['loss'] = update.mean_metrics(metrics)['loss']
+              if not logged:
+                guard.check_state(step, state)
+              manager.save(state, meta)
+              poll.saved()
+        finally:
+          ctx.trace.stop()
+          writer.close()
+          manager.close()
+        if stop:
+          raise preemption.Preempted(preemption.stop_message(stage.name,
+                                                             step))
+        # 5. The student (its final checkpoint) is the next teacher.
+        teacher_params = checkpoints.final_params(ctx, stage)
+      grid = write_stage_grid(ctx, stage, teacher_params)
+      if not finished:
+        run_progress.finished(stage, time.time() - t0)
+      meta.update(grid=str(grid), seconds=round(time.time() - t0, 1),
+                  sampler_steps=grid_steps(config, stage))
+      logging.info('%s finished: loss %s, samples %s', stage.name,
+                   meta.get('loss'), grid)
+      summary.append(meta)
+  return summary
 
 
 def _start_state(ctx: Context, stage: Stage, opt, manager, teacher_params):
@@ -163,68 +283,6 @@ def _train_batches(ctx: Context, stage: Stage, step: int):
       process_index=jax.process_index(), process_count=jax.process_count())
 
 
-def run_stage(ctx: Context, stage: Stage, teacher_params,
-              run_progress: progress_lib.RunProgress) -> dict[str, Any]:
-  """Trains one stage to its end (or to preemption); returns its meta record.
-
-  `teacher_params` are the frozen teacher's for distillation (also the
-  student's initialization), None for base training.
-  """
-  config, train = ctx.config, ctx.config.train
-  opt = optimization.optimization_for(config, stage)
-  manager = checkpoints.StageCheckpoints(
-      checkpoints.stage_dir(ctx.workdir, stage.name),
-      keep=train.keep_checkpoints)
-  state, meta = _start_state(ctx, stage, opt, manager, teacher_params)
-  checkpoints.write_parameter_overview(ctx.workdir, stage.name, state.params)
-  teacher = (sharding.replicate(teacher_params, ctx.mesh)
-             if stage.trains_student else None)
-  train_steps, key = _compiled_update(ctx, stage, opt), stage_key(ctx, stage)
-  step = int(jax.device_get(state.step))
-  data = _train_batches(ctx, stage, step)
-  writer, progress = stage_writer(ctx, stage), run_progress.stage(stage, step)
-  writer.write_hparams(config, stage.name, stages.stage_hparams(config, stage))
-  guard, evals = _DivergenceGuard(config, stage), eval_loss.EvalLoss(ctx, stage)
-  every, log_every = train.checkpoint_every_steps, train.log_loss_every_steps
-  poll, stop = preemption.Poll(train.checkpoint_every_secs), False
-  skipped = jnp.zeros((), jnp.float32) if opt.skip_nonfinite else None
-  logging.info('%s: %d updates, sampler steps %d', stage.name,
-               stage.num_updates, grid_steps(config, stage))
-  try:
-    while step < stage.num_updates and not stop:
-      n = min(train.substeps, stage.num_updates - step, every - step % every)
-      host = [ctx.dataset.device_batch(next(data)) for _ in range(n)]
-      batches = sharding.global_batch(update.stack_batches(host), ctx.mesh,
-                                      batch_axis=1)
-      state, metrics = train_steps(state, batches, teacher, key)
-      ctx.trace.after_call(n, state)
-      if skipped is not None:  # summed on the device: no sync per call
-        skipped = skipped + metrics['skipped'].sum()
-      step += n
-      evals.after(step, n, state, teacher, writer)  # train.eval_every_steps
-      logged = (step // log_every != (step - n) // log_every or
-                step == stage.num_updates)
-      if logged:  # checks the loss and this state
-        meta['loss'] = _log(writer, guard, state, step, metrics, skipped)
-        progress.log(step, meta['loss'])
-      stop, save_due = poll.after_call()
-      if (step % every == 0 or step == stage.num_updates or stop or
-          save_due):
-        if meta['loss'] is None:
-          meta['loss'] = update.mean_metrics(metrics)['loss']
-        if not logged:
-          guard.check_state(step, state)
-        manager.save(state, meta)
-        poll.saved()
-  finally:
-    ctx.trace.stop()
-    writer.close()
-    manager.close()
-  if stop:
-    raise preemption.Preempted(preemption.stop_message(stage.name, step))
-  return meta
-
-
 def write_stage_grid(ctx: Context, stage: Stage, params) -> epath.Path:
   """A grid of samples from a finished stage, at its own step count.
 
@@ -233,11 +291,11 @@ def write_stage_grid(ctx: Context, stage: Stage, params) -> epath.Path:
   config = ctx.config
   num_steps = grid_steps(config, stage)
   samples, _ = generation.generate(
-      stages.sampling_model(ctx, stage), params, mesh=ctx.mesh,
+      stages_lib.sampling_model(ctx, stage), params, mesh=ctx.mesh,
       num_samples=config.eval.grid_samples, num_steps=num_steps,
       seed=config.seed, sampler=config.sampler,
       batch_size=config.eval.batch_size,
-      guidance=stages.grid_guidance(config, stage))
+      guidance=stages_lib.grid_guidance(config, stage))
   path = ctx.workdir / 'samples' / f'{stage.name}_{num_steps}steps.png'
   scale = max(1, 64 // samples.shape[1])
   if jax.process_index() == 0:
@@ -279,7 +337,7 @@ def write_dashboards(config, workdir: epath.Path, planned):
   writer = summaries.SummaryWriter(workdir / 'tensorboard' / 'dashboards',
                                    enabled=jax.process_index() == 0)
   writer.write_summary(summaries.experiment(
-      config, stages.stage_hparams(config, planned[0]), values))
+      config, stages_lib.stage_hparams(config, planned[0]), values))
   writer.write_summary(summaries.quality_layout(values))
   writer.close()
 
@@ -299,55 +357,6 @@ def make_context(config, workdir, dataset=None) -> Context:
   return Context(config, epath.Path(workdir), sharding.make_mesh(), dataset,
                  model_lib.DiffusionModel.from_config(
                      config, dataset.data_shape, dataset.num_classes))
-
-
-def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
-  """Runs (or resumes) every stage the config describes; returns their metas.
-
-  Holds the workdir's lock and turns SIGTERM / Ctrl-C into a checkpoint and a
-  clean stop for the whole run. Fields `config` lacks take their defaults.
-  `profile_steps`: trace that many updates into WORKDIR/profile (tracing.py).
-  """
-  config = config_lib.complete(config)
-  rerun = check_workdir(config, workdir)
-  workdir = epath.Path(workdir)
-  ctx = make_context(config, workdir)
-  if profile_steps:
-    ctx.trace = tracing.StepTrace(workdir / 'profile', profile_steps)
-  stages = plan_stages(config)
-  checkpoints.check_saved_models(ctx, stages)
-  teacher_params = (teachers.load_external_teacher(ctx, config)
-                    if stages[0].trains_student else None)
-  distributed.barrier('config_checked')  # all have read config.json
-  with workdir_lock.hold(workdir), preemption.handling():
-    record_config(config, workdir)
-    write_dashboards(config, workdir, stages)
-    _apply_rerun(rerun, workdir, stages)
-    return _run_stages(ctx, stages, teacher_params)
-
-
-def _run_stages(ctx: Context, stages, teacher_params):
-  """The stages in order: finished ones are verified, the others trained."""
-  config = ctx.config
-  summary = []
-  run_progress = progress_lib.RunProgress(stages, config.train.batch_size)
-  for stage in stages:
-    t0 = time.time()
-    finished = checkpoints.finished_stage(ctx, stage)
-    if finished:
-      teacher_params, meta = finished
-    else:
-      meta = run_stage(ctx, stage, teacher_params, run_progress)
-      teacher_params = checkpoints.final_params(ctx, stage)
-    grid = write_stage_grid(ctx, stage, teacher_params)
-    if not finished:
-      run_progress.finished(stage, time.time() - t0)
-    meta.update(grid=str(grid), seconds=round(time.time() - t0, 1),
-                sampler_steps=grid_steps(config, stage))
-    logging.info('%s finished: loss %s, samples %s', stage.name,
-                 meta.get('loss'), grid)
-    summary.append(meta)
-  return summary
 
 
 def format_summary(summary, workdir) -> str:

@@ -1,0 +1,68 @@
+"""The objectives: one module each, one row of `objectives.OBJECTIVES`.
+
+A new objective needs nothing else of the pipeline: the toy below (a
+student that matches its teacher's x prediction at data-noised z_t) is one
+class and one table row (plus its name among the field's choices, as the
+config declares every choice), and trains end to end through `main`'s loop.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from diffusion_distillation import objectives
+from diffusion_distillation.config import choices
+from diffusion_distillation.config import fields
+from diffusion_distillation.config.schema import one_of
+from diffusion_distillation.diffusion import guidance
+from diffusion_distillation.diffusion import losses
+from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import loop
+from diffusion_distillation.pipeline import stages
+
+from helpers import tiny_config
+
+
+class Matching(objectives.Objective):
+  """Toy: regress the student's x onto its teacher's at z_t, t ~ U[0, 1]."""
+
+  def draw(self, rng, batch, num_steps):
+    del num_steps  # continuous time
+    _, x = self.labels_and_x(batch)
+    return losses.draw_noise(rng, x, 0)
+
+  def loss(self, params, teacher_params, batch, draws, *, num_steps,
+           step=None, train=True):
+    labels, x = self.labels_and_x(batch)
+    return guidance.matching_loss(
+        self.model.bind(params, labels),
+        self.model.bind(teacher_params, labels), x, draws['u'], draws['eps'],
+        **self.weighting())
+
+
+def test_every_planned_objective_has_a_row():
+  names = {'teacher', 'guided_teacher', 'guided_stage_one'}
+  names |= {prefix + target for target in choices.DISTILLATION_TARGETS
+            for prefix in ('', 'guided_')}
+  assert set(objectives.OBJECTIVES) == names
+
+
+def test_a_toy_objective_is_one_module_and_one_row(tmp_path, monkeypatch):
+  monkeypatch.setitem(objectives.OBJECTIVES, 'matching', Matching)
+  monkeypatch.setitem(fields.FIELDS, 'distillation.target', dataclasses.replace(
+      fields.FIELDS['distillation.target'],
+      check=one_of(*choices.DISTILLATION_TARGETS, 'matching')))
+  config = tiny_config(distillation__target='matching',
+                       distillation__end_num_steps=4)
+  assert [s.objective for s in stages.plan_stages(config)] == [
+      'teacher', 'matching']
+  summary = loop.run(config, tmp_path)
+  assert [meta['stage'] for meta in summary] == ['base', 'distill_4']
+  assert np.isfinite(summary[1]['loss']) and summary[1]['loss'] > 0
+  ctx = loop.make_context(config, tmp_path)
+  student, teacher = (checkpoints.final_params(ctx, s)
+                      for s in reversed(stages.plan_stages(config)))
+  moved = [not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(student), jax.tree.leaves(teacher))]
+  assert any(moved)  # the student trained, from the teacher
