@@ -12,7 +12,6 @@ import pytest
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import diffusion
-from diffusion_distillation import objectives
 from diffusion_distillation.diffusion import guidance
 from diffusion_distillation.diffusion import losses
 from diffusion_distillation.diffusion import sampling
@@ -193,7 +192,7 @@ def test_guided_stage_losses_run_and_stage_one_is_planned(guided):
   assert [stages.grid_guidance(config, s) for s in plan[:2]] == [None, 0.]
   batch = {'image': jnp.full((B, 8, 8, 1), 128.), 'label': labels}
   for stage in plan:
-    objective = objectives.make(stage.objective, model)
+    objective = stage.objective_for(model)
     draws = objective.draw(jax.random.PRNGKey(0), batch, 4)
     loss = objective.loss(params, params, batch, draws, num_steps=4)
     assert loss.shape == (B,) and np.all(np.isfinite(loss))

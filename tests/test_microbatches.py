@@ -9,7 +9,6 @@ import pytest
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
-from diffusion_distillation import objectives
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.parallel import microbatches
 from diffusion_distillation.pipeline import optimization
@@ -79,7 +78,9 @@ def _update(objective, parts):
   config.train.optimizer = 'momentum'
   config.train.learning_rate_warmup_steps = 0
   dataset = data_lib.from_config(config)
-  stage = stages.Stage(1, 'stage', 10, num_steps, objective)
+  stage = next(s for s in stages.plan_stages(config)
+               if s.objective == objective)
+  stage = dataclasses.replace(stage, num_sample_steps=num_steps)
   opt = optimization.optimization_for(config, stage)
   if stage.trains_student:  # dropout too, to check the students' masks
     opt = dataclasses.replace(opt, dropout=0.1)
@@ -87,10 +88,10 @@ def _update(objective, parts):
       config, dataset.data_shape, dataset.num_classes, dropout=opt.dropout)
   params = random_params(model, 0)
   teacher = random_params(model, 1) if stage.trains_student else None
-  state = train_state.create(params, opt.tx, num_steps)
+  state = train_state.create(params, opt.tx, stage.num_sample_steps)
   batch = next(dataset.train_batches(global_batch_size=BATCH, seed=0))
   steps = jax.jit(update.make_train_steps(
-      objectives.make(objective, model), opt)).lower(
+      stage.objective_for(model), opt)).lower(
       state, update.stack_batches([batch]), teacher, jax.random.PRNGKey(2))
   # LLVM's optimizations triple the compile time and do not change numerics.
   new, metrics = steps.compile({'xla_backend_optimization_level': 0})(

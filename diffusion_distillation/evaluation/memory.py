@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_distillation import data as data_lib
-from diffusion_distillation import objectives
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.evaluation import profiling
 from diffusion_distillation.models import diffusion_model as model_lib
@@ -62,7 +61,7 @@ def lower_update(config, stage, opt, per_device_batch: int):
   teacher = _placed(params, rep) if stage.trains_student else None
   key = _placed(jax.eval_shape(lambda: jax.random.PRNGKey(0)), rep)
   jitted = update.compile_train_steps(
-      update.make_train_steps(objectives.make(stage.objective, model), opt),
+      update.make_train_steps(stage.objective_for(model), opt),
       mesh)
   return jitted.lower(state, batches, teacher, key)
 

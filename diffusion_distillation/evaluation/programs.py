@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_distillation import data as data_lib
-from diffusion_distillation import objectives
 from diffusion_distillation.evaluation import profiling
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.models import generation
@@ -127,7 +126,7 @@ def _update_program(bench: Bench, stage, opt, *, key) -> dict:
       bench.config, bench.ctx.base_model.data_shape,
       bench.ctx.base_model.num_classes, dropout=opt.dropout)
   jitted = update.compile_train_steps(
-      update.make_train_steps(objectives.make(stage.objective, model), opt),
+      update.make_train_steps(stage.objective_for(model), opt),
       bench.ctx.mesh)
   init_params = bench.teacher if distill else bench.params
   teacher = bench.teacher if distill else None

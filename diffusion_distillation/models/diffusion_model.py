@@ -58,11 +58,12 @@ class DiffusionModel:
   eval_schedule: tuple
   clip_x: bool
   variance: str
-  cond_drop_prob: float = 0.  # > 0: a guided teacher (label dropout)
+  # Trained with label dropout (`model.cond_drop_prob` > 0): it has the "no
+  # class" label, and the teacher samples at any guidance w.
+  guided: bool = False
   w_range: Optional[tuple] = None  # (w_min, w_max) of guided distillation
   w_conditioned: bool = False  # these parameters take w (see `student`)
   w_const: float = 0.  # a w-conditioned student's w when none is given
-  w_warmup_steps: int = 0  # stage one: the w embedding's ramp 0 -> 1
   # The teacher takes w too: stage two from a stage-one student (no stage
   # one here, `guidance.num_updates` = 0).
   w_teacher: bool = False
@@ -83,7 +84,6 @@ class DiffusionModel:
     w_range = ((float(config.guidance.w_min), float(config.guidance.w_max))
                if 'guidance' in config else None)
     w_const = float(config.guidance.w_const) if w_range else 0.
-    w_warmup_steps = int(config.guidance.w_warmup_steps) if w_range else 0
     w_teacher = bool(w_range) and config.guidance.num_updates == 0
     network = unet_lib.UNet(
         num_classes=num_classes, extra_class=cond_drop_prob > 0,
@@ -104,16 +104,10 @@ class DiffusionModel:
         eval_schedule=schedule(config.model.eval_logsnr_schedule),
         clip_x=config.model.eval_clip_denoised,
         variance=config.model.logvar_type,
-        cond_drop_prob=cond_drop_prob,
+        guided=cond_drop_prob > 0,
         w_range=w_range,
         w_const=w_const,
-        w_warmup_steps=w_warmup_steps,
         w_teacher=w_teacher)
-
-  @property
-  def guided(self) -> bool:
-    """Trained with label dropout: the teacher samples at any guidance w."""
-    return self.cond_drop_prob > 0
 
   @property
   def null_label(self) -> int:

@@ -25,6 +25,7 @@ OBJECTIVES = {
 }
 
 
-def make(name: str, model) -> Objective:
-  """The objective `name` of the table for `model` (the stage's)."""
-  return OBJECTIVES[name](model)
+def make(name: str, model, **options) -> Objective:
+  """The objective `name` of the table for `model` (the stage's), with the
+  `options` its constructor takes (e.g. a guided teacher's label dropout)."""
+  return OBJECTIVES[name](model, **options)

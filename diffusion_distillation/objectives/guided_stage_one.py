@@ -28,8 +28,14 @@ def draw_guided(student: objective.Objective, rng, batch, num_steps) -> dict:
 
 
 class GuidedStageOne(objective.Objective):
+  """The w-conditioned student; its w embedding ramps up over
+  `w_warmup_steps` updates (`guidance.w_warmup_steps`)."""
   settings = 'guidance'
   w_conditioned = True
+
+  def __init__(self, model, *, w_warmup_steps: int):
+    super().__init__(model)
+    self.w_warmup_steps = w_warmup_steps
 
   def draw(self, rng, batch, num_steps) -> dict:
     del num_steps  # continuous time
@@ -42,7 +48,7 @@ class GuidedStageOne(objective.Objective):
     model, w = self.model, draws['w']
     student_fn = model.student().bind(
         params, labels, train=train, dropout=draws['dropout'], guidance=w,
-        w_warmup=guidance.warmup(step, model.w_warmup_steps))
+        w_warmup=guidance.warmup(step, self.w_warmup_steps))
     return guidance.matching_loss(
         student_fn, model.bind(teacher_params, labels, guidance=w), x,
         draws['u'], draws['eps'], **self.weighting())

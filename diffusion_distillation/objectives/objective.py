@@ -25,7 +25,10 @@ from diffusion_distillation.models import diffusion_model as model_lib
 class Objective(abc.ABC):
   """The loss of one kind of stage for `model` (the stage's: its dropout).
 
-  Subclasses set the attributes below and define `draw` and `loss`.
+  Subclasses set the attributes below and define `draw` and `loss`; the
+  settings only training needs (label dropout, the w warm-up) are their
+  constructor's keyword arguments, which the stage plan gives
+  (`stages.Stage.options`).
   """
   # Starts from the previous stage's parameters, which stay its frozen
   # teacher (a student); False: a fresh model trained on data (a teacher).

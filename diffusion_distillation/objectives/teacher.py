@@ -41,7 +41,12 @@ class Teacher(objective.Objective):
 
 
 class GuidedTeacher(Teacher):
-  """Base training with label dropout (`model.cond_drop_prob`)."""
+  """Base training with label dropout: each label is dropped with
+  probability `cond_drop_prob` (`model.cond_drop_prob`, p_uncond)."""
+
+  def __init__(self, model, *, cond_drop_prob: float):
+    super().__init__(model)
+    self.cond_drop_prob = cond_drop_prob
 
   def draw(self, rng, batch, num_steps) -> dict:
     del num_steps  # the model's own
@@ -50,7 +55,7 @@ class GuidedTeacher(Teacher):
     return dict(losses.draw_noise(rng_loss, x, self.model.train_num_steps),
                 dropout=BatchKey(rng_dropout),
                 label_drops=guidance.draw_label_drops(
-                    rng_cond, labels, self.model.cond_drop_prob))
+                    rng_cond, labels, self.cond_drop_prob))
 
   def loss(self, params, teacher_params, batch, draws, *, num_steps,
            step=None, train: bool = True):

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_distillation import objectives
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline.stages import Context
@@ -64,7 +63,7 @@ class EvalLoss:
     ctx, stage = self._ctx, self._stage
     opt = optimization.optimization_for(ctx.config, stage)
     model = optimization.stage_model(ctx, opt)
-    objective = objectives.make(stage.objective, model)
+    objective = stage.objective_for(model)
     num_steps = stage.num_sample_steps
 
     def sums(params, batch, mask, rng, teacher):

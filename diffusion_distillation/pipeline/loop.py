@@ -23,7 +23,6 @@ import jax.numpy as jnp
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
-from diffusion_distillation import objectives
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.models import generation
@@ -224,7 +223,7 @@ class _DivergenceGuard:
       raise self._error(step, 'the parameters hold NaN or Inf')
 
   def _error(self, step: int, what: str) -> DivergenceError:
-    section = objectives.OBJECTIVES[self._stage.objective].settings
+    section = self._stage.settings
     rate = self._config[section].learning_rate
     last = ('last finite loss {1:.6g} at step {0}'.format(*self.last_finite)
             if self.last_finite else 'no finite loss logged before')
@@ -261,8 +260,7 @@ def _compiled_update(ctx: Context, stage: Stage, opt):
   """
   program = (stage.objective, stage.num_updates)
   if program not in ctx.programs:
-    objective = objectives.make(stage.objective,
-                                optimization.stage_model(ctx, opt))
+    objective = stage.objective_for(optimization.stage_model(ctx, opt))
     ctx.programs[program] = update.compile_train_steps(
         update.make_train_steps(objective, opt), ctx.mesh)
   return ctx.programs[program]

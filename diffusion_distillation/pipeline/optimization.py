@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import optax
 
 from diffusion_distillation.config import OPTIMIZERS
-from diffusion_distillation import objectives
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.pipeline.stages import Context
 from diffusion_distillation.pipeline.stages import Stage
@@ -101,7 +100,7 @@ def optimization_for(config, stage: Stage) -> Optimization:
   distillation): that section's rate, decay and EMA (the authors' stage-one
   configs: constant 3e-4, EMA 0.9999)."""
   t = config.train
-  settings = objectives.OBJECTIVES[stage.objective].settings
+  settings = stage.settings
   if settings != 'train':
     d = config.distillation
     own = config[settings]

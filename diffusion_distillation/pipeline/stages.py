@@ -31,14 +31,24 @@ class Stage:
   num_updates: int
   num_sample_steps: int  # base: train_num_steps (0 = continuous); student's N
   objective: str  # its loss: a name in `objectives.OBJECTIVES`
+  options: tuple = ()  # (name, value) pairs: the objective's settings
 
   def __post_init__(self):
     assert self.objective in objectives.OBJECTIVES, self.objective
+
+  def objective_for(self, model) -> objectives.Objective:
+    """The stage's objective for `model` (the stage's, with its dropout)."""
+    return objectives.make(self.objective, model, **dict(self.options))
 
   @property
   def trains_student(self) -> bool:
     """Starts from the previous stage's model, its teacher."""
     return objectives.OBJECTIVES[self.objective].trains_student
+
+  @property
+  def settings(self) -> str:
+    """The config section of its learning rate, anneal and EMA."""
+    return objectives.OBJECTIVES[self.objective].settings
 
   @property
   def w_conditioned(self) -> bool:
@@ -59,17 +69,19 @@ def plan_stages(config) -> list[Stage]:
   """
   stages = []
   if not external_teacher(config):
-    teacher = ('guided_teacher' if config.model.cond_drop_prob > 0 else
-               'teacher')
+    drop = config.model.cond_drop_prob
+    teacher = ('guided_teacher', (('cond_drop_prob', float(drop)),)) if (
+        drop > 0) else ('teacher',)
     stages.append(Stage(0, 'base', config.train.num_train_steps,
-                        config.model.train_num_steps, teacher))
+                        config.model.train_num_steps, *teacher))
   if 'distillation' not in config:
     return stages
   distill, guided = config.distillation, 'guidance' in config
   if guided and config.guidance.num_updates:
     stages.append(Stage(len(stages), guided_stage_name(distill.start_num_steps),
                         config.guidance.num_updates, distill.start_num_steps,
-                        'guided_stage_one'))
+                        'guided_stage_one', (('w_warmup_steps', int(
+                            config.guidance.w_warmup_steps)),)))
   student = ('guided_' if guided else '') + distill.target
   n = distill.start_num_steps // 2
   while n >= distill.end_num_steps:
