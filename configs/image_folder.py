@@ -23,7 +23,7 @@ Unreadable files stop the run naming the file, or are skipped with
 RGB, transparent ones are put on white.
 
 The network: `model.args.ch_mult` and `attn_resolutions` follow the image
-size as the paper's configs do (models/unet.py `shape_for_size`): 32:
+size as the paper's configs do (config/choices.py `shape_for_size`): 32:
 CIFAR-10's (1, 1, 1) with attention at 16 and 8; 64: ImageNet 64's
 (1, 2, 3, 4) at 32, 16, 8; 128: LSUN's (1, 2, 4, 6, 8) at 32, 16, 8; other
 sizes the nearest of these with a level more per doubling (256: (1, 1, 2, 4,
