@@ -320,8 +320,9 @@ def _cli(*args):
 
 @pytest.mark.parametrize('args, message', [
     ([], '--workdir is required'),
-    (['--workdir=W', '--samplers=ddim,euler'], "unknown sampler 'euler'"),
-    (['--workdir=W', '--samplers='], 'need at least one sampler'),
+    (['--workdir=W', '--samplers=ddim,euler'],
+     "--samplers=ddim,euler: samplers: holds 'euler': must be one of `ddim`"),
+    (['--workdir=W', '--samplers='], 'samplers: needs at least one value'),
     (['--workdir=W', '--teacher_steps=1,two'], "'two' is not an integer"),
     (['--workdir=W', '--teacher_steps=4,0'], 'must be >= 1'),
     (['--workdir=W', '--num_samples=1'], '--num_samples=1'),
