@@ -34,9 +34,11 @@ def test_config_path_fields_become_absolute_and_empty_ones_stay_empty(
   config_lib.add_section(config, 'distillation',
                          teacher_checkpoint_path='teachers/t')
   config.eval.inception_path = 'gs://b/inception.pb'
+  config.dataset.path = 'my_images'  # an image folder, stored absolute too
   config = common.complete_config(config)
   assert config.distillation.teacher_checkpoint_path == str(
       tmp_path / 'teachers' / 't')
+  assert config.dataset.path == str(tmp_path / 'my_images')
   assert config.eval.inception_path == 'gs://b/inception.pb'
   assert config.dataset.data_dir == ''
 

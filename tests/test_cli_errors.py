@@ -54,6 +54,13 @@ def flag_case(case, tmp_path, workdir):
   if case == 'missing_config_file':
     return ([f'--config={tmp_path / "missing.py"}', wd],
             ['--config=', 'missing.py'])
+  if case in ('config_of_42', 'config_of_a_dict'):
+    path = tmp_path / f'{case}.py'
+    value = 42 if case == 'config_of_42' else {'train': {'batch_size': 8}}
+    path.write_text(f'def get_config():\n  return {value!r}\n')
+    return ([f'--config={path}', wd],
+            [f'--config={path}', 'not an ml_collections.ConfigDict',
+             repr(value)])
   if case == 'missing_teacher':
     teacher = tmp_path / 'no_teacher_here'
     return ([config, wd,
@@ -63,7 +70,8 @@ def flag_case(case, tmp_path, workdir):
 
 
 @pytest.mark.parametrize('case', ['unknown_field', 'wrong_type', 'no_workdir',
-                                  'missing_config_file', 'missing_teacher'])
+                                  'missing_config_file', 'config_of_42',
+                                  'config_of_a_dict', 'missing_teacher'])
 def test_main_rejects_bad_flags_before_creating_the_workdir(case, tmp_path):
   workdir = tmp_path / 'new_workdir'
   args, expected = flag_case(case, tmp_path, workdir)
@@ -100,6 +108,14 @@ def test_sample_rejects_a_directory_that_is_not_a_workdir(tmp_path):
                       f'--output={workdir / "samples.npz"}')
   assert_rejected(result, str(workdir), 'not a training workdir')
   assert not workdir.exists()
+
+
+def test_help_lists_the_commands_flags():
+  result = run_module('sample', '--help')  # absl's --help exits with 1
+  for flag in ('--workdir', '--checkpoint', '--num_steps', '--sampler',
+               '--output', '--guidance'):
+    assert f'  {flag}' in result.stdout, flag
+  assert '--config' in run_module('main', '--help').stdout
 
 
 def test_sample_rejects_zero_steps(existing_workdir, tmp_path):

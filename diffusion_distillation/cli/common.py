@@ -4,6 +4,7 @@ import functools
 import logging as std_logging
 import os
 import re
+import reprlib
 import sys
 import tempfile
 import traceback
@@ -11,6 +12,7 @@ from typing import Callable
 
 from absl import app
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
 from diffusion_distillation.cli import compilation_cache
@@ -22,7 +24,8 @@ from diffusion_distillation.paths import is_config_name
 
 # Config fields that hold local paths or URLs, resolved like path flags.
 CONFIG_PATH_FIELDS = ('distillation.teacher_checkpoint_path',
-                      'eval.inception_path', 'dataset.data_dir')
+                      'eval.inception_path', 'dataset.data_dir',
+                      'dataset.path')
 
 
 class _PathParser(flags.ArgumentParser):
@@ -218,12 +221,18 @@ def parse_flags_with_config(argv):
       raise
     fail(message)
   if flags.FLAGS['config'].present:
+    path = config_flags.get_config_filename(flags.FLAGS['config'])
     try:
-      flags.FLAGS.config.keys()  # loads the file (ml_collections defers it)
+      config = flags.FLAGS.config  # loads the file (ml_collections defers it)
     except OSError as e:
-      path = config_flags.get_config_filename(flags.FLAGS['config'])
       reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
       fail(f'--config={path}: cannot load the config file: {reason}')
+    if not isinstance(config, ml_collections.ConfigDict):
+      fail(f'--config={path}: get_config() returned '
+           f'{reprlib.repr(config)} ({type(config).__name__}), not an '
+           'ml_collections.ConfigDict; start from a config of configs/, '
+           'e.g. configs/digits.py, or from '
+           'diffusion_distillation.config.default_config()')
   return remaining
 
 
@@ -324,10 +333,14 @@ def run(main: Callable, flags_parser: Callable = parse_flags):
   multi-process run an error on one process ends all of them with its line
   (an unexpected exception too, its traceback in a file).
 
-  `--help` shows the docstring of `main`'s module (absl shows `__main__`'s,
-  which is the one-line `python -m` shim).
+  `--help` shows the docstring and the flags of `main`'s module (absl shows
+  `__main__`'s, which is the one-line `python -m` shim without flags).
   """
   sys.modules['__main__'].__doc__ = sys.modules[main.__module__].__doc__
+  for module, defined in flags.FLAGS.flags_by_module_dict().items():
+    if module.startswith('diffusion_distillation'):  # this command's own
+      for flag in defined:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
   def guarded(argv):
     if len(argv) > 1:
