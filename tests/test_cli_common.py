@@ -113,3 +113,13 @@ def test_api_messages_in_flag_words(api, cli):
   """Was: the command-line tools printed the API's argument words."""
   assert common.in_flag_words(api, ['num_steps', 'model', 'config',
                                     'seed']) == cli
+
+
+def test_comma_lists_are_read_wherever_a_list_of_names_is():
+  # ml_collections reads `--config.eval.samplers=ddim,ancestral` as one word.
+  config = config_lib.default_config()
+  config.eval.samplers = ('ddim,ancestral',)
+  config.eval.student_samplers = ('ddim, stochastic',)
+  config = common.complete_config(config)
+  assert config.eval.samplers == ('ddim', 'ancestral')
+  assert config.eval.student_samplers == ('ddim', 'stochastic')

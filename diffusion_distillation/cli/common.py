@@ -65,11 +65,34 @@ def complete_config(config):
   # mistyped flag should not wait for.
   from diffusion_distillation import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.complete(config)
+  for field, value in config_lib.flat_fields(config).items():
+    declared = config_lib.FIELDS.get(field)
+    if declared and declared.check and declared.check.kind == 'choices':
+      _set(config, field, _comma_list(value))
   for field in CONFIG_PATH_FIELDS:
     section, name = field.split('.')
     if section in config:
       config[section][name] = absolute_path(config[section][name])
   return config
+
+
+def _comma_list(value):
+  """`--config.eval.samplers=ddim,ancestral` as ('ddim', 'ancestral'), as
+  `ch_mult=1,2` is (1, 2): ml_collections reads a list of words given with
+  commas as one word."""
+  items = value.split(',') if isinstance(value, str) else value
+  if not isinstance(items, (list, tuple)):
+    return value
+  return tuple(part.strip() for item in items
+               for part in (item.split(',') if isinstance(item, str)
+                            else [item]))
+
+
+def _set(config, field: str, value):
+  *sections, name = field.split('.')
+  for section in sections:
+    config = config[section]
+  config[name] = value
 
 
 class _DropInfo(std_logging.Filter):
