@@ -118,6 +118,17 @@ def test_help_lists_the_commands_flags():
   assert '--config' in run_module('main', '--help').stdout
 
 
+def test_sample_refuses_to_overwrite_without_the_flag(existing_workdir,
+                                                      tmp_path):
+  output = tmp_path / 'samples.npz'
+  output.write_bytes(b'an earlier result')
+  before = snapshot(tmp_path)
+  result = run_module('sample', f'--workdir={existing_workdir}',
+                      '--num_steps=2', f'--output={output}')
+  assert_rejected(result, f'--output={output} exists', 'pass --overwrite')
+  assert snapshot(tmp_path) == before
+
+
 def test_sample_rejects_zero_steps(existing_workdir, tmp_path):
   before = snapshot(existing_workdir)
   output = tmp_path / 'out' / 'samples.npz'

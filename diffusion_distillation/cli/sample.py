@@ -47,12 +47,17 @@ def write_samples(output, samples, labels, conditional: bool):
   return output, grid
 
 
-def check_output(output):
-  """Refuses an --output that is not a .npz file, before any work."""
+def check_output(output, overwrite: bool = False):
+  """Refuses an --output that is not a .npz file, or that exists (without
+  `overwrite`, as `export`), before any work."""
   if not str(output).endswith('.npz'):
     raise SampleError(f'--output must name a .npz file, got {output!r}')
-  if epath.Path(output).is_dir():
+  path = epath.Path(output)
+  if path.is_dir():
     raise SampleError(f'--output={output} is a directory')
+  if path.exists() and not overwrite:
+    raise SampleError(f'--output={output} exists; pass --overwrite to '
+                      'replace it (and its .png grid)')
 
 
 def sample_model(model, *, num_samples, seed: int, output, labels=None,
@@ -79,13 +84,15 @@ def sample_model(model, *, num_samples, seed: int, output, labels=None,
 
 def sample_workdir(workdir, *, num_steps: int, num_samples: int, seed: int,
                    output, model: str = 'distilled', sampler: str = 'ddim',
-                   batch_size: int = 256, labels=None, guidance=None):
+                   batch_size: int = 256, labels=None, guidance=None,
+                   overwrite: bool = False):
   """Samples a workdir's student (or teacher) into `output` (.npz + .png).
 
   Returns the two paths on process 0, None on the others. Raises a
-  ModelError for a request the workdir cannot serve.
+  ModelError for a request the workdir cannot serve, or an existing
+  `output` without `overwrite`.
   """
-  check_output(output)
+  check_output(output, overwrite)
   loaded = loading.from_workdir(workdir, num_steps=num_steps, model=model)
   return sample_model(loaded, num_samples=num_samples, seed=seed,
                       output=output, labels=labels, sampler=sampler,
@@ -142,6 +149,8 @@ def define_flags():
                      'trained range only).')
   flags.DEFINE_integer('batch_size', 256, 'Samples per compiled call.',
                        lower_bound=1)
+  flags.DEFINE_bool('overwrite', False,
+                    'Replace --output (and its grid) if it exists.')
 
 
 def _load():
@@ -164,7 +173,7 @@ def _load():
 
 def main(argv):
   del argv  # checked by common.run
-  check_output(FLAGS.output)
+  check_output(FLAGS.output, FLAGS.overwrite)
   labels = _labels(FLAGS.labels)
   paths = sample_model(_load(), num_samples=FLAGS.num_samples,
                        seed=FLAGS.seed, output=FLAGS.output, labels=labels,
