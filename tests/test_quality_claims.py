@@ -68,10 +68,16 @@ def test_cli_exit_status(tmp_path):
   results.write_text(json.dumps(_results(6., 10., 4.)))
   assert _cli(tmp_path).returncode == 1  # a claim fails
 
-  proc = _cli(tmp_path / 'not_evaluated')
-  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: ') and 'diffusion_distillation.evaluate' in last
+  for workdir, says in (('missing', 'does not exist'),
+                        ('empty', 'is not a training workdir'),
+                        ('trained', 'diffusion_distillation.evaluate first')):
+    (tmp_path / 'empty').mkdir(exist_ok=True)
+    (tmp_path / 'trained').mkdir(exist_ok=True)
+    (tmp_path / 'trained' / 'config.json').write_text('{}')
+    proc = _cli(tmp_path / workdir)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and says in last, last
 
   proc = _cli(tmp_path, '--steps=3')
   assert (proc.returncode, proc.stdout, proc.stderr) == (

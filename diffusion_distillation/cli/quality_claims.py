@@ -31,8 +31,14 @@ def define_flags():
 
 def main(argv):
   del argv  # checked by common.run
-  out = epath.Path(FLAGS.workdir) / 'eval'
+  workdir = epath.Path(FLAGS.workdir)
+  out = workdir / 'eval'
   path = out / report.RESULTS_JSON
+  if not workdir.is_dir():
+    raise UserError(f'--workdir={workdir} does not exist')
+  if not path.exists() and not (workdir / 'config.json').exists():
+    raise UserError(f'--workdir={workdir} is not a training workdir (no '
+                    'config.json)')
   if not path.exists():
     raise UserError(f'{path} does not exist; run '
                     'python -m diffusion_distillation.evaluate first')
