@@ -46,6 +46,10 @@ def flag_case(case, tmp_path, workdir):
   config, wd = f'--config={DIGITS}', f'--workdir={workdir}'
   if case == 'unknown_field':
     return [config, wd, '--config.train.nope=1'], ['--config.train.nope']
+  if case == 'refused_field':  # an official field, named as refused
+    return ([config, wd, '--config.model.logvar_coeff=0.5'],
+            ['--config.model.logvar_coeff', 'does not implement',
+             'learned variances'])
   if case == 'wrong_type':
     return ([config, wd, '--config.train.batch_size=abc'],
             ['--config.train.batch_size', 'abc'])
@@ -69,7 +73,8 @@ def flag_case(case, tmp_path, workdir):
   raise ValueError(case)
 
 
-@pytest.mark.parametrize('case', ['unknown_field', 'wrong_type', 'no_workdir',
+@pytest.mark.parametrize('case', ['unknown_field', 'refused_field',
+                                  'wrong_type', 'no_workdir',
                                   'missing_config_file', 'config_of_42',
                                   'config_of_a_dict', 'missing_teacher'])
 def test_main_rejects_bad_flags_before_creating_the_workdir(case, tmp_path):

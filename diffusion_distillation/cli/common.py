@@ -149,6 +149,11 @@ def _unknown_override(argv, error) -> str:
                if re.match(r'--?(no)?config\.', arg)]
   named = [o for o in overrides if missing in re.split(r'[.\[\]]', o)]
   if named:
+    from diffusion_distillation.config import fields  # pylint: disable=g-import-not-at-top
+    declared = fields.FIELDS.get(named[0].split('config.', 1)[1])
+    if declared is not None and not declared.filled:  # refused by name
+      return (f'{named[0]}: an official field this port does not '
+              f'implement: {declared.doc}')
     return f'{named[0]}: the config has no field {missing!r}{hint}'
   indexed = [o for o in overrides if '[' in o]
   if len(indexed) == 1:
