@@ -177,6 +177,13 @@ def test_a_rerun_names_every_field_it_cannot_change():
       "config.model.mean_type is 'eps' but the workdir was created with 'v'; "
       'config.seed is 1 but the workdir was created with 0; a rerun cannot '
       'change them (use a new --workdir)')
+  config.seed, config.model.mean_type = 0, 'v'
+  config.train.num_train_steps = saved['train']['num_train_steps'] - 1
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.train\.num_train_steps is 1499 but the '
+                           r'workdir was created with 1500 \(a rerun may only '
+                           r'raise it, to train the teacher on\)'):
+    config_lib.check_rerun(saved, config)
 
 
 def test_the_field_table_is_current():

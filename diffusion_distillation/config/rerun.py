@@ -83,6 +83,10 @@ def check_rerun(saved: dict, config) -> Rerun:
           f'config.{field} {before} -> {after}: the teacher trains on, and '
           'the students distilled from the old teacher are set aside and '
           'distilled again')
+    elif rule == schema.EXTENDS:
+      refused.append(f'config.{field} is {after!r} but the workdir was '
+                     f'created with {before!r} (a rerun may only raise it, '
+                     'to train the teacher on)')
     else:
       refused.append(f'config.{field} is {after!r} but the workdir was '
                      f'created with {before!r}')
