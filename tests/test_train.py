@@ -25,6 +25,7 @@ from diffusion_distillation.pipeline import workdirs
 from helpers import override_flags
 from helpers import PYTHON
 from helpers import REPO
+from helpers import run_module
 from helpers import subprocess_env
 from helpers import tiny_config
 
@@ -175,6 +176,24 @@ def test_teacher_samples_with_any_step_count(finished_workdir, tmp_path):
       output=str(tmp_path / 't.npz'), model='teacher', sampler='ancestral')
   with np.load(npz) as f:
     assert f['images'].shape == (4, 8, 8, 1)
+
+
+def test_sample_cli_defaults_as_the_api(finished_workdir, tmp_path):
+  """--model=teacher without --num_steps: the teacher's eval step count, as
+  dd.load; a student without it: which one, and the step counts there are."""
+  workdir, _ = finished_workdir
+  out = tmp_path / 'teacher.npz'
+  teacher = run_module('sample', f'--workdir={workdir}', '--model=teacher',
+                       '--num_samples=3', f'--output={out}')
+  assert teacher.returncode == 0, teacher.stderr[-2000:]
+  with np.load(out) as f:
+    assert f['images'].shape == (3, 8, 8, 1)
+  student = run_module('sample', f'--workdir={workdir}', '--num_samples=3',
+                       f'--output={tmp_path / "student.npz"}')
+  assert student.returncode == 2
+  assert student.stderr.strip().splitlines()[-1] == (
+      f'error: which distilled student of {workdir}? pass --num_steps; '
+      'available step counts: 1, 2, 4')
 
 
 def test_missing_student_lists_available_steps(finished_workdir, tmp_path):

@@ -127,8 +127,10 @@ def define_flags():
                       'With --checkpoint of a released checkpoint: the config '
                       'it pairs with, a file or one of: '
                       f'{", ".join(configs.config_names())}.')
-  flags.DEFINE_integer('num_steps', None, 'Number of sampler steps (default '
-                       'with --checkpoint: the step count the file records).',
+  flags.DEFINE_integer('num_steps', None, 'Number of sampler steps: the '
+                       "student's (required for a workdir's students); "
+                       "default: the teacher's model.eval_sampling_num_steps, "
+                       'or the step count a --checkpoint file records.',
                        lower_bound=1)
   flags.DEFINE_integer('num_samples', None, 'Number of samples (default: the '
                        'number of --labels, or 64).', lower_bound=1)
@@ -158,9 +160,7 @@ def _load():
   if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):
     raise SampleError('give exactly one of --workdir (a training run) and '
                       '--checkpoint (an exported or released model)')
-  if FLAGS.workdir:
-    if FLAGS.num_steps is None:
-      raise SampleError('--num_steps is required with --workdir')
+  if FLAGS.workdir:  # the teacher's default --num_steps: as dd.load's
     if FLAGS.config:
       raise SampleError('--config is for --checkpoint only: a workdir has its '
                         'own config')
