@@ -79,6 +79,16 @@ def test_progress_lines_say_stage_k_of_n_and_eta(watched_run):
   assert 'Setting work unit notes' not in output
 
 
+def test_the_parameter_tables_go_to_files_with_a_line_in_the_log(watched_run):
+  workdir, output = watched_run
+  for name in STAGES:
+    table = workdir / 'checkpoints' / name / 'parameters.txt'
+    assert re.search(rf'{name} parameters: [\d,]+ -- [\d,]+ bytes \(each in '
+                     rf'{re.escape(str(table))}\)', output)
+    assert '| conv_in/kernel' in table.read_text()
+  assert '| conv_in/kernel' not in output
+
+
 def test_run_eta_adds_each_later_stage_updates_and_overhead():
   base = Stage(0, 'base', 100, 0, 'teacher')
   students = [Stage(1, 'distill_4', 10, 4, 'progressive'),

@@ -77,15 +77,17 @@ PARAMETERS_FILE = 'parameters.txt'
 
 def write_parameter_overview(workdir, stage_name: str, params):
   """clu's table of the stage's parameters (name, shape, dtype, size, and
-  the total): logged, and written whole as STAGE_DIR/parameters.txt by
-  process 0."""
+  the total), written whole as STAGE_DIR/parameters.txt by process 0; the
+  log gets its total, in one line."""
   table = parameter_overview.get_parameter_overview(params,
                                                     include_stats=False)
-  logging.info('%s parameters:\n%s', stage_name, table)
+  path = stage_dir(workdir, stage_name) / PARAMETERS_FILE
+  total = table.strip().splitlines()[-1]  # 'Total: N -- B bytes'
+  logging.info('%s parameters: %s (each in %s)', stage_name,
+               total.removeprefix('Total: '), path)
   if jax.process_index() != 0:
     return
-  files.write_text(stage_dir(workdir, stage_name) / PARAMETERS_FILE,
-                   table + '\n')
+  files.write_text(path, table + '\n')
 
 
 def state_checksum(state) -> str:
