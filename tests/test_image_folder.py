@@ -1,6 +1,7 @@
 """`data.image_folder.ImageFolder`: batches, splits, labels, index, refusals."""
 
 import json
+import os
 import logging
 
 import numpy as np
@@ -244,3 +245,49 @@ def test_grey_16_bit_and_alpha_become_rgb(tmp_path, caplog):
   assert ('2 grey-scale / palette images converted to RGB, 1 with alpha '
           'composited over white') in caplog.text
   assert f'image_folder: {root}: 4 images (3 train, 1 held out)' in caplog.text
+
+
+def test_photos_train_as_their_exif_orientation_shows_them(tmp_path):
+  root = tmp_path / 'photos'
+  root.mkdir()
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to view
+  for name in ('a.jpg', 'b.jpg'):  # stored on its side, as phones do
+    Image.fromarray(random_rgb(0, (SIZE, 2 * SIZE, 3))).save(
+        root / name, exif=exif, quality=100)
+  index = tmp_path / 'index.json'
+  data = dataset(root, randflip=False, index_path=str(index))
+  batch = next(data.eval_batches(batch_size=2, split='train'))
+  stored = np.asarray(Image.open(root / 'a.jpg').convert('RGB'))
+  upright = np.rot90(stored, k=-1)  # a portrait, 2 * SIZE high
+  np.testing.assert_array_equal(
+      batch['image'][0], upright[SIZE // 2:SIZE // 2 + SIZE])
+  entry = json.loads(index.read_text())['entries'][0]
+  assert (entry['width'], entry['height']) == (SIZE, 2 * SIZE)
+
+
+def test_an_index_of_the_format_without_orientation_is_refused(tmp_path):
+  root, index = folder(tmp_path), tmp_path / 'index.json'
+  dataset(root, index_path=str(index)).prepare()
+  old = json.loads(index.read_text())
+  index.write_text(json.dumps(dict(old, format=1)))
+  refusal(lambda: dataset(root, index_path=str(index)).prepare(),
+          str(index), 'EXIF orientation', 'new --workdir')
+
+
+def test_links_pipes_and_other_files_are_left_out_and_counted(tmp_path,
+                                                              caplog):
+  root = folder(tmp_path)  # and its notes.txt
+  (root / 'gone.png').symlink_to(tmp_path / 'deleted.png')
+  os.mkfifo(root / 'pipe.png')  # would block a reader forever
+  save(root / 'anim.gif', random_rgb(1))
+  save(tmp_path / 'elsewhere' / 'x.png', random_rgb(2))
+  (root / 'linked').symlink_to(tmp_path / 'elsewhere')
+  caplog.set_level(logging.INFO)
+  data = dataset(root)
+  data.prepare()
+  assert data.num_train + data.num_eval == 10
+  left_out = [r.getMessage() for r in caplog.records if 'left out' in r.message]
+  assert left_out == [
+      f'image_folder: {root}: left out 1 .gif files, 1 .txt files, '
+      '2 dangling links and non-regular files, 1 linked folders']

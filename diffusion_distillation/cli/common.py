@@ -22,12 +22,6 @@ from diffusion_distillation.parallel import watchdog
 from diffusion_distillation.paths import absolute_path
 from diffusion_distillation.paths import is_config_name
 
-# Config fields that hold local paths or URLs, resolved like path flags.
-CONFIG_PATH_FIELDS = ('distillation.teacher_checkpoint_path',
-                      'eval.inception_path', 'dataset.data_dir',
-                      'dataset.path')
-
-
 class _PathParser(flags.ArgumentParser):
 
   def parse(self, argument):
@@ -69,7 +63,7 @@ def complete_config(config):
     declared = config_lib.FIELDS.get(field)
     if declared and declared.check and declared.check.kind == 'choices':
       _set(config, field, _comma_list(value))
-  for field in CONFIG_PATH_FIELDS:
+  for field in config_lib.PATH_FIELDS:
     section, name = field.split('.')
     if section in config:
       config[section][name] = absolute_path(config[section][name])

@@ -16,6 +16,7 @@ from diffusion_distillation.config.fields import FIELDS
 from diffusion_distillation.config.fields import METRIC_VALUES
 from diffusion_distillation.config.fields import METRICS
 from diffusion_distillation.config.fields import OPTIMIZERS
+from diffusion_distillation.config.fields import PATH_FIELDS
 from diffusion_distillation.config.rerun import check_rerun
 from diffusion_distillation.config.rerun import read_saved_config
 from diffusion_distillation.config.rerun import Rerun
@@ -24,7 +25,8 @@ from diffusion_distillation.config.validation import validate_config
 from diffusion_distillation.config.validation import validate_model
 
 __all__ = [
-    'ConfigError', 'FIELDS', 'METRIC_VALUES', 'METRICS', 'OPTIMIZERS', 'Rerun',
+    'ConfigError', 'FIELDS', 'METRIC_VALUES', 'METRICS', 'OPTIMIZERS',
+    'PATH_FIELDS', 'Rerun',
     'add_section',
     'check_rerun', 'complete', 'default_config', 'flat_fields',
     'read_saved_config', 'validate_config', 'validate_model',

@@ -25,6 +25,10 @@ METRICS = ('digits', 'inception', 'bpd')
 METRIC_VALUES = {'digits': ('digits_fd', 'digits_is'), 'inception': ('fid',
                                                                      'is'),
                  'bpd': ('bpd',)}
+# Fields that hold local paths or URLs: the command line makes a local one
+# absolute (as its path flags), so that config.json holds where it points.
+PATH_FIELDS = ('distillation.teacher_checkpoint_path', 'eval.inception_path',
+               'dataset.data_dir', 'dataset.path')
 # Sections a config may leave out as a whole.
 OPTIONAL_SECTIONS = ('distillation', 'guidance')
 

@@ -10,6 +10,7 @@ finished stages mean.
 
 import dataclasses
 import json
+import os
 
 from etils import epath
 
@@ -59,6 +60,15 @@ def _as_json(config) -> dict:
   return {field: json.loads(json.dumps(value)) for field, value in flat.items()}
 
 
+def _same_place(field: str, before, after) -> bool:
+  """A path saved relative by an earlier version, rerun from the directory
+  it was relative to: the same place, now written absolute."""
+  return (field in fields_lib.PATH_FIELDS and isinstance(before, str) and
+          bool(before) and '://' not in before and
+          not os.path.isabs(before) and
+          os.path.abspath(os.path.expanduser(before)) == after)
+
+
 def check_rerun(saved: dict, config) -> Rerun:
   """Decides, field by field, whether `config` may continue a workdir.
 
@@ -71,7 +81,8 @@ def check_rerun(saved: dict, config) -> Rerun:
   for field in sorted(set(old) | set(new)):
     before, after = old.get(field), new.get(field)
     rule = fields_lib.FIELDS[field].rerun
-    if before == after or rule == schema.FREE:
+    if before == after or rule == schema.FREE or _same_place(field, before,
+                                                              after):
       continue
     if rule == schema.FUTURE:
       rerun.notices.append(f'config.{field} {before!r} -> {after!r}: applies '

@@ -11,6 +11,7 @@ follow `base.train_order`. PIL and etils only: no TensorFlow, no JAX.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import io
 import json
@@ -21,18 +22,24 @@ import time
 from absl import logging
 from etils import epath
 import numpy as np
-from PIL import Image
 
 from diffusion_distillation import files
 from diffusion_distillation.data import base
+from diffusion_distillation.data.image_decoding import decode
+from diffusion_distillation.data.image_decoding import probe
+from diffusion_distillation.data.image_decoding import reason
+from diffusion_distillation.data.image_decoding import square
+from diffusion_distillation.data.image_decoding import to_rgb
 from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.paths import is_local
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp')
-INDEX_FORMAT = 1
+# 2: images as their EXIF orientation shows them (format 1 read the stored
+# pixels: portrait photos lay on their side).
+INDEX_FORMAT = 2
 # Decoded, resized images are kept in memory when all of them fit in this.
 CACHE_BYTES = 2 * 2**30
-_ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'La', 'PA')
 
 Listing = list[tuple[str, int, int]]  # (relpath, size in bytes, mtime)
 
@@ -146,7 +153,7 @@ class ImageFolder(base.IndexedDataset):
     names = self._class_names() if self.labels_from_subfolders else []
     label = {name: i for i, name in enumerate(names)}
     listing = self._listing()
-    probes = self._pool.map(_probe, (self._root / r for r, _, _ in listing))
+    probes = self._pool.map(probe, (self._root / r for r, _, _ in listing))
     return [dict(relpath=relpath, size=size, mtime=mtime,
                  label=label.get(relpath.split('/')[0], 0), **probe)
             for (relpath, size, mtime), probe in zip(listing, probes)]
@@ -165,6 +172,15 @@ class ImageFolder(base.IndexedDataset):
       ) from error
     built_for = [index.get(k) for k in ('format', 'path',
                                         'labels_from_subfolders')]
+    if built_for[1] and is_local(built_for[1]) and os.path.abspath(
+        built_for[1]) == self.path:  # written relative by an earlier version
+      built_for[1] = self.path
+    if built_for[0] == 1:
+      raise ImageFolderError(
+          f'the index {self.index_path} of dataset.path {self.path} was '
+          'built by an earlier version, which did not apply the images\' '
+          'EXIF orientation (photos taken upright trained on their side); '
+          'train with a new --workdir')
     if built_for != [INDEX_FORMAT, self.path, self.labels_from_subfolders]:
       raise ImageFolderError(
           f'the index {self.index_path} (format, dataset.path, '
@@ -220,16 +236,16 @@ class ImageFolder(base.IndexedDataset):
     entry = self._entries[row]
     file = self._root / entry['relpath']
     try:
-      image = _decode(file)
+      image = decode(file)
       if image.size != (entry['width'], entry['height']):
         raise ValueError(f'it is {image.width}x{image.height} now, '
                          f"{entry['width']}x{entry['height']} in the index")
     except Exception as error:  # pylint: disable=broad-except
       raise ImageFolderError(
           f'cannot read image {file}, which the index of dataset.path '
-          f'{self.path} lists: {_reason(error)}; restore it, or train on the '
+          f'{self.path} lists: {reason(error)}; restore it, or train on the '
           'new contents with a new --workdir') from error
-    pixels = _square(_to_rgb(image), self.image_size)
+    pixels = square(to_rgb(image), self.image_size)
     if self._cache is not None:
       self._cache[row] = pixels
       self._cached[row] = True
@@ -241,15 +257,33 @@ def _list_images(path: str, root: epath.Path, pool) -> Listing:
 
   Hidden files and folders (a name starting with '.') are left out: editors',
   file managers' and version control's own files are not training images.
+  What else is left out is counted in the log: files of other types,
+  symbolic links to folders (not followed), and, in a local folder, image
+  names that are no regular file (a dangling link, a pipe).
   """
   if not root.is_dir():
     raise ImageFolderError(
         f'dataset.path {path} does not exist or is not a directory')
-  files = []
+  files, left_out = [], collections.Counter()
+  local = is_local(path)
   for directory, folders, names in root.walk():  # top-down: prunes in place
     folders[:] = [f for f in folders if not f.startswith('.')]
-    files += [directory / n for n in names if not n.startswith('.')
-              and os.path.splitext(n)[1].lower() in EXTENSIONS]
+    if local:
+      linked = [f for f in folders if os.path.islink(directory / f)]
+      left_out['linked folders'] += len(linked)
+    for name in names:
+      ext = os.path.splitext(name)[1].lower()
+      if name.startswith('.'):
+        continue
+      if ext not in EXTENSIONS:
+        left_out[f'{ext or "no extension"} files'] += 1
+      elif local and not os.path.isfile(directory / name):
+        left_out['dangling links and non-regular files'] += 1
+      else:
+        files.append(directory / name)
+  if left_out:
+    logging.info('image_folder: %s: left out %s', path, ', '.join(
+        f'{count} {what}' for what, count in sorted(left_out.items())))
   if not files:
     raise ImageFolderError(
         f'dataset.path {path} holds no image files (read: '
@@ -274,31 +308,6 @@ def _class_names(path: str, listing: Listing) -> list[str]:
         f'({classes[0]!r}), at least 2 are needed for '
         'dataset.labels_from_subfolders=true')
   return classes
-
-
-def _decode(file: epath.Path) -> Image.Image:
-  """`file` decoded in full, so that a truncated file fails here, not later
-  (read whole first: one request per file on a `gs://` folder)."""
-  image = Image.open(io.BytesIO(file.read_bytes()))
-  image.load()
-  return image
-
-
-def _reason(error: BaseException) -> str:
-  if isinstance(error, Image.UnidentifiedImageError):
-    return 'cannot identify image file'  # PIL's message names a buffer
-  return first_line(error)
-
-
-def _probe(file: epath.Path) -> dict:
-  """The index fields of an image: its size and mode, or why it failed."""
-  try:
-    image = _decode(file)
-  except Exception as error:  # pylint: disable=broad-except
-    return dict(width=None, height=None, mode=None, alpha=None,
-                skipped=_reason(error))
-  return dict(width=image.width, height=image.height, mode=image.mode,
-              alpha=_has_alpha(image), skipped=None)
 
 
 def _check(path: str, image_size: int, entries: list[dict],
@@ -353,33 +362,3 @@ def _held_out(count: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
   held_out = np.sort(np.random.default_rng(0).permutation(count)[
       :max(1, round(fraction * count))])
   return np.setdiff1d(np.arange(count), held_out), held_out
-
-
-def _has_alpha(image: Image.Image) -> bool:
-  return image.mode in _ALPHA_MODES or 'transparency' in image.info
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-  """`image` as 8-bit RGB: alpha composited over white (a transparent
-  background reads as white, not as whatever colour it hides), 16-bit grey
-  scaled (PIL's conversion would clip it), other modes converted."""
-  if _has_alpha(image):
-    white = Image.new('RGBA', image.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, image.convert('RGBA')).convert('RGB')
-  if image.mode.startswith('I'):
-    grey = np.clip(np.round(np.asarray(image, np.float64) / 257), 0, 255)
-    return Image.fromarray(grey.astype(np.uint8), 'L').convert('RGB')
-  return image if image.mode == 'RGB' else image.convert('RGB')
-
-
-def _square(image: Image.Image, size: int) -> np.ndarray:
-  """The central square of `image` (the offsets of the official LSUN
-  pipeline), resized to `size` with PIL's bilinear filter, which widens when
-  downscaling: the antialiasing of TensorFlow's `antialias=True`."""
-  width, height = image.size
-  side = min(width, height)
-  top, left = height // 2 - side // 2, width // 2 - side // 2
-  box = (left, top, left + side, top + side)
-  image = (image.crop(box) if side == size else
-           image.resize((size, size), Image.Resampling.BILINEAR, box=box))
-  return np.asarray(image, np.uint8)
