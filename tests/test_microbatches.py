@@ -52,8 +52,8 @@ def test_accumulation_slices_arrays_and_sets_the_rows_of_batch_keys():
   inputs = {'x': x, 'key': microbatches.BatchKey(key)}
   whole = microbatches.value_and_grad(per_example, 1)(jnp.ones(3), inputs)
   parts = microbatches.value_and_grad(per_example, PARTS)(jnp.ones(3), inputs)
-  for a, b in zip(parts, whole):  # (loss, gradient)
-    np.testing.assert_allclose(a, b, rtol=1e-6)
+  for a, b in zip(parts, whole):  # (loss, gradient), up to float rounding
+    np.testing.assert_allclose(a, b, rtol=1e-5)
   assert seen[0] is None and seen[1].count == PARTS
 
 

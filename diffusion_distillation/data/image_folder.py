@@ -275,7 +275,9 @@ def _list_images(path: str, root: epath.Path, pool) -> Listing:
       ext = os.path.splitext(name)[1].lower()
       if name.startswith('.'):
         continue
-      if ext not in EXTENSIONS:
+      if local and os.path.isdir(directory / name):  # Python 3.12+'s walk
+        left_out['linked folders'] += 1  # lists a link to a folder here
+      elif ext not in EXTENSIONS:
         left_out[f'{ext or "no extension"} files'] += 1
       elif local and not os.path.isfile(directory / name):
         left_out['dangling links and non-regular files'] += 1
