@@ -240,3 +240,16 @@ def test_one_check_for_a_sampler_in_a_field_a_flag_and_the_api():
   assert f'config.sampler: {problem}' in str(e.value)
   with pytest.raises(ValueError, match=f'sampler: {re.escape(problem)}'):
     choices.require(choices.SAMPLER, 'sampler', 'euler', ValueError)
+
+
+def test_a_path_saved_relative_by_an_earlier_version_resumes(tmp_path,
+                                                             monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = config_lib.complete(load_config('image_folder'))
+  config.dataset.path = 'my_images'
+  saved = config.to_dict()  # as config.json held it before
+  config.dataset.path = str(tmp_path / 'my_images')  # as written now
+  assert config_lib.check_rerun(saved, config).notices == []
+  config.dataset.path = str(tmp_path / 'other_images')
+  with pytest.raises(config_lib.ConfigError, match=r'config\.dataset\.path'):
+    config_lib.check_rerun(saved, config)

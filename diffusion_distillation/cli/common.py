@@ -61,12 +61,10 @@ def complete_config(config):
   config = config_lib.complete(config)
   for field, value in config_lib.flat_fields(config).items():
     declared = config_lib.FIELDS.get(field)
-    if declared and declared.check and declared.check.kind == 'choices':
+    if field in config_lib.PATH_FIELDS:
+      _set(config, field, absolute_path(value))
+    elif declared and declared.check and declared.check.kind == 'choices':
       _set(config, field, _comma_list(value))
-  for field in config_lib.PATH_FIELDS:
-    section, name = field.split('.')
-    if section in config:
-      config[section][name] = absolute_path(config[section][name])
   return config
 
 

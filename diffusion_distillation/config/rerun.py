@@ -10,10 +10,10 @@ finished stages mean.
 
 import dataclasses
 import json
-import os
 
 from etils import epath
 
+from diffusion_distillation import paths
 from diffusion_distillation.config import defaults
 from diffusion_distillation.config import fields as fields_lib
 from diffusion_distillation.config import schema
@@ -64,9 +64,8 @@ def _same_place(field: str, before, after) -> bool:
   """A path saved relative by an earlier version, rerun from the directory
   it was relative to: the same place, now written absolute."""
   return (field in fields_lib.PATH_FIELDS and isinstance(before, str) and
-          bool(before) and '://' not in before and
-          not os.path.isabs(before) and
-          os.path.abspath(os.path.expanduser(before)) == after)
+          bool(before) and paths.is_local(before) and
+          paths.absolute_path(before) == after)
 
 
 def check_rerun(saved: dict, config) -> Rerun:

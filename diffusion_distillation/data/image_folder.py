@@ -32,6 +32,7 @@ from diffusion_distillation.data.image_decoding import square
 from diffusion_distillation.data.image_decoding import to_rgb
 from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.paths import absolute_path
 from diffusion_distillation.paths import is_local
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp')
@@ -172,7 +173,7 @@ class ImageFolder(base.IndexedDataset):
       ) from error
     built_for = [index.get(k) for k in ('format', 'path',
                                         'labels_from_subfolders')]
-    if built_for[1] and is_local(built_for[1]) and os.path.abspath(
+    if built_for[1] and is_local(built_for[1]) and absolute_path(
         built_for[1]) == self.path:  # written relative by an earlier version
       built_for[1] = self.path
     if built_for[0] == 1:
