@@ -25,6 +25,7 @@ TEMP_PREFIX = '.partial-'
 def replacing(path):
   """Yields a temporary path beside `path`; renames it onto `path` if the
   block succeeds, deletes it if the block fails (any exception, Ctrl-C too).
+  An OSError without a file name (a write to a full disk) gets `path`'s.
   """
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,9 +37,11 @@ def replacing(path):
     yield tmp
     os.chmod(tmp, 0o644)
     tmp.replace(path)
-  except BaseException:
+  except BaseException as e:
     if tmp.exists():
       tmp.unlink()
+    if isinstance(e, OSError) and not e.filename:
+      e.filename = os.fspath(path)
     raise
 
 

@@ -218,6 +218,8 @@ def _bad_requests(workdir, student, released, conditional, tmp_path):
        ['2-step distilled student', "model='teacher'"]),
       (lambda: student.sample(4, sampler='ancestral'), ["sampler='ddim'"]),
       (lambda: student.sample(0), ['>= 1']),
+      (lambda: student.sample(10**12), [f'{10**12} samples of shape',
+                                        'GiB available; ask for fewer']),
       (lambda: dd.load(file), ['pass the config', 'imagenet64', 'cifar10']),
       (lambda: dd.load(file, config='imagenet64'),
        ["does not match the config's architecture", 'class_emb']),

@@ -6,6 +6,8 @@ No timing thresholds: only that every record parses and holds positive numbers.
 import json
 import math
 
+import pytest
+
 from diffusion_distillation import config as config_lib
 from diffusion_distillation.evaluation import benchmark
 from diffusion_distillation.evaluation import memory
@@ -19,6 +21,8 @@ from helpers import load_config
 from helpers import override_flags
 from helpers import run_module
 from helpers import tiny_config
+
+pytestmark = pytest.mark.slow  # end-to-end runs
 
 PROGRAMS = ('forward', 'train', 'distill', 'sample_1step', 'sample')
 POSITIVE = ('img_per_s', 'step_time_s', 'call_time_s', 'compile_s',

@@ -1,7 +1,11 @@
 """The command-line tools' shared edge: path flags and one-line errors."""
 
+import errno
 import os
 import signal
+import subprocess
+import sys
+import time
 import types
 
 from absl import flags
@@ -9,6 +13,7 @@ import pytest
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation.cli import common
+from diffusion_distillation.cli import ending
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.parallel import preemption
 
@@ -49,10 +54,48 @@ def test_a_user_error_ends_in_one_line_and_status_2(capsys):
     raise UserError('--workdir: /x is not a training workdir')
 
   with pytest.raises(SystemExit) as exit_info:
-    common.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
+    ending.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
   assert exit_info.value.code == 2
   assert capsys.readouterr().err == (
       'error: --workdir: /x is not a training workdir\n')
+
+
+@pytest.mark.parametrize('error, line', [
+    (MemoryError(), 'error: out of memory (MemoryError); lower --batch_size'),
+    (RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to '
+                  'allocate 17179869184 bytes.\n(more)'),
+     'error: out of memory (RESOURCE_EXHAUSTED: Out of memory while trying '
+     'to allocate 17179869184 bytes.); lower --batch_size'),
+    (OSError(errno.ENOSPC, 'No space left on device', '/w/s.npz'),
+     'error: /w/s.npz: no space left on device; free space and rerun'),
+    (ValueError('RESOURCE_EXHAUSTED: Error writing "x": No space left on '
+                'device'),  # TensorStore's words
+     'error: a file: no space left on device; free space and rerun'),
+])
+def test_a_machine_fault_ends_in_one_line_and_status_1(capsys, error, line):
+  def main(argv):
+    del argv
+    raise error
+
+  with pytest.raises(SystemExit) as exit_info:
+    ending.run(main, flags_parser=lambda argv: common.parse_flags(['prog']),
+               memory_hint=ending.BATCH_MEMORY_HINT)
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err == line + '\n'
+
+
+def test_sigterm_outside_training_ends_in_one_line_and_status_143(capsys):
+  def main(argv):
+    del argv
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises within it
+
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit) as exit_info:
+    ending.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
+  assert exit_info.value.code == 143
+  assert capsys.readouterr().err.startswith('terminated (SIGTERM); rerun ')
+  assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_ctrl_c_outside_training_ends_in_one_line_and_status_130(capsys):
@@ -61,7 +104,7 @@ def test_ctrl_c_outside_training_ends_in_one_line_and_status_130(capsys):
     raise KeyboardInterrupt
 
   with pytest.raises(SystemExit) as exit_info:
-    common.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
+    ending.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
   assert exit_info.value.code == 130
   assert capsys.readouterr().err == 'interrupted\n'
 
@@ -78,7 +121,7 @@ def test_a_stopped_training_run_ends_in_its_one_line(capsys, signum, status):
       raise preemption.Preempted(message)
 
   with pytest.raises(SystemExit) as exit_info:
-    common.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
+    ending.run(main, flags_parser=lambda argv: common.parse_flags(['prog']))
   assert exit_info.value.code == status
   assert capsys.readouterr().err == message + '\n'
 
@@ -86,12 +129,12 @@ def test_a_stopped_training_run_ends_in_its_one_line(capsys, signum, status):
 def test_a_ctrl_c_that_python_would_drop_still_ends_the_program(
     capsys, monkeypatch):
   exits = []
-  monkeypatch.setattr(common.os, '_exit', exits.append)
+  monkeypatch.setattr(ending.os, '_exit', exits.append)
   unraisable = types.SimpleNamespace(exc_type=KeyboardInterrupt)
-  common._on_unraisable(lambda u: exits.append('passed on'), unraisable)  # pylint: disable=protected-access
+  ending._on_unraisable(lambda u: exits.append('passed on'), unraisable)  # pylint: disable=protected-access
   assert exits == [130]
   assert capsys.readouterr().err == 'interrupted\n'
-  common._on_unraisable(lambda u: exits.append('passed on'),  # pylint: disable=protected-access
+  ending._on_unraisable(lambda u: exits.append('passed on'),  # pylint: disable=protected-access
                         types.SimpleNamespace(exc_type=ValueError))
   assert exits == [130, 'passed on']
 
@@ -123,3 +166,35 @@ def test_comma_lists_are_read_wherever_a_list_of_names_is():
   config = common.complete_config(config)
   assert config.eval.samplers == ('ddim', 'ancestral')
   assert config.eval.student_samplers == ('ddim', 'stochastic')
+
+
+DETERMINISM_PROBE = """
+import os, sys
+from jax._src import xla_bridge
+from diffusion_distillation.cli import main
+from diffusion_distillation.parallel import distributed
+
+def started(*args, **kwargs):  # where JAX's first backend would start
+  print(os.environ['XLA_FLAGS'], bool(xla_bridge._backends), flush=True)
+  raise SystemExit(0)
+
+distributed.initialize = started
+sys.argv = ['main', '--config=digits', '--workdir=' + sys.argv[1], *sys.argv[2:]]
+main.run()
+"""
+
+
+@pytest.mark.parametrize('value, flags', [
+    ('true', '--xla_force_host_platform_device_count=1 '
+     '--xla_gpu_deterministic_ops=true'),
+    ('false', '--xla_force_host_platform_device_count=1'),
+])
+def test_gpu_determinism_reaches_xla_flags_before_jax_starts(tmp_path, value,
+                                                             flags):
+  result = subprocess.run(
+      [sys.executable, '-c', DETERMINISM_PROBE, str(tmp_path / 'w'),
+       f'--config.train.gpu_deterministic_ops={value}'],
+      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'),
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.splitlines()[-1] == f'{flags} False'

@@ -38,6 +38,8 @@ import pytest
 from helpers import REPO
 from helpers import tiny_config
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 BUCKET = 'fake-bucket'
 WORKDIR = f'gs://{BUCKET}/run'
 
@@ -237,7 +239,7 @@ def _files(root):
 
 def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
   from diffusion_distillation.cli import sample as sample_cli  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation.pipeline import checkpoints  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.pipeline import finished_stages  # pylint: disable=g-import-not-at-top
   from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top
   from diffusion_distillation.pipeline import stages  # pylint: disable=g-import-not-at-top
   from diffusion_distillation.pipeline import workdirs  # pylint: disable=g-import-not-at-top
@@ -251,8 +253,8 @@ def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
   files = _files(run)
   assert json.loads((run / 'config.json').read_text())['seed'] == config.seed
   for stage in planned:
-    assert checkpoints.stage_is_complete(WORKDIR, stage.name,
-                                         stage.num_updates)
+    assert finished_stages.stage_is_complete(WORKDIR, stage.name,
+                                             stage.num_updates)
     final = run / 'checkpoints' / stage.name / str(stage.num_updates)
     # GCS finalization: a commit marker, no renamed temporary directory.
     assert (final / 'commit_success.txt').exists(), files
@@ -296,10 +298,11 @@ def test_pipeline_resume_and_sampling_on_gs_workdir(bucket):
 # Modules that read or write the workdir (or outputs given as paths) must go
 # through epath / orbax only. The exceptions are functions that
 # work on the local cache directory (evaluate.py: `--cache_dir`, local by
-# design, shared by all workdirs).
+# design, shared by all workdirs) or on this host's own files.
 _WORKDIR_MODULES = (
     'cli/main.py', 'cli/sample.py', 'pipeline/loop.py',
-    'pipeline/checkpoints.py', 'pipeline/workdirs.py', 'pipeline/teachers.py',
+    'pipeline/checkpoints.py', 'pipeline/finished_stages.py',
+    'pipeline/workdirs.py', 'pipeline/teachers.py',
     'models/images.py', 'models/generation.py', 'parallel/distributed.py',
     'parallel/sharding.py', 'evaluation/evaluate.py', 'evaluation/report.py',
     'evaluation/scorers.py', 'pipeline/workdir_lock.py',
@@ -307,6 +310,8 @@ _WORKDIR_MODULES = (
 _LOCAL_CACHE_FUNCTIONS = {
     'evaluation/scorers.py': {'_local_weights', '_read_reference_stats'},
     'pipeline/workdir_lock.py': {'_flock'},  # local paths only
+    'models/generation.py': {'available_memory'},  # /proc/meminfo
+    'parallel/distributed.py': {'_claim_process_id'},  # a local lock file
 }
 _LOCAL_FILE_CALLS = {
     'open', 'os.open', 'os.makedirs', 'os.mkdir', 'os.listdir', 'os.scandir',

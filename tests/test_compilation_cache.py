@@ -3,8 +3,12 @@
 import os
 import subprocess
 
+import pytest
+
 from helpers import PYTHON
 from helpers import subprocess_env
+
+pytestmark = pytest.mark.slow  # end-to-end runs
 
 
 def _sample(workdir, out, cache, *extra, jax_cache_dir=None):

@@ -14,6 +14,7 @@ import math
 import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
 
 import jax
@@ -418,3 +419,23 @@ def test_fid_on_mock_cifar10(tmp_path, monkeypatch):
   np.testing.assert_allclose(logits, out['logits_unbiased'], rtol=1e-5,
                              atol=1e-5)
   assert kw == dict(splits=6, from_logits=True)
+
+
+def test_cli_stopped_by_sigterm_ends_in_one_line(digits_workdir, cache_dir):
+  proc = subprocess.Popen(
+      [PYTHON, '-m', 'diffusion_distillation.evaluate',
+       f'--workdir={digits_workdir}', f'--cache_dir={cache_dir}',
+       '--num_samples=100000', '--samplers=ddim', '--teacher_steps=none'],
+      cwd=REPO, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:  # until the rows start
+    lines.append(line)
+    if ' rows, ' in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  rest = proc.stderr.read()
+  assert proc.wait(timeout=120) == 143, ''.join(lines) + rest
+  assert 'Traceback' not in rest
+  assert rest.strip().splitlines()[-1] == (
+      'terminated (SIGTERM); rerun the same command to start again (a '
+      'training run resumes from its last checkpoint)')

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 
 import jax
@@ -17,7 +18,10 @@ import pytest
 
 from diffusion_distillation import objectives
 from diffusion_distillation.config import ConfigError
+from diffusion_distillation.parallel import preemption
 from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import divergence
+from diffusion_distillation.pipeline import finished_stages
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import stages
@@ -31,6 +35,8 @@ from helpers import PYTHON
 from helpers import REPO
 from helpers import subprocess_env
 from helpers import tiny_config
+
+pytestmark = pytest.mark.slow  # end-to-end runs
 
 
 def copy_of(workdir, tmp_path):
@@ -71,37 +77,83 @@ def test_damaged_final_checkpoints_are_set_aside_and_their_stages_redone(
   damage_arrays(workdir / 'checkpoints' / 'distill_4' / '4')
   (workdir / 'checkpoints' / 'distill_2' / '4' / 'state' /
    'manifest.ocdbt').unlink()  # tensorstore: NOT_FOUND ... .zarray
+  (workdir / 'checkpoints' / 'distill_1' / '4' / 'state' /
+   '_METADATA').unlink()  # orbax: no metadata at all
 
   with pytest.raises(checkpoints.CheckpointError, match='distill_4/4'):
     student_params(workdir, 4)  # sampling reports it and changes nothing
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='distill_1/4 failed: its state/_METADATA file is '
+                     'missing'):
+    student_params(workdir, 1)
   loop.run(tiny_config(), str(workdir))
 
   damaged = workdir / 'checkpoints' / 'damaged'
-  assert sorted(os.listdir(damaged)) == ['distill_2', 'distill_4']
+  assert sorted(os.listdir(damaged)) == ['distill_1', 'distill_2',
+                                         'distill_4']
   for steps in (4, 2, 1):  # redone from step 2: exactly the same students
     assert_same(student_params(workdir, steps),
                 student_params(reference, steps))
 
 
+FULL_DISK_SCRIPT = """
+set -u
+mount -t tmpfs -o size=3m tmpfs "$DISK"
+"$@" 2> "$OUT/first.err"; echo $? > "$OUT/first.rc"
+cp "$DISK/w/config.json" "$OUT/config.before"
+cat /dev/zero > "$DISK/filler" 2> /dev/null  # not a byte left
+"$@" --config.train.log_loss_every_steps=1 2> "$OUT/second.err"
+echo $? > "$OUT/second.rc"
+cp "$DISK/w/config.json" "$OUT/config.after"
+rm "$DISK/filler"; mount -o remount,size=64m "$DISK"
+"$@" 2> "$OUT/third.err"; echo $? > "$OUT/third.rc"
+cp -a "$DISK/w" "$OUT/w"
+"""
+
+
+def can_mount_tmpfs() -> bool:
+  return subprocess.run(['unshare', '-m', 'sh', '-c',
+                         'mount -t tmpfs tmpfs /mnt'], capture_output=True,
+                        check=False).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which('unshare') is None or not can_mount_tmpfs(),
+                    reason='a full disk is a 3 MB tmpfs in a mount namespace '
+                    '(unshare -m), which needs root')
 def test_a_full_disk_ends_in_one_line_and_a_rerun_resumes(
     finished_workdir, tmp_path):
+  """A real full disk (tmpfs): the save that fills it, then a rerun before
+  space is freed (config.json and event files cannot be written), then one
+  after: one line each time, nothing lost, and the same student."""
   reference, _ = finished_workdir
-  workdir = tmp_path / 'full'
-  cmd = main_cmd(workdir, '--config.distillation.end_num_steps=4')
-  env = dict(subprocess_env(), DD_SAVES_BEFORE_FULL='1')
-  full = run([PYTHON, os.path.join(REPO, 'tests', 'disk_full_worker.py'),
-              *cmd[3:]], env)
-  assert full.returncode == 2, full.stderr[-3000:]
-  assert 'Traceback' not in full.stderr
-  assert last_line(full.stderr) == (
-      f'error: saving checkpoint {workdir}/checkpoints/base/4 failed: [Errno '
-      '28] No space left on device; the previous checkpoint is intact, rerun '
-      'to resume from it')
-
-  resumed = run(cmd)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'base: resuming from step 2' in resumed.stderr
-  assert_same(student_params(workdir, 4), student_params(reference, 4))
+  disk, out = tmp_path / 'disk', tmp_path / 'out'
+  disk.mkdir(), out.mkdir()
+  cmd = main_cmd(disk / 'w', '--config.distillation.end_num_steps=4')
+  result = subprocess.run(
+      ['unshare', '-m', 'bash', '-c', FULL_DISK_SCRIPT, 'full-disk', *cmd],
+      env=dict(subprocess_env(), DISK=str(disk), OUT=str(out)),
+      capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  errors = {run: (out / f'{run}.err').read_text()
+            for run in ('first', 'second', 'third')}
+  codes = {run: int((out / f'{run}.rc').read_text()) for run in errors}
+  assert codes == {'first': 1, 'second': 1, 'third': 0}, errors
+  for run in ('first', 'second'):
+    assert 'Traceback' not in errors[run], errors[run][-3000:]
+    assert 'never retrieved' not in errors[run]
+    assert [l for l in errors[run].splitlines() if l.startswith('E')] == []
+  assert last_line(errors['first']) == (
+      f'error: saving checkpoint {disk}/w/checkpoints/base/4 failed: no space '
+      'left on device; the previous checkpoint is intact: free space and '
+      'rerun to resume from it')
+  assert last_line(errors['second']) == (
+      f'error: {disk}/w/config.json: no space left on device; free space and '
+      'rerun')
+  assert 'base: resuming from step 2' in errors['third']
+  # The failed rewrite of config.json left the previous one, whole.
+  assert (out / 'config.after').read_bytes() == (
+      out / 'config.before').read_bytes()
+  assert_same(student_params(out / 'w', 4), student_params(reference, 4))
 
 
 def finite_checkpoints(workdir) -> bool:
@@ -127,9 +179,38 @@ def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(
   assert 'Traceback' not in result.stderr
   line = last_line(result.stderr)
   assert line.startswith('error: ') and ' diverged at step ' in line
-  assert 'nothing non-finite was saved' in line
-  assert 'learning_rate (now ' in line and 'enable_update_skip' in line
+  assert 'no checkpoint after it was saved' in line
+  assert 'learning_rate (now ' in line
   assert finite_checkpoints(workdir)
+
+
+class Params:  # what the guard reads of a TrainState
+  def __init__(self, value):
+    self.params, self.ema_params = {'w': np.full(3, value)}, None
+
+
+@pytest.mark.parametrize('skip, losses, error', [
+    (False, [0.5, 0.4, float('nan')], 'the loss is nan'),
+    (False, [0.5, 0.4, 3.6e21], 'the loss is 3.6e+21, far above any training '
+     'loss (bound 4.85e+12)'),
+    (False, [1e-3, 2e-3, 1e-3, 50.], 'the loss grew over 10000-fold, to 50'),
+    (True, [0.5, float('nan'), 0.3, 1e22], 'the loss is 1e+22'),
+    (True, [0.5, float('nan')], 'the loss is nan'),  # every update skipped
+])
+def test_divergence_is_a_loss_that_blew_up_finite_or_not(skip, losses,
+                                                           error):
+  config = tiny_config(train__enable_update_skip=skip)
+  guard = divergence.Guard(config, stages.plan_stages(config)[0])
+  *healthy, bad = losses
+  for step, loss in enumerate(healthy):  # a NaN here: some updates skipped
+    assert guard.check(step, Params(1.), {'loss': loss, 'skipped': .5}) is loss
+  with pytest.raises(divergence.DivergenceError) as raised:
+    guard.check(9, Params(1.), {'loss': bad, 'skipped': 1.})
+  assert f'base diverged at step 9: {error}' in str(raised.value)
+  assert ('enable_update_skip' in str(raised.value)) == (
+      not skip and not np.isfinite(bad))
+  with pytest.raises(divergence.DivergenceError, match='parameters hold NaN'):
+    guard.check(10, Params(np.inf), {'loss': 0.5})
 
 
 def test_update_skip_drops_a_non_finite_update_and_counts_it(
@@ -172,9 +253,21 @@ def test_rerun_with_a_training_setting_changed_is_accepted(
 
 
 def test_more_base_updates_train_the_teacher_on_and_redo_the_students(
-    finished_workdir, tmp_path):
+    finished_workdir, tmp_path, monkeypatch):
   reference, _ = finished_workdir
   workdir = copy_of(reference, tmp_path)
+  # A run stopped after it recorded the longer teacher (here: its dashboards
+  # hit a full disk) has already set the students aside.
+  def full_disk(*args):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(loop, 'write_dashboards', full_disk)
+  with pytest.raises(OSError):
+    loop.run(tiny_config(train__num_train_steps=6), str(workdir))
+  monkeypatch.undo()
+  assert json.loads((workdir / 'config.json').read_text())['train'][
+      'num_train_steps'] == 6
+  assert not (workdir / 'checkpoints' / 'distill_4').exists()
+
   summary = loop.run(tiny_config(train__num_train_steps=6), str(workdir))
   assert summary[0]['stage'] == 'base' and summary[0]['num_updates'] == 6
   stale = workdir / 'checkpoints' / 'stale'
@@ -183,6 +276,33 @@ def test_more_base_updates_train_the_teacher_on_and_redo_the_students(
   old = student_params(reference, 1)
   assert any(not np.array_equal(a, b) for a, b in
              zip(jax.tree.leaves(new), jax.tree.leaves(old)))
+
+
+def test_a_stop_asked_for_during_a_stage_ends_the_run_before_its_grid(
+    finished_workdir, tmp_path, monkeypatch):
+  workdir = copy_of(finished_workdir[0], tmp_path)
+  shutil.rmtree(workdir / 'samples')
+  finished_stage = finished_stages.finished_stage
+
+  def preempted_meanwhile(ctx, stage):
+    preemption._on_signal(signal.SIGTERM, None)  # pylint: disable=protected-access
+    return finished_stage(ctx, stage)
+
+  monkeypatch.setattr(finished_stages, 'finished_stage', preempted_meanwhile)
+  with pytest.raises(preemption.Preempted,
+                     match='preempted: checkpoint saved at base step 4'):
+    loop.run(tiny_config(), str(workdir))
+  assert not (workdir / 'samples').exists()
+
+
+def test_checkpoints_without_their_config_json_are_refused(
+    finished_workdir, tmp_path):
+  workdir = copy_of(finished_workdir[0], tmp_path)
+  (workdir / 'config.json').unlink()
+  with pytest.raises(ConfigError, match=(
+      r'holds checkpoints \(base, distill_1, distill_2, distill_4\) but no '
+      r'config.json \(deleted\?\)')):
+    loop.check_workdir(tiny_config(), workdir)
 
 
 def test_rerun_that_changes_finished_work_is_refused_before_writing(

@@ -32,7 +32,7 @@ from helpers import subprocess_env
 from helpers import TINY_OVERRIDES
 from helpers import write_config_file
 
-pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore:the load_module')]
 
 GUIDED = dict(TINY_OVERRIDES, **{'guidance.num_updates': 4,
                                  'distillation.start_num_steps': 4,

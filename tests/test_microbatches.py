@@ -22,6 +22,8 @@ from helpers import set_fields
 from helpers import tiny_config
 from helpers import TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 BATCH, PARTS = 8, 4
 
 

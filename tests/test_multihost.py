@@ -31,11 +31,14 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from helpers import free_port
 from helpers import ProcessGroup
 from helpers import PYTHON
 from helpers import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
 
 WORKER = os.path.join(REPO, 'tests', 'multihost_worker.py')
 GLOBAL_BATCH = 8

@@ -17,7 +17,7 @@ from diffusion_distillation.config import fields
 from diffusion_distillation.config.schema import one_of
 from diffusion_distillation.diffusion import guidance
 from diffusion_distillation.diffusion import losses
-from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import finished_stages
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import stages
 
@@ -61,7 +61,7 @@ def test_a_toy_objective_is_one_module_and_one_row(tmp_path, monkeypatch):
   assert [meta['stage'] for meta in summary] == ['base', 'distill_4']
   assert np.isfinite(summary[1]['loss']) and summary[1]['loss'] > 0
   ctx = loop.make_context(config, tmp_path)
-  student, teacher = (checkpoints.final_params(ctx, s)
+  student, teacher = (finished_stages.final_params(ctx, s)
                       for s in reversed(stages.plan_stages(config)))
   moved = [not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(student), jax.tree.leaves(teacher))]

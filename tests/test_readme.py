@@ -14,10 +14,13 @@ import shlex
 import subprocess
 
 import numpy as np
+import pytest
 
 from helpers import fresh_copy
 from helpers import newcomer_env
 from helpers import REPO
+
+pytestmark = pytest.mark.slow  # end-to-end runs
 
 SHORT_RUN = ('--config.train.num_train_steps=20',
              '--config.distillation.start_num_steps=4',

@@ -28,6 +28,8 @@ from helpers import subprocess_env
 from test_evaluate import INCEPTION_DIVISOR
 from test_evaluate import synthetic_inception_npz
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 WORKER = os.path.join(REPO, 'tests', 'multihost_worker.py')
 # One distillation stage (8 -> 4 steps) after the 4-update teacher.
 SHORT = ['--config.distillation.end_num_steps=4']

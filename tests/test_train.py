@@ -15,6 +15,7 @@ from diffusion_distillation import objectives
 from diffusion_distillation.cli import sample as sample_cli
 from diffusion_distillation.models import generation
 from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import finished_stages
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import stages
@@ -69,7 +70,7 @@ def test_pipeline_trains_teacher_and_three_stages(finished_workdir):
   for meta in summary:
     assert np.isfinite(meta['loss'])
     assert os.path.exists(meta['grid'])
-    assert checkpoints.stage_is_complete(workdir, meta['stage'], 4)
+    assert finished_stages.stage_is_complete(workdir, meta['stage'], 4)
     # clu's parameter table, per module, beside the stage's checkpoints.
     table = (checkpoints.stage_dir(workdir, meta['stage']) /
              checkpoints.PARAMETERS_FILE).read_text()
@@ -242,7 +243,7 @@ def _save_with_ema(ctx, stage, step):
   wrote it: with an EMA equal to the parameters."""
   directory = checkpoints.stage_dir(ctx.workdir, stage.name)
   manager = checkpoints.StageCheckpoints(directory, read_only=True)
-  state, meta = manager.restore(checkpoints.abstract_state(ctx, stage), step)
+  state, meta = manager.restore(finished_stages.abstract_state(ctx, stage), step)
   manager.close()
   shutil.rmtree(directory / str(step))
   manager = checkpoints.StageCheckpoints(directory, keep=10)

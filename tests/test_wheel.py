@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import fresh_copy
 from helpers import newcomer_env
 
@@ -24,6 +26,8 @@ SHORT_DIGITS = ('--config.train.num_train_steps=4',
 CHECK_API = """
 import diffusion_distillation as dd
 from diffusion_distillation.api import configs
+
+pytestmark = pytest.mark.slow  # end-to-end runs
 assert 'site-packages' in dd.__file__, dd.__file__
 names = dd.config_names()
 assert {'digits', 'digits_guided', 'imagenet64', 'cifar10_distill'} <= set(

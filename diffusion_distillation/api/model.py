@@ -76,6 +76,7 @@ class Model:
   def labels_for(self, n: int, labels=None) -> np.ndarray:
     """The int32 labels `sample(n, labels=labels)` uses (checked)."""
     n = _positive_int(n, 'the number of samples')
+    generation.check_fits(n, self.image_shape)
     if labels is None:
       return generation.default_labels(n, self.num_classes)
     if self.num_classes == 1:

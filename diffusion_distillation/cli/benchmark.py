@@ -26,6 +26,7 @@ import jax
 from ml_collections import config_flags
 
 from diffusion_distillation.cli import common
+from diffusion_distillation.cli import ending
 from diffusion_distillation.evaluation import benchmark
 from diffusion_distillation.pipeline import tracing
 
@@ -64,7 +65,7 @@ def _print_json(record):
 
 
 def main(argv):
-  del argv  # checked by common.run
+  del argv  # checked by ending.run
   path = config_flags.get_config_filename(FLAGS['config'])
   name = os.path.splitext(os.path.basename(path.split(':')[0]))[0]
   if FLAGS.input_pipeline:
@@ -86,4 +87,5 @@ def main(argv):
 
 def run():
   define_flags()
-  common.run(main, flags_parser=common.parse_flags_with_config)
+  ending.run(main, flags_parser=common.parse_flags_with_config,
+             memory_hint=ending.TRAINING_MEMORY_HINT)

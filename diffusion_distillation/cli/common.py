@@ -1,24 +1,17 @@
-"""What every command-line tool shares: path flags, quiet logs, one-line errors."""
+"""What every command-line tool shares: path flags, config flags, quiet logs."""
 
-import functools
 import logging as std_logging
 import os
 import re
 import reprlib
 import sys
-import tempfile
 import traceback
-from typing import Callable
 
-from absl import app
 from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from diffusion_distillation.cli import compilation_cache
-from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import UserError
-from diffusion_distillation.parallel import watchdog
 from diffusion_distillation.paths import absolute_path
 from diffusion_distillation.paths import is_config_name
 
@@ -256,7 +249,7 @@ def parse_flags_with_config(argv):
   return remaining
 
 
-def _our_flag_names() -> list[str]:
+def our_flag_names() -> list[str]:
   """The flags this package defines (not absl's own), longest first."""
   names = [flag.name for module, defined in
            flags.FLAGS.flags_by_module_dict().items()
@@ -277,10 +270,10 @@ def in_flag_words(message: str, names) -> str:
   return message
 
 
-def fail(message: str):
-  """Ends the program with `error: <message>` and exit status 2."""
+def fail(message: str, status: int = 2):
+  """Ends the program with `error: <message>` and `status` (2: bad input)."""
   sys.stderr.write(f'error: {message}\n')
-  sys.exit(2)
+  sys.exit(status)
 
 
 def parse_flags(argv):
@@ -289,107 +282,3 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e))
-
-
-def _end_with_line(error: SystemExit):
-  """A SystemExit that carries `exit_status` (preemption.Preempted): its
-  message as one line on stderr, and that status."""
-  sys.stderr.write(f'{error.code}\n')
-  sys.exit(error.exit_status)
-
-
-def _end_interrupted():
-  sys.stdout.flush()
-  sys.stderr.write('interrupted\n')
-  sys.stderr.flush()
-
-
-def _on_unraisable(previous_hook, unraisable):
-  """Ends the program on a Ctrl-C that Python would print and drop.
-
-  A KeyboardInterrupt raised while a garbage-collector callback runs (JAX
-  registers one) or in a `__del__` cannot propagate: Python prints it as
-  `Exception ignored in ...` and goes on. Here it ends the program at once,
-  as Ctrl-C should, with the same one line.
-  """
-  if issubclass(unraisable.exc_type, KeyboardInterrupt):
-    _end_interrupted()
-    os._exit(130)  # pylint: disable=protected-access
-  else:
-    _drop_abandoned_reads(previous_hook, unraisable)
-
-
-def _drop_abandoned_reads(previous_hook, unraisable):
-  """Drops TensorStore's callbacks of reads still in flight when a
-  checkpoint restore failed (orbax had closed its event loop): `Event loop
-  is closed`, once per array, after the one-line error, up to the
-  interpreter's exit. Noise, not news."""
-  if not (issubclass(unraisable.exc_type, RuntimeError) and
-          str(unraisable.exc_value) == 'Event loop is closed'):
-    previous_hook(unraisable)
-
-
-def _unexpected_line(error) -> str:
-  """The line for an unexpected exception of a multi-process run: the
-  process that vanished, if one did (a broken collective), else the error,
-  with its traceback written to a file that the line names."""
-  line = watchdog.vanished_line()
-  if line is not None:
-    return line
-  path = os.path.join(tempfile.gettempdir(),
-                      f'diffusion_distillation_traceback_{os.getpid()}.txt')
-  with open(path, 'w') as f:
-    traceback.print_exception(error, file=f)
-  return (f'error: {type(error).__name__}: {first_line(error)} '
-          f'(traceback: {path})')
-
-
-def run(main: Callable, flags_parser: Callable = parse_flags):
-  """`absl.app.run(main)`, every way it can end in one line.
-
-  A UserError: `error: <message>`, exit status 2. Ctrl-C (outside training,
-  which saves a checkpoint first): `interrupted`, exit status 130. A stopped
-  training run (preemption.Preempted): its message and status. In a
-  multi-process run an error on one process ends all of them with its line
-  (an unexpected exception too, its traceback in a file).
-
-  `--help` shows the docstring and the flags of `main`'s module (absl shows
-  `__main__`'s, which is the one-line `python -m` shim without flags).
-  """
-  sys.modules['__main__'].__doc__ = sys.modules[main.__module__].__doc__
-  for module, defined in flags.FLAGS.flags_by_module_dict().items():
-    if module.startswith('diffusion_distillation'):  # this command's own
-      for flag in defined:
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-
-  def guarded(argv):
-    if len(argv) > 1:
-      fail(f'unexpected arguments: {" ".join(argv[1:])}')
-    quiet_library_logs()
-    try:
-      compilation_cache.configure()
-      return main(argv)
-    except UserError as e:
-      message = in_flag_words(str(e), _our_flag_names())
-      if watchdog.running():  # every process ends with this line
-        watchdog.fail(2, f'error: {message}')
-      fail(message)
-    except SystemExit as e:
-      if getattr(e, 'exit_status', None) is None:
-        raise
-      _end_with_line(e)
-    except Exception as e:  # pylint: disable=broad-except
-      if watchdog.running():
-        watchdog.fail(1, _unexpected_line(e))
-      raise
-
-  previous_hook = sys.unraisablehook
-  sys.unraisablehook = functools.partial(_on_unraisable, previous_hook)
-  try:
-    app.run(guarded, flags_parser=flags_parser)
-  except KeyboardInterrupt:
-    _end_interrupted()
-    sys.exit(130)
-  finally:  # abandoned reads report until the interpreter exits
-    sys.unraisablehook = functools.partial(_drop_abandoned_reads,
-                                           previous_hook)

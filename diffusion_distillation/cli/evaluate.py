@@ -30,6 +30,7 @@ from absl import flags
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import paths
 from diffusion_distillation.cli import common
+from diffusion_distillation.cli import ending
 from diffusion_distillation.evaluation import evaluate
 from diffusion_distillation.evaluation import settings
 
@@ -88,7 +89,7 @@ def define_flags():
 
 
 def main(argv):
-  del argv  # checked by common.run
+  del argv  # checked by ending.run
   evaluate.run_evaluation(
       FLAGS.workdir, num_samples=FLAGS.num_samples, samplers=FLAGS.samplers,
       teacher_steps=FLAGS.teacher_steps, metric=FLAGS.metric,
@@ -98,4 +99,5 @@ def main(argv):
 
 def run():
   define_flags()
-  common.run(main)
+  ending.run(main,
+             memory_hint=ending.BATCH_MEMORY_HINT)

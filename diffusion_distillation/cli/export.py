@@ -17,6 +17,7 @@ from absl import flags
 from diffusion_distillation.api import exporting
 from diffusion_distillation.api import loading
 from diffusion_distillation.cli import common
+from diffusion_distillation.cli import ending
 
 FLAGS = flags.FLAGS
 
@@ -38,7 +39,7 @@ def define_flags():
 
 
 def main(argv):
-  del argv  # checked by common.run
+  del argv  # checked by ending.run
   exporting.check_output_name(FLAGS.output, FLAGS.overwrite)
   model = loading.from_workdir(FLAGS.workdir, num_steps=FLAGS.num_steps,
                                model=FLAGS.model)
@@ -51,4 +52,4 @@ def main(argv):
 
 def run():
   define_flags()
-  common.run(main)
+  ending.run(main)

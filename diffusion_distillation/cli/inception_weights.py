@@ -11,6 +11,7 @@ accept either. Neither needs TensorFlow.
 from absl import flags
 
 from diffusion_distillation.cli import common
+from diffusion_distillation.cli import ending
 from diffusion_distillation.evaluation.metrics import inception
 
 FLAGS = flags.FLAGS
@@ -24,7 +25,7 @@ def define_flags():
 
 
 def main(argv):
-  del argv  # checked by common.run
+  del argv  # checked by ending.run
   try:
     print(inception.convert(FLAGS.pb, FLAGS.npz))
   except (FileNotFoundError, inception.InceptionWeightsError) as e:
@@ -33,4 +34,4 @@ def main(argv):
 
 def run():
   define_flags()
-  common.run(main)
+  ending.run(main)

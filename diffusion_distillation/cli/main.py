@@ -10,6 +10,7 @@ from absl import flags
 from absl import logging
 
 from diffusion_distillation.cli import common
+from diffusion_distillation.cli import ending
 from diffusion_distillation.parallel import distributed
 from diffusion_distillation.pipeline import workdir_lock
 
@@ -37,7 +38,10 @@ def define_flags():
 
 
 def main(argv):
-  del argv  # checked by common.run
+  del argv  # checked by ending.run
+  config = common.complete_config(FLAGS.config)
+  if config.train.gpu_deterministic_ops:  # read when JAX starts, just below
+    distributed.add_xla_flag('--xla_gpu_deterministic_ops=true')
   # First: from here on, an error on one process ends every process.
   cluster = distributed.initialize(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -49,7 +53,6 @@ def main(argv):
   # Imported here, after the flags are checked: it loads orbax and the
   # model, which takes seconds that a mistyped flag should not cost.
   from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top
-  config = common.complete_config(FLAGS.config)
   summary = loop.run(config, FLAGS.workdir, profile_steps=FLAGS.profile_steps)
   print(loop.format_summary(summary, FLAGS.workdir), flush=True)
   if config.eval.run_after_training:
@@ -61,4 +64,5 @@ def main(argv):
 
 def run():
   define_flags()
-  common.run(main, flags_parser=common.parse_flags_with_config)
+  ending.run(main, flags_parser=common.parse_flags_with_config,
+             memory_hint=ending.TRAINING_MEMORY_HINT)

@@ -6,6 +6,7 @@
 from absl import flags
 
 from diffusion_distillation.cli import common
+from diffusion_distillation.cli import ending
 from diffusion_distillation.pipeline import official_checkpoints
 
 FLAGS = flags.FLAGS
@@ -22,7 +23,7 @@ def define_flags():
 
 
 def main(argv):
-  del argv  # checked by common.run
+  del argv  # checked by ending.run
   if not FLAGS.info:
     common.fail('nothing to do; pass --info')
   try:
@@ -33,4 +34,4 @@ def main(argv):
 
 def run():
   define_flags()
-  common.run(main)
+  ending.run(main)

@@ -16,6 +16,7 @@ from absl import flags
 from etils import epath
 
 from diffusion_distillation.cli import common
+from diffusion_distillation.cli import ending
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.evaluation import claims
 from diffusion_distillation.evaluation import report
@@ -30,7 +31,7 @@ def define_flags():
 
 
 def main(argv):
-  del argv  # checked by common.run
+  del argv  # checked by ending.run
   workdir = epath.Path(FLAGS.workdir)
   out = workdir / 'eval'
   path = out / report.RESULTS_JSON
@@ -54,4 +55,4 @@ def main(argv):
 
 def run():
   define_flags()
-  common.run(main)
+  ending.run(main)

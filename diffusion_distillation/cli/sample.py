@@ -27,6 +27,7 @@ from diffusion_distillation import paths
 from diffusion_distillation.api import configs
 from diffusion_distillation.api import loading
 from diffusion_distillation.cli import common
+from diffusion_distillation.cli import ending
 from diffusion_distillation.config import choices
 from diffusion_distillation.models import images
 from diffusion_distillation.models.generation import SampleError
@@ -172,7 +173,7 @@ def _load():
 
 
 def main(argv):
-  del argv  # checked by common.run
+  del argv  # checked by ending.run
   check_output(FLAGS.output, FLAGS.overwrite)
   labels = _labels(FLAGS.labels)
   paths = sample_model(_load(), num_samples=FLAGS.num_samples,
@@ -185,4 +186,5 @@ def main(argv):
 
 def run():
   define_flags()
-  common.run(main)
+  ending.run(main,
+             memory_hint=ending.BATCH_MEMORY_HINT)

@@ -18,6 +18,7 @@ from diffusion_distillation.config.fields import METRICS
 from diffusion_distillation.config.fields import OPTIMIZERS
 from diffusion_distillation.config.fields import PATH_FIELDS
 from diffusion_distillation.config.rerun import check_rerun
+from diffusion_distillation.config.rerun import json_fields
 from diffusion_distillation.config.rerun import read_saved_config
 from diffusion_distillation.config.rerun import Rerun
 from diffusion_distillation.config.schema import ConfigError
@@ -29,5 +30,6 @@ __all__ = [
     'PATH_FIELDS', 'Rerun',
     'add_section',
     'check_rerun', 'complete', 'default_config', 'flat_fields',
+    'json_fields',
     'read_saved_config', 'validate_config', 'validate_model',
 ]

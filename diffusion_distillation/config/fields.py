@@ -198,6 +198,10 @@ FIELDS = {
                                 'memory; the same update', _COUNT, FREE),
     'train.enable_update_skip': F(False, 'skip updates with non-finite '
                                   'results', BOOL, FUTURE, 'yes'),
+    'train.gpu_deterministic_ops': F(
+        False, "XLA's deterministic GPU kernels (--xla_gpu_deterministic_ops"
+        '): exact resume and the same model at any device count on GPUs, at '
+        'some speed (CPU and TPU are deterministic without it)', BOOL, FREE),
     'train.grad_clip_per_device': F(False, "clip each device's gradient before"
                                     ' averaging (the official step_fn)', BOOL,
                                     FUTURE),

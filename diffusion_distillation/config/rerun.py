@@ -54,8 +54,9 @@ class Rerun:
   base_extended: bool  # more base updates: students of the old teacher are stale
 
 
-def _as_json(config) -> dict:
-  """The complete config's fields with JSON values, as config.json holds."""
+def json_fields(config) -> dict:
+  """The complete config's fields (`{'a.b': value}`) with JSON values, as
+  config.json holds them."""
   flat = defaults.flat_fields(defaults.complete(config).to_dict())
   return {field: json.loads(json.dumps(value)) for field, value in flat.items()}
 
@@ -75,7 +76,7 @@ def check_rerun(saved: dict, config) -> Rerun:
   existed) had their defaults. Raises one ConfigError naming every field
   that would change the meaning of finished work.
   """
-  old, new = _as_json(saved), _as_json(config)
+  old, new = json_fields(saved), json_fields(config)
   rerun, refused = Rerun([], False), []
   for field in sorted(set(old) | set(new)):
     before, after = old.get(field), new.get(field)

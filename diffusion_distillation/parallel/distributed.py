@@ -20,8 +20,12 @@ process ends every process (parallel/watchdog.py).
 """
 
 import contextlib
+import errno
+import fcntl
+import json
 import math
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -34,6 +38,7 @@ import numpy as np
 
 from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.parallel import coordinator
 from diffusion_distillation.parallel import watchdog
 
 CPU_COLLECTIVES = 'gloo'
@@ -101,16 +106,20 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
   later = int(math.ceil(process_timeout)) + 60
   not_joined = (f'error: the processes of this run ({kind}) did not all join '
                 f'within {process_timeout:g} s; check that every process was '
-                'started, with the same coordinator address')
+                'started, with the same coordinator address and its own '
+                'process id')
   timer = threading.Timer(process_timeout, watchdog.exit_now,
                           args=(2, not_joined))
   timer.daemon = True
   timer.start()
   try:
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes,
-        process_id=process_id, initialization_timeout=later,
-        heartbeat_timeout_seconds=later)
+    with _runtime_hooks(grace=process_timeout + 15):
+      jax.distributed.initialize(
+          coordinator_address=coordinator_address,
+          num_processes=num_processes, process_id=process_id,
+          initialization_timeout=later, heartbeat_timeout_seconds=later)
+  except UserError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f'{not_joined[len("error: "):]} ({first_line(e)})'
                     ) from None
@@ -125,6 +134,100 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
   if jax.default_backend() == 'cpu' and jax.process_count() > 1:
     _connect_cpu_collectives()
   return kind
+
+
+class _Runtime:
+  """JAX's native module as `jax.distributed` sees it, except that process
+  0's coordination service runs in a process of its own
+  (parallel/coordinator.py), after a check that its port is free (gRPC's
+  failure to bind a port in use crashes the process), and that no other
+  process on this host took the same process id (the service aborts one of
+  the two in C++)."""
+
+  def __init__(self, native, grace: float):
+    self._native, self._grace = native, grace
+
+  def __getattr__(self, name):
+    return getattr(self._native, name)
+
+  def get_distributed_runtime_service(self, address, num_nodes, **kwargs):
+    port = int(address.rsplit(':', 1)[1])
+    _claim_process_id(port, 0)
+    _check_port_free(port)
+    return coordinator.ServiceProcess(address, self._grace,
+                                      num_nodes=num_nodes, **kwargs)
+
+  def get_distributed_runtime_client(self, address, node_id, **kwargs):
+    _claim_process_id(int(address.rsplit(':', 1)[1]), node_id)
+    return self._native.get_distributed_runtime_client(address, node_id,
+                                                       **kwargs)
+
+
+@contextlib.contextmanager
+def _runtime_hooks(grace: float):
+  """`_Runtime` in place of jax._src.distributed's native module, while
+  `jax.distributed.initialize` runs (a JAX that moved it: as it is)."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  native = getattr(jax_distributed, '_jax', None)
+  if native is None:
+    yield
+    return
+  jax_distributed._jax = _Runtime(native, grace)  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    jax_distributed._jax = native  # pylint: disable=protected-access
+
+
+_claimed = {}  # (port, process id) -> the open lock file, for our lifetime
+
+
+def _claim_process_id(port: int, process_id: int):
+  """Raises UserError if a live process on this host has claimed the same
+  process id of a run coordinated on `port` (an flock, released at exit)."""
+  if (port, process_id) in _claimed:
+    return
+  path = os.path.join(tempfile.gettempdir(), f'diffusion_distillation_'
+                      f'port{port}_process{process_id}.lock')
+  lock = open(path, 'a')  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    lock.close()
+    raise UserError(f'another process on this host was started as process '
+                    f'{process_id} of the run coordinated on port {port}: '
+                    'give each process its own --process_id') from None
+  _claimed[port, process_id] = lock
+
+
+def _check_port_free(port: int):
+  """Raises UserError if this host's `port` is taken (before the service
+  binds it: gRPC's failure to bind ends the process without a word)."""
+  for family, host in ((socket.AF_INET6, '::'), (socket.AF_INET, '')):
+    try:
+      probe = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # no IPv6 on this host
+      continue
+    with probe:
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      try:
+        probe.bind((host, port))
+      except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+          continue
+        raise UserError(
+            f'the coordinator port {port} is already in use on this host: '
+            'another program holds it (a run whose process 0 was killed '
+            'keeps it for --process_timeout + 15 s); pick a free port for '
+            '--coordinator_address') from None
+
+
+def add_xla_flag(flag: str):
+  """Adds `flag` to XLA_FLAGS, which XLA reads once, when JAX starts its
+  first backend: call it before anything touches a device."""
+  flags = os.environ.get('XLA_FLAGS', '').split()
+  if flag not in flags:
+    os.environ['XLA_FLAGS'] = ' '.join([*flags, flag])
 
 
 def describe_devices(cluster: Optional[str]) -> str:
@@ -229,3 +332,51 @@ def agree(value: bool) -> bool:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(multihost_utils.broadcast_one_to_all(
       np.asarray(int(bool(value)), np.int32)))
+
+
+def gather_texts(text: str) -> list[str]:
+  """Every process's `text`, in process order (call it on all of them)."""
+  if jax.process_count() == 1:
+    return [text]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  data = np.frombuffer(text.encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size)))
+  padded = np.zeros(max(1, int(sizes.max())), np.uint8)
+  padded[:data.size] = data
+  rows = np.asarray(multihost_utils.process_allgather(padded))
+  return [bytes(row[:size]).decode() for row, size in zip(rows, sizes)]
+
+
+def first_problem(problem: Optional[str]) -> Optional[str]:
+  """The first process's problem (None: it has none), on every process, so
+  that all stop alike, with a line that says which process had it."""
+  texts = gather_texts(problem or '')
+  for index, text in enumerate(texts):
+    if text:
+      return text if len(texts) == 1 else (
+          f'{text} (on process {index} of {len(texts)})')
+  return None
+
+
+def check_same_run(fields: dict, workdir: str):
+  """Raises UserError on every process unless all of them run the same
+  config (`fields`: flat, JSON values) in the same workdir.
+
+  Processes started with different flags would each train their own model
+  and take turns writing one workdir: different batch sizes both "finish",
+  different workdirs hang in the first save's barrier.
+  """
+  texts = gather_texts(json.dumps([workdir, fields], sort_keys=True))
+  (first_workdir, first), fix = json.loads(texts[0]), (
+      'start every process with the same command')
+  for index, text in enumerate(texts[1:], 1):
+    other_workdir, other = json.loads(text)
+    if other_workdir != first_workdir:
+      raise UserError(f'process {index} runs in --workdir={other_workdir} but '
+                      f'process 0 in --workdir={first_workdir}; {fix}')
+    for field in sorted(set(first) | set(other)):
+      if first.get(field) != other.get(field):
+        raise UserError(
+            f'process {index} runs another config than process 0: '
+            f'config.{field} is {other.get(field)!r} there but '
+            f'{first.get(field)!r} on process 0; {fix}')

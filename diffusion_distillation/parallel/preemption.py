@@ -141,6 +141,16 @@ class Poll:
     return bool(answers[:, 0].any()), bool(answers[0, 1])
 
 
+def stop_agreed() -> bool:
+  """Whether any process was asked to stop, on every process (a collective
+  on all of them): between stages, where `Poll` does not ask."""
+  if jax.process_count() == 1:
+    return preempted()
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.asarray(multihost_utils.process_allgather(
+      np.asarray(preempted(), np.int32))).any())
+
+
 def stop_message(stage: str, step: int) -> str:
   """The line a stopped run ends with: `interrupted: ...` after Ctrl-C."""
   reason = 'interrupted' if _SIGNAL == signal.SIGINT else 'preempted'

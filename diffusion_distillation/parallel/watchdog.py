@@ -11,12 +11,15 @@ that beats through the distributed key-value store and watches its peers:
   second, acknowledging it first so that the coordinator (process 0, which
   holds the store) stays up until all have read it;
 * a process whose beats stop for `timeout` seconds (SIGKILL, out of memory,
-  its host down) makes the others exit with a line that names it.
+  its host down, SIGSTOP) makes the others exit with a line that names it;
+* a process that cannot reach the store (parallel/coordinator.py) for
+  `timeout` seconds exits with a line that says so.
 
 Exits are `exit_now` (`os._exit`): JAX's shutdown barrier would wait for the
 dead.
 """
 
+import atexit
 import os
 import sys
 import threading
@@ -27,6 +30,9 @@ _FAILED = _PREFIX + 'failed'
 _ACK = _PREFIX + 'ack/'
 _BEAT = _PREFIX + 'beat/'
 _ACK_WAIT_S = 5.
+LOST_COORDINATOR = ("error: lost contact with the run's coordination service "
+                    "on process 0's host (the host went down, or the service "
+                    'was killed); every process stops')
 
 _watchdog = None  # the running Watchdog of this process, if any
 
@@ -51,7 +57,10 @@ class Watchdog(threading.Thread):
                                                        interval)
     self.beats = 0
     self.seen = {}  # peer -> (its last beat, when it changed, our clock)
-    self.failing = threading.Event()  # the main thread is in `fail`
+    # The process is ending: with a line of ours, or normally (at exit,
+    # before JAX shuts the distributed service down).
+    self.failing = threading.Event()
+    self.last_contact = time.monotonic()  # of the last round with the store
 
   def _entries(self) -> dict:
     return dict(self.client.key_value_dir_get(_PREFIX))
@@ -81,20 +90,35 @@ class Watchdog(threading.Thread):
       except Exception:  # pylint: disable=broad-except
         if self.failing.is_set():
           return
-        exit_now(1, 'error: lost contact with process 0, the coordinator (it '
-              'was killed, ran out of memory, or its host went down); every '
-              'process stops')
+        exit_now(1, LOST_COORDINATOR)
+      self.last_contact = time.monotonic()
       if _FAILED in entries and not self.failing.is_set():
         self._follow(entries[_FAILED])
       silent = self.silent_peers(entries, time.monotonic(), self.timeout)
       if silent and not self.failing.is_set():
         exit_now(1, f'error: {_name(silent, self.num_processes)} stopped '
-              f'responding (no heartbeat for {self.timeout:g} s: killed, out '
-              'of memory, or its host went down); every process stops')
+              f'responding (no heartbeat for {self.timeout:g} s: killed, '
+              'frozen, out of memory, or its host went down); every process '
+              'stops')
       time.sleep(self.interval)
+
+  def watch_contact(self):
+    """A second thread: the store's calls block while the coordinator is
+    frozen (SIGSTOP, a hung host), so their absence is timed here."""
+    woke = time.monotonic()
+    while True:
+      time.sleep(self.interval)
+      now, slept = time.monotonic(), time.monotonic() - woke
+      woke = now
+      if slept > 2 * self.interval + 1:  # this process was frozen itself
+        self.last_contact = max(self.last_contact, now)
+      silent_for = now - self.last_contact
+      if silent_for > self.timeout and not self.failing.is_set():
+        exit_now(1, LOST_COORDINATOR)
 
   def _follow(self, published: str):
     """Another process failed: acknowledge, print its line, exit alike."""
+    self.failing.set()
     status, _, line = published.partition(' ')
     try:
       self.client.key_value_set(f'{_ACK}{self.process_id}', '1')
@@ -117,16 +141,19 @@ class Watchdog(threading.Thread):
       time.sleep(self.interval / 4)
 
   def fail(self, status: int, line: str):
-    """Publishes this process's failure (unless one came first), waits until
-    the live peers have read it, prints it and exits."""
+    """Publishes this process's failure, waits until the live peers have
+    read it, prints it and exits. If another process published first
+    (processes that fail alike fail together), follows that one instead."""
     self.failing.set()
     try:
-      entries = self._entries()
-      if _FAILED in entries:
-        status, _, line = entries[_FAILED].partition(' ')
-        status = int(status)
-      else:
-        self.client.key_value_set(_FAILED, f'{status} {line}')
+      published = self._entries().get(_FAILED)
+      if published is None:
+        try:
+          self.client.key_value_set(_FAILED, f'{status} {line}')
+        except Exception:  # pylint: disable=broad-except
+          published = self._entries()[_FAILED]  # set since we looked
+      if published is not None:
+        self._follow(published)
       deadline = time.monotonic() + _ACK_WAIT_S
       while time.monotonic() < deadline:
         entries = self._entries()
@@ -166,6 +193,9 @@ def start(client, process_id: int, num_processes: int, timeout: float):
   global _watchdog
   _watchdog = Watchdog(client, process_id, num_processes, timeout)
   _watchdog.start()
+  atexit.register(_watchdog.failing.set)  # runs before JAX's shutdown
+  threading.Thread(target=_watchdog.watch_contact, name='dd-contact',
+                   daemon=True).start()
 
 
 def running() -> bool:

@@ -17,6 +17,7 @@ can be sampled later.
 """
 
 import logging as std_logging
+import os
 import re
 from typing import Any, Optional
 import zlib
@@ -29,18 +30,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffusion_distillation import files
+from diffusion_distillation import errors
+from diffusion_distillation.errors import FaultError
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.parallel import distributed
 from diffusion_distillation.parallel import sharding
+from diffusion_distillation.parallel import watchdog
 from diffusion_distillation.pipeline import official_checkpoints
-from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import train_state
-from diffusion_distillation.pipeline.stages import Context
-from diffusion_distillation.pipeline.stages import Stage
 
 
 class CheckpointError(UserError):
   """A checkpoint could not be written or read (disk, permissions, damage)."""
+
+
+class CheckpointSaveError(CheckpointError, FaultError):
+  """A checkpoint could not be written (a full disk, permissions): a fault,
+  exit status 1; the previous checkpoint is intact."""
 
 
 class OtherModelError(CheckpointError):
@@ -48,16 +54,22 @@ class OtherModelError(CheckpointError):
   damage (nothing to repair), another architecture or an older layout."""
 
 
-def _reason(error: BaseException) -> str:
+def _reason(error: BaseException, writing: bool = False) -> str:
   """An exception's message in a line (orbax's run to pages).
 
   TensorStore's errors nest the driver, the key and the file read into one
-  long status text; of that, the status code and the innermost file are
-  what a user can act on. An item that is gone is named.
+  long status text (that orbax may wrap in a message of its own); of that,
+  the status code and the innermost file are what a user can act on. An
+  item that is gone is named.
   """
-  text = str(error)
+  cause = error  # orbax wraps TensorStore's status in its own words
+  while cause is not None and not re.match(r'[A-Z][A-Z_]+: ', str(cause)):
+    cause = cause.__cause__ or cause.__context__
+  text = str(cause if cause is not None else error)
   status = re.match(r'([A-Z][A-Z_]+): ', text)
   read = re.findall(r'file "([^"]+)"', text)
+  if status and read and writing:
+    return f'{status.group(1)}: cannot write {read[-1]}'
   if status and read:
     return (f'{status.group(1)}: cannot read {read[-1]} (a file of the '
             'checkpoint is missing or damaged)')
@@ -108,6 +120,13 @@ class _ReadOnlyNotices(std_logging.Filter):
         ('Given directory is read only', 'CheckpointManagerOptions.read_only'))
 
 
+class _OrbaxLogs(std_logging.Filter):
+  """Drops orbax's records (the tracebacks of a failed save)."""
+
+  def filter(self, record):
+    return f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
 class StageCheckpoints:
   """Saves and restores the checkpoints of one stage."""
 
@@ -136,9 +155,15 @@ class StageCheckpoints:
     return self._manager.latest_step()
 
   def save(self, state, meta: dict):
-    """Writes `state` at its own step (blocking; atomic through orbax)."""
+    """Writes `state` at its own step (blocking; atomic through orbax).
+
+    A failed write is one CheckpointSaveError: orbax's own tracebacks of it
+    (logged from its writer threads) are dropped, as our line says it all.
+    """
     step = int(jax.device_get(state.step))
     meta = dict(meta, checksum=state_checksum(state))
+    absl_logger, orbax_errors = std_logging.getLogger('absl'), _OrbaxLogs()
+    absl_logger.addFilter(orbax_errors)
     try:
       self._manager.save(
           step,
@@ -147,10 +172,17 @@ class StageCheckpoints:
           force=True)
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
+      vanished = watchdog.vanished_line() if watchdog.running() else None
+      if vanished:  # a peer died in this collective save: that is the news
+        raise FaultError(vanished.removeprefix('error: ')) from None
+      disk = errors.disk_error(e)
+      then = (f'{disk[1]} and rerun' if disk else 'rerun')
+      raise CheckpointSaveError(
           f'saving checkpoint {self.directory / str(step)} failed: '
-          f'{_reason(e)}; the previous checkpoint is intact, rerun to resume '
-          'from it') from e
+          f'{disk[0] if disk else _reason(e, writing=True)}; the previous '
+          f'checkpoint is intact: {then} to resume from it') from None
+    finally:
+      absl_logger.removeFilter(orbax_errors)
 
   def _restore(self, step: Optional[int], **items):
     """The Composite `items` of checkpoint `step` (default: latest)."""
@@ -194,11 +226,16 @@ class StageCheckpoints:
   def _state_metadata(self, step: int):
     """The saved 'state' item's tree of array metadata at `step`."""
     try:
-      return self._manager.item_metadata(step)['state']
+      saved = self._manager.item_metadata(step)['state']
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f'reading checkpoint {self.directory / str(step)} failed: '
           f'{_reason(e)}') from e
+    if saved is None:  # orbax reads a missing _METADATA as no metadata
+      raise CheckpointError(
+          f'reading checkpoint {self.directory / str(step)} failed: its '
+          'state/_METADATA file is missing')
+    return saved
 
   def check_params_tree(self, step: int, expected):
     """Raises OtherModelError unless checkpoint `step`'s parameters have
@@ -283,31 +320,6 @@ class StageCheckpoints:
     self._manager.close()
 
 
-def check_saved_models(ctx: Context, stages):
-  """Raises OtherModelError, before a run writes anything, if the first
-  stage with a checkpoint holds another parameter tree than the run's model
-  (every stage of a run has the same tree). A checkpoint too damaged to say
-  is left to `restore_intact`'s repair."""
-  for stage in stages:
-    directory = stage_dir(ctx.workdir, stage.name)
-    if not directory.exists():
-      continue
-    manager = StageCheckpoints(directory, read_only=True)
-    try:
-      step = manager.latest_step()
-      if step is None:
-        continue
-      manager.check_params_tree(step, jax.eval_shape(
-          ctx.base_model.init_params, jax.random.PRNGKey(0)))
-      return
-    except OtherModelError:
-      raise
-    except CheckpointError:
-      return
-    finally:
-      manager.close()
-
-
 def _move_aside(source: epath.Path, directory: epath.Path) -> epath.Path:
   """Moves `source` into `directory` under its name (or `name-<k>` if taken)."""
   target, suffix = directory / source.name, 0
@@ -326,69 +338,3 @@ def set_aside_stage(workdir, stage_name: str, why: str):
     target = _move_aside(source, stage_dir(workdir, why))
     logging.warning('%s: moved to %s', source, target)
   distributed.barrier(f'set_aside_stage_{stage_name}')
-
-
-def stage_is_complete(workdir, stage_name: str, num_updates: int) -> bool:
-  """True when the stage's final checkpoint (step >= num_updates) exists.
-
-  Collective: call it on every process. Process 0's view decides, so all
-  processes take the same branch (opening a CheckpointManager synchronizes
-  them) even while process 0 is already creating the directory.
-  """
-  directory = stage_dir(workdir, stage_name)
-  if not distributed.agree(directory.exists()):
-    return False
-  manager = StageCheckpoints(directory, read_only=True)
-  latest = manager.latest_step()
-  manager.close()
-  return distributed.agree(latest is not None and latest >= num_updates)
-
-
-def abstract_state(ctx: Context, stage: Stage):
-  """The shapes and shardings of a stage's TrainState, for restoring."""
-  opt = optimization.optimization_for(ctx.config, stage)
-  rep = sharding.replicated(ctx.mesh)
-  shapes = jax.eval_shape(
-      lambda: train_state.create(
-          ctx.base_model.init_params(jax.random.PRNGKey(0)), opt.tx,
-          stage.num_sample_steps, average=opt.keeps_average))
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
-
-
-def final_params(ctx: Context, stage: Stage):
-  """The (EMA) parameters of a finished stage (its final checkpoint)."""
-  manager = StageCheckpoints(
-      stage_dir(ctx.workdir, stage.name), read_only=True)
-  restored = manager.restore_intact(abstract_state(ctx, stage), repair=False)
-  manager.close()
-  if restored is None:
-    raise CheckpointError(f'{manager.directory} holds no checkpoint')
-  return restored[0].averaged_params
-
-
-def finished_stage(ctx: Context, stage: Stage):
-  """(EMA params, meta) of a stage whose final checkpoint is intact, else None.
-
-  A damaged final checkpoint is set aside (see `restore_intact`), so the
-  stage is resumed from its last intact checkpoint and never becomes a
-  teacher as it is.
-  """
-  if not stage_is_complete(ctx.workdir, stage.name, stage.num_updates):
-    return None
-  manager = StageCheckpoints(stage_dir(ctx.workdir, stage.name),
-                             read_only=True)  # repairs move files only
-  restored = manager.restore_intact(abstract_state(ctx, stage), repair=True)
-  manager.close()
-  if restored is None or int(restored[0].step) < stage.num_updates:
-    return None
-  return restored[0].averaged_params, restored[1]
-
-
-def final_meta(workdir, stage: Stage) -> dict[str, Any]:
-  """The meta record of a stage's last checkpoint."""
-  manager = StageCheckpoints(
-      stage_dir(workdir, stage.name), read_only=True)
-  meta = dict(manager.meta())
-  manager.close()
-  return meta

@@ -13,6 +13,7 @@ uninterrupted one.
 """
 
 import math
+import os
 import time
 from typing import Any
 
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
-from diffusion_distillation.errors import UserError
+from diffusion_distillation import files
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.models import generation
 from diffusion_distillation.models import images
@@ -31,6 +32,8 @@ from diffusion_distillation.parallel import distributed
 from diffusion_distillation.parallel import preemption
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import finished_stages
+from diffusion_distillation.pipeline import divergence
 from diffusion_distillation.pipeline import eval_loss
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import progress as progress_lib
@@ -68,23 +71,26 @@ def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
   train = config.train
   rerun = check_workdir(config, workdir)
   workdir = epath.Path(workdir)
+  distributed.check_same_run(config_lib.json_fields(config), os.fspath(workdir))
   ctx = make_context(config, workdir)
   if profile_steps:
     ctx.trace = tracing.StepTrace(workdir / 'profile', profile_steps)
   stages = plan_stages(config)
-  checkpoints.check_saved_models(ctx, stages)
+  finished_stages.check_saved_models(ctx, stages)
   teacher_params = (teachers.load_external_teacher(ctx, config)
                     if stages[0].trains_student else None)
   distributed.barrier('config_checked')  # all have read config.json
   summary = []
   with workdir_lock.hold(workdir), preemption.handling():
+    # Stale students go before config.json records what made them stale: a
+    # run stopped in between redoes the move at its next start.
+    _apply_rerun(rerun, workdir, stages)
     record_config(config, workdir)
     write_dashboards(config, workdir, stages)
-    _apply_rerun(rerun, workdir, stages)
     run_progress = progress_lib.RunProgress(stages, train.batch_size)
     for stage in stages:
       t0 = time.time()
-      finished = checkpoints.finished_stage(ctx, stage)
+      finished = finished_stages.finished_stage(ctx, stage)
       if finished:
         teacher_params, meta = finished
       else:
@@ -108,7 +114,7 @@ def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
         progress = run_progress.stage(stage, step)
         writer.write_hparams(config, stage.name,
                              stages_lib.stage_hparams(config, stage))
-        guard = _DivergenceGuard(config, stage)
+        guard = divergence.Guard(config, stage)
         evals = eval_loss.EvalLoss(ctx, stage)
         every, log_every = (train.checkpoint_every_steps,
                             train.log_loss_every_steps)
@@ -138,10 +144,9 @@ def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
             stop, save_due = poll.after_call()
             if (step % every == 0 or step == stage.num_updates or stop or
                 save_due):
-              if meta['loss'] is None:
-                meta['loss'] = update.mean_metrics(metrics)['loss']
-              if not logged:
-                guard.check_state(step, state)
+              if not logged:  # nothing blown up is saved
+                meta['loss'] = guard.check(step, state,
+                                           update.mean_metrics(metrics))
               manager.save(state, meta)
               poll.saved()
         finally:
@@ -152,7 +157,10 @@ def run(config, workdir, *, profile_steps: int = 0) -> list[dict[str, Any]]:
           raise preemption.Preempted(preemption.stop_message(stage.name,
                                                              step))
         # 5. The student (its final checkpoint) is the next teacher.
-        teacher_params = checkpoints.final_params(ctx, stage)
+        teacher_params = finished_stages.final_params(ctx, stage)
+      if preemption.stop_agreed():  # not after a grid and another compile
+        raise preemption.Preempted(preemption.stop_message(
+            stage.name, stage.num_updates))
       grid = write_stage_grid(ctx, stage, teacher_params)
       if not finished:
         run_progress.finished(stage, time.time() - t0)
@@ -170,7 +178,7 @@ def _start_state(ctx: Context, stage: Stage, opt, manager, teacher_params):
   A fresh student starts as a copy of `teacher_params`; a fresh base model
   from the config's seed.
   """
-  restored = manager.restore_intact(checkpoints.abstract_state(ctx, stage),
+  restored = manager.restore_intact(finished_stages.abstract_state(ctx, stage),
                                    repair=True)
   if restored is not None:
     state, meta = restored
@@ -195,60 +203,17 @@ def stage_writer(ctx: Context, stage: Stage) -> summaries.SummaryWriter:
                                  enabled=jax.process_index() == 0)
 
 
-class DivergenceError(UserError):
-  """A loss or parameter became NaN or Inf; nothing non-finite was saved."""
-
-
-class _DivergenceGuard:
-  """Checks that training stays finite, on the host, where it syncs anyway.
-
-  The loss at every logging point, the parameters (and EMA) at every logging
-  point and before every save; never per step.
-  """
-
-  def __init__(self, config, stage: Stage):
-    self._config, self._stage = config, stage
-    self._skip = config.train.enable_update_skip
-    self._finite = jax.jit(update.all_finite)
-    self.last_finite = None  # (step, loss)
-
-  def check_loss(self, step: int, loss: float):
-    if math.isfinite(loss):
-      self.last_finite = (step, loss)
-    elif not self._skip:  # skipped updates are expected to have such losses
-      raise self._error(step, f'the loss is {loss}')
-
-  def check_state(self, step: int, state):
-    if not bool(self._finite((state.params, state.ema_params))):
-      raise self._error(step, 'the parameters hold NaN or Inf')
-
-  def _error(self, step: int, what: str) -> DivergenceError:
-    section = self._stage.settings
-    rate = self._config[section].learning_rate
-    last = ('last finite loss {1:.6g} at step {0}'.format(*self.last_finite)
-            if self.last_finite else 'no finite loss logged before')
-    hint = ('' if self._skip else
-            ', or set --config.train.enable_update_skip=true to skip such '
-            'updates')
-    return DivergenceError(
-        f'{self._stage.name} diverged at step {step}: {what} ({last}); '
-        f'nothing non-finite was saved. Lower --config.{section}.'
-        f'learning_rate (now {rate:g}) and rerun to resume from the last '
-        f'checkpoint{hint}')
-
-
 def _log(writer, guard, state, step, metrics, skipped) -> float:
   """Writes the scalars of the last call; returns its loss (after checks)."""
   scalars = update.mean_metrics(metrics)
-  if scalars['loss'] > 0:  # the students' losses are far below the teacher's
-    scalars['log10_loss'] = math.log10(scalars['loss'])
+  loss = guard.check(step, state, scalars)
+  if loss > 0:  # the students' losses are far below the teacher's
+    scalars['log10_loss'] = math.log10(loss)
   if skipped is not None:
     scalars['skipped_updates'] = float(sharding.to_host(skipped))
-  guard.check_loss(step, scalars['loss'])
-  guard.check_state(step, state)
   writer.write_scalars(step, scalars)
   writer.flush()
-  return scalars['loss']
+  return loss
 
 
 def _compiled_update(ctx: Context, stage: Stage, opt):
@@ -312,8 +277,15 @@ def check_workdir(config, workdir) -> config_lib.Rerun:
   """
   config_lib.validate_config(config)
   saved = epath.Path(workdir) / 'config.json'
-  rerun = (config_lib.check_rerun(config_lib.read_saved_config(saved), config)
-           if saved.exists() else config_lib.Rerun([], False))
+  if saved.exists():
+    rerun = config_lib.check_rerun(config_lib.read_saved_config(saved), config)
+  elif stages := finished_stages.saved_stages(workdir):
+    raise config_lib.ConfigError(
+        f'{workdir} holds checkpoints ({", ".join(stages)}) but no '
+        'config.json (deleted?), so this run cannot be checked against the '
+        'config that made them: restore config.json or use a new --workdir')
+  else:
+    rerun = config_lib.Rerun([], False)
   teachers.check_teacher_path(config)
   return rerun
 
@@ -341,10 +313,11 @@ def write_dashboards(config, workdir: epath.Path, planned):
 
 
 def record_config(config, workdir: epath.Path):
-  """Writes the run's config beside its checkpoints (for sample / evaluate)."""
+  """Writes the run's config beside its checkpoints (for sample / evaluate),
+  whole or not at all: a full disk leaves the previous one."""
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    files.write_text(workdir / 'config.json',
+                     config.to_json_best_effort(indent=2))
 
 
 def make_context(config, workdir, dataset=None) -> Context:

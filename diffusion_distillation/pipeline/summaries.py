@@ -183,11 +183,20 @@ class SummaryWriter:
     self._add(event_pb2.Event(summary=summary))
 
   def flush(self, force: bool = False):
+    """Writes the pending events. An OSError (a full disk) names the run's
+    directory, for the command's one line."""
     if not self._pending:
       return
     if (self._remote and not force and
         time.time() - self._last_flush < REMOTE_FLUSH_SECS):
       return
+    try:
+      self._write_pending()
+    except OSError as e:
+      e.filename = e.filename or os.fspath(self._dir)
+      raise
+
+  def _write_pending(self):
     if self._file is None:
       self._dir.mkdir(parents=True, exist_ok=True)
       name = (f'events.out.tfevents.{int(time.time()):010d}.'

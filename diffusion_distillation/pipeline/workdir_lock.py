@@ -47,6 +47,7 @@ from etils import epath
 import jax
 
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.parallel import distributed
 from diffusion_distillation.paths import is_local  # flock; else a lease
 
 LOCK_FILE = '.lock'
@@ -262,16 +263,23 @@ def hold(workdir, *, local=None, heartbeat_s: float = HEARTBEAT_SECONDS,
          **lease_args):
   """Holds the workdir for this run (process 0); creates it if needed.
 
-  Checks first that the workdir can be written (`check_writable`). `local`
+  Checks first that every process can write the workdir (`check_writable`). `local`
   picks the flock (True) or the lease (False); None: by the path
   (`is_local`). `lease_args` go to `Lease` (clock, sleep, stale_s,
   settle_s). Raises WorkdirInUseError or WorkdirAccessError.
   """
+  workdir = epath.Path(workdir)
+  problem = None
+  try:  # on every process: a mount that one host lacks shows here
+    check_writable(workdir, f'--workdir={workdir}')
+  except WorkdirAccessError as e:
+    problem = str(e)
+  problem = distributed.first_problem(problem)
+  if problem:
+    raise WorkdirAccessError(problem)
   if jax.process_index() != 0:
     yield
     return
-  workdir = epath.Path(workdir)
-  check_writable(workdir, f'--workdir={workdir}')
   use_flock = is_local(workdir) if local is None else local
   with (_flock(workdir) if use_flock
         else _leased(workdir, heartbeat_s, **lease_args)):

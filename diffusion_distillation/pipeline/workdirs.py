@@ -13,7 +13,7 @@ from diffusion_distillation import config as config_lib
 from diffusion_distillation.errors import ModelError
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.parallel import sharding
-from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import finished_stages
 from diffusion_distillation.pipeline import stages as stages_lib
 from diffusion_distillation.pipeline import teachers
 from diffusion_distillation.pipeline import workdir_lock
@@ -56,7 +56,7 @@ class LoadedWorkdir:
   def student_params(self, num_steps: int):
     for stage in self.stages:
       if stage.trains_student and stage.num_sample_steps == num_steps:
-        return checkpoints.final_params(self.ctx, stage)
+        return finished_stages.final_params(self.ctx, stage)
     available = ', '.join(map(str, self.student_steps())) or 'none yet'
     gone = ('; its checkpoints are missing (deleted after the run?)'
             if num_steps in self.missing_steps() else '')
@@ -68,7 +68,7 @@ class LoadedWorkdir:
   def teacher_params(self):
     for stage in self.stages:
       if not stage.trains_student:
-        return checkpoints.final_params(self.ctx, stage)
+        return finished_stages.final_params(self.ctx, stage)
     if stages_lib.external_teacher(self.config):
       return teachers.load_external_teacher(self.ctx, self.config)
     if any(not s.trains_student for s in self.missing):
@@ -92,11 +92,11 @@ def open_workdir(workdir) -> LoadedWorkdir:
   config_lib.validate_model(config)
   finished, unfinished, missing, meta = [], [], [], None
   for stage in stages_lib.plan_stages(config):
-    if checkpoints.stage_is_complete(workdir, stage.name, stage.num_updates):
+    if finished_stages.stage_is_complete(workdir, stage.name, stage.num_updates):
       finished.append(stage)
       missing += unfinished
       unfinished = []
-      meta = meta or checkpoints.final_meta(workdir, stage)
+      meta = meta or finished_stages.final_meta(workdir, stage)
     else:
       unfinished.append(stage)
   if meta is None:
