@@ -25,6 +25,8 @@ from helpers import ProcessGroup
 from helpers import PYTHON
 from helpers import REPO
 
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
+
 TIMEOUT_S = 20  # --process_timeout: a silent process ends the run after this
 LIMIT_S = 60  # what every process must exit within
 TINY = ['--config=digits', '--config.train.batch_size=8',
@@ -40,8 +42,6 @@ NOISE = ('Traceback', 'Check failure stack trace', 'Fatal Python error',
 HOLD_SCRIPT = """
 import sys, time
 from diffusion_distillation.pipeline import workdir_lock
-
-pytestmark = [pytest.mark.slow, pytest.mark.processes]
 with workdir_lock.hold(sys.argv[1]):
   print('holding', flush=True)
   time.sleep(300)

@@ -233,6 +233,23 @@ def test_an_interrupted_evaluation_keeps_the_previous_results(
   assert not (out / report.PARTIAL_MD).exists()
 
 
+def test_training_does_not_evaluate_again_what_has_not_changed(
+    digits_workdir, cache_dir, monkeypatch):
+  """Was: every rerun of a finished `main` evaluated everything again."""
+  kwargs = dict(samplers='ddim', teacher_steps='none', num_samples=8,
+                cache_dir=cache_dir, print_table=False, only_if_changed=True)
+  first = evaluate.run_evaluation(digits_workdir, **kwargs)
+
+  def sampled(*args, **kw):
+    raise AssertionError('evaluated again')
+
+  monkeypatch.setattr(evaluate, '_evaluate_row', sampled)
+  again = evaluate.run_evaluation(digits_workdir, **kwargs)
+  assert again == json.loads(json.dumps(first))
+  with pytest.raises(AssertionError, match='evaluated again'):  # other seed
+    evaluate.run_evaluation(digits_workdir, **{**kwargs, 'seed': 1})
+
+
 def test_one_evaluation_at_a_time(digits_workdir, cache_dir):
   """Was: two evaluations raced over WORKDIR/eval."""
   with workdir_lock.hold(Path(digits_workdir) / 'eval'):

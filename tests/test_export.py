@@ -180,6 +180,7 @@ def test_export_needs_a_workdir(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_sample_refuses_bad_requests(exported, workdir):
   cwd, _ = exported
   before = snapshot(cwd)

@@ -389,6 +389,29 @@ def test_ctrl_c_in_training_saves_a_checkpoint_and_ends_in_one_line(tmp_path):
   assert (workdir / 'checkpoints' / 'base' / str(step)).is_dir()
 
 
+def test_signals_inside_a_long_compiled_call_are_answered_at_once(tmp_path):
+  """Was: with 100 substeps per call, a Ctrl-C and a second one 40 s into
+  the first call had no reaction for over 120 s. Python runs no handler
+  while the main thread is inside a compiled call (or compiling one)."""
+  run = Running('main', *long_training_args(tmp_path / 'run'),
+                '--config.train.substeps=100000')  # one call: all of them
+  run.wait_for(TRAINING)
+  time.sleep(1)  # inside the first call (compiling it, or running it)
+  run.proc.send_signal(signal.SIGINT)
+  started = time.time()
+  run.wait_for('Ctrl-C: saving a checkpoint when the current compiled call',
+               timeout=5)
+  run.proc.send_signal(signal.SIGINT)
+  status, stderr = run.finish(timeout=5)
+  seconds = time.time() - started
+  assert status == 130, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  assert stderr.strip().splitlines()[-1].startswith(
+      'interrupted: stopped at once, without a checkpoint')
+  print(f'two Ctrl-C inside a compiled call: ended {seconds:.1f} s after the '
+        'first')
+
+
 @pytest.mark.parametrize('module', ['sample', 'evaluate'])
 def test_ctrl_c_outside_training_ends_in_one_line(module, workdir_copy,
                                                   tmp_path):

@@ -291,3 +291,15 @@ def test_links_pipes_and_other_files_are_left_out_and_counted(tmp_path,
   assert left_out == [
       f'image_folder: {root}: left out 1 .gif files, 1 .txt files, '
       '2 dangling links and non-regular files, 1 linked folders']
+
+
+def test_a_split_smaller_than_the_batch_is_said_once(tmp_path, caplog):
+  data = dataset(folder(tmp_path, count=5))
+  with caplog.at_level(logging.WARNING):
+    for stage in range(3):
+      next(data.train_batches(global_batch_size=16, seed=stage))
+  said = [r.getMessage() for r in caplog.records
+          if 'fewer than the batch' in r.getMessage()]
+  assert said == [f'the training split has {data.num_train} images, fewer '
+                  'than the batch of 16: every batch repeats them (more '
+                  'images, or a smaller --config.train.batch_size)']

@@ -97,6 +97,7 @@ print('PER_DEVICE', error, change, np.max(np.abs(step(want))))
 '''
 
 
+@pytest.mark.slow
 def test_per_device_clipping_is_clip_then_mean_on_four_devices():
   result = subprocess.run([PYTHON, '-c', _PER_DEVICE], cwd=f'{REPO}/tests',
                           env=subprocess_env(4), capture_output=True,
@@ -173,6 +174,7 @@ def test_avg_type_ema_decays_by_one_over_avg_steps_and_ema_decay_wins():
   assert float(opt.ema_decay(jnp.int32(5))) == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_update_skip_checks_the_new_parameters_not_the_gradients():
   """Finite gradients, an update that overflows: the official check of the
   new parameters skips it (optax.apply_if_finite, on gradients, would not)."""

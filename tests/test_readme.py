@@ -44,6 +44,16 @@ def quick_start_commands() -> list[str]:
           if line.strip() and not line.strip().startswith('#')]
 
 
+def readme_sample_command() -> str:
+  """The README's `sample` command for the digits workdir, as one line."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  command = re.search(r'```sh\n(\.venv/bin/python -m diffusion_distillation'
+                      r'\.sample --workdir=workdirs/digits .*?)```', readme,
+                      re.S).group(1)
+  return command.replace('\\\n', ' ')
+
+
 def run(command, cwd, env):
   proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True,
                         text=True, timeout=900, check=False)
@@ -84,12 +94,11 @@ def test_first_command_as_printed_in_a_fresh_clone(tmp_path):
       os.path.join(clone, workdir, 'eval', 'results.json'))
 
   python = os.path.join(clone, '.venv', 'bin', 'python')
-  run([python, '-m', 'diffusion_distillation.sample', f'--workdir={workdir}',
-       '--num_steps=2', '--num_samples=8', '--output=out/samples.npz'],
-      clone, env)
-  with np.load(os.path.join(clone, 'out', 'samples.npz')) as f:
-    assert f['images'].shape == (8, 8, 8, 1)
-  assert os.path.exists(os.path.join(clone, 'out', 'samples.png'))
+  # The README's sample command, at a step count this short run has.
+  run(shlex.split(readme_sample_command()) + ['--num_steps=2'], clone, env)
+  with np.load(os.path.join(clone, 'samples', 'digits.npz')) as f:
+    assert f['images'].shape == (16, 8, 8, 1)
+  assert os.path.exists(os.path.join(clone, 'samples', 'digits.png'))
 
   # A relative teacher path in a config field, from another directory.
   elsewhere = os.path.join(clone, 'out')
@@ -109,3 +118,5 @@ def test_first_command_as_printed_in_a_fresh_clone(tmp_path):
   assert final_losses(rerun_stdout) == losses
   assert 'install: up to date' in rerun_output
   assert ' updates, sampler steps ' not in rerun_output  # nothing trained
+  assert 'is up to date (same settings, same models): not evaluated again' \
+      in rerun_output

@@ -97,6 +97,7 @@ def test_rerun_of_finished_workdir_changes_nothing(finished_workdir):
   _assert_same_params(before, _final_params(workdir))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_and_sigterm_is_exact(finished_workdir, tmp_path):
   """Killed twice (SIGKILL mid-stage, then SIGTERM), the run still ends with
   exactly the parameters of the uninterrupted run."""
@@ -135,6 +136,7 @@ def test_resume_after_sigkill_and_sigterm_is_exact(finished_workdir, tmp_path):
   _assert_same_params(_final_params(reference, [4, 2]), _final_params(workdir))
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device_compiling_two_updates(
     finished_workdir, tmp_path):
   """Data parallelism: 4 devices, same global batch, same updates. The run
@@ -204,6 +206,7 @@ def test_missing_student_lists_available_steps(finished_workdir, tmp_path):
                               output=str(tmp_path / 'x.npz'))
 
 
+@pytest.mark.slow
 def test_substeps_in_one_call_equal_single_steps(finished_workdir):
   """`train.substeps` updates per compiled call (lax.scan) are the same
   updates as one call per step."""
@@ -251,6 +254,7 @@ def _save_with_ema(ctx, stage, step):
   manager.close()
 
 
+@pytest.mark.slow
 def test_students_keep_no_ema_and_resume_from_checkpoints_that_have_one(
     finished_workdir, tmp_path):
   """A distillation stage's EMA decay is 0: no EMA copy is stored. A workdir

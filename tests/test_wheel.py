@@ -17,6 +17,8 @@ import pytest
 from helpers import fresh_copy
 from helpers import newcomer_env
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 SHORT_DIGITS = ('--config.train.num_train_steps=4',
                 '--config.train.batch_size=8',
                 '--config.model.eval_sampling_num_steps=4',
@@ -26,8 +28,6 @@ SHORT_DIGITS = ('--config.train.num_train_steps=4',
 CHECK_API = """
 import diffusion_distillation as dd
 from diffusion_distillation.api import configs
-
-pytestmark = pytest.mark.slow  # end-to-end runs
 assert 'site-packages' in dd.__file__, dd.__file__
 names = dd.config_names()
 assert {'digits', 'digits_guided', 'imagenet64', 'cifar10_distill'} <= set(

@@ -59,7 +59,7 @@ def main(argv):
     from diffusion_distillation.evaluation import evaluate  # pylint: disable=g-import-not-at-top
 
     # Every process samples its share; process 0 writes the table.
-    evaluate.run_evaluation(FLAGS.workdir)
+    evaluate.run_evaluation(FLAGS.workdir, only_if_changed=True)
 
 
 def run():

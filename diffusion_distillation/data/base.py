@@ -18,6 +18,7 @@ import functools
 import itertools
 from typing import Iterator
 
+from absl import logging
 import numpy as np
 
 Batch = dict[str, np.ndarray]
@@ -73,6 +74,13 @@ class Dataset(abc.ABC):
     """
     local_batch_size = check_train_args(global_batch_size, start_step,
                                         process_index, process_count)
+    if self.num_train < global_batch_size and not getattr(
+        self, '_said_small', False):
+      self._said_small = True  # once per data set, not once per stage
+      logging.warning(
+          'the training split has %d images, fewer than the batch of %d: '
+          'every batch repeats them (more images, or a smaller '
+          '--config.train.batch_size)', self.num_train, global_batch_size)
     return self._train_batches(
         global_batch_size=global_batch_size, local_batch_size=local_batch_size,
         seed=seed, start_step=start_step, process_index=process_index,

@@ -13,7 +13,9 @@ Every row has the same shapes and `generate` keeps one compiled sampler per
 per sampler; the first row of each sampler's timing includes that compilation.
 """
 
+import dataclasses
 import datetime
+import json
 import math
 import time
 from typing import Optional
@@ -42,7 +44,8 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
                    batch_size: Optional[int] = None,
                    cache_dir: Optional[str] = None,
                    print_table: bool = True,
-                   inception_divisor: int = 1) -> dict:
+                   inception_divisor: int = 1,
+                   only_if_changed: bool = False) -> dict:
   """Scores every finished student and the teacher; writes WORKDIR/eval.
 
   Arguments left as None come from the workdir's `config.eval` (see
@@ -50,7 +53,9 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
   `paths.default_cache_dir()`). `samplers` and `teacher_steps` take
   sequences or comma-separated strings (`teacher_steps='none'`: no teacher
   rows). `inception_divisor` is for tests only (a reduced-width Inception
-  network).
+  network). `only_if_changed` (training's evaluation after a rerun): a
+  complete results.json of the same settings and the same final checkpoints
+  is returned as it is, nothing sampled.
 
   Returns the content of results.json: metadata and `rows`, each
   `{model, sampler, steps, <metric values>, seconds, sample_seconds,
@@ -72,6 +77,11 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
       teacher_steps=teacher_steps, metric=metric,
       inception_path=inception_path, seed=seed, batch_size=batch_size,
       cache_dir=cache_dir, workdir=workdir)
+  if only_if_changed and (current := _current_results(workdir, loaded,
+                                                       settings)):
+    logging.info('%s is up to date (same settings, same models): not '
+                 'evaluated again', epath.Path(workdir) / 'eval')
+    return current
   bits_per_dim = settings.metric == 'bpd'  # the teacher's likelihood only
   specs = plan_rows(loaded.student_steps(), settings)
   if not specs and not bits_per_dim:
@@ -127,6 +137,31 @@ def _open_workdir(workdir):
   return workdirs.open_workdir(workdir)
 
 
+def _inputs(loaded, settings) -> dict:
+  """What the numbers of results.json depend on: the settings that change
+  samples or scores (not the batch size: an image depends on its seed and
+  index only) and every evaluated model's final checkpoint (its checksum)."""
+  from diffusion_distillation.pipeline import finished_stages  # pylint: disable=g-import-not-at-top
+  return dict(
+      settings={k: v for k, v in dataclasses.asdict(settings).items()
+                if k not in ('batch_size', 'cache_dir', 'workdir')},
+      models={stage.name: finished_stages.final_meta(
+          loaded.ctx.workdir, stage).get('checksum')
+              for stage in loaded.stages})
+
+
+def _current_results(workdir, loaded, settings) -> Optional[dict]:
+  """The complete results.json made from these inputs, if there is one."""
+  path = epath.Path(workdir) / 'eval' / report.RESULTS_JSON
+  try:
+    results = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  inputs = json.loads(json.dumps(_inputs(loaded, settings)))  # as saved
+  return (results if results.get('complete') and
+          results.get('inputs') == inputs else None)
+
+
 def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds')
@@ -143,7 +178,8 @@ def _results_header(workdir, loaded, settings, scorer) -> dict:
       student_steps=loaded.student_steps(),
       missing_students=loaded.missing_steps(), date=_now(),
       devices=f'{jax.device_count()} x {jax.devices()[0].device_kind}',
-      metric_info=scorer.info, complete=False, seconds=None, rows=[])
+      metric_info=scorer.info, inputs=_inputs(loaded, settings),
+      complete=False, seconds=None, rows=[])
 
 
 def _row_progress(i: int, count: int, t_rows: float) -> str:

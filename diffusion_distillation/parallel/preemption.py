@@ -3,10 +3,13 @@
 Within `handling()` (training), SIGTERM and the first Ctrl-C (SIGINT) only
 set a flag; the training loop asks `Poll` after every compiled call (agreed
 across processes every few seconds), saves a checkpoint and raises
-`Preempted` with the line the command ends with (`stop_message`). A second Ctrl-C ends the process at once, without that
-checkpoint (`os._exit`: a KeyboardInterrupt can land in a garbage-collector
-callback, where Python prints and drops it, and the run would go on); the
-checkpoints written before stay, and a rerun resumes from the last one.
+`Preempted` with the line the command ends with (`stop_message`). A thread
+sees each signal as it comes, also inside a long compiled call (where Python
+runs no handler until the call returns): it says at once what will happen,
+and a second Ctrl-C ends the process at once, without that checkpoint
+(`os._exit`: a KeyboardInterrupt can land in a garbage-collector callback,
+where Python prints and drops it, and the run would go on); the checkpoints
+written before stay, and a rerun resumes from the last one.
 A process started with SIGINT ignored (a background job of a script) keeps
 ignoring it. Outside `handling()` the previous handlers apply.
 """
@@ -34,11 +37,69 @@ def _on_signal(signum, frame):
     _SIGNAL = signal.Signals(signum)
   if signum == signal.SIGINT:
     signal.signal(signal.SIGINT, _on_second_sigint)
-    logging.warning('Ctrl-C: saving a checkpoint after this update; press '
-                    'Ctrl-C again to stop at once without it.')
+  if not _WATCHED:  # else `_SignalWatcher` said it when the signal came
+    _say_stopping(signum)
+
+
+def _say_stopping(signum: int):
+  if signum == signal.SIGINT:
+    logging.warning('Ctrl-C: saving a checkpoint when the current compiled '
+                    'call of updates ends; press Ctrl-C again to stop at '
+                    'once without it.')
   else:
-    logging.warning('%s received: saving a checkpoint after this update.',
+    logging.warning('%s received: saving a checkpoint when the current '
+                    'compiled call of updates ends.',
                     signal.Signals(signum).name)
+
+
+_WATCHED = False  # a _SignalWatcher sees the signals as they come
+
+
+class _SignalWatcher(threading.Thread):
+  """Sees each stop signal as it arrives (`signal.set_wakeup_fd`), also
+  while the main thread is inside a compiled call, where Python runs no
+  handler until the call returns (seconds, or minutes with many substeps
+  or while compiling): says at once what will happen, and a second Ctrl-C
+  ends the process from here."""
+
+  def __init__(self, read_fd: int):
+    super().__init__(name='dd-signals', daemon=True)
+    self._fd, self._sigints, self._said = read_fd, 0, False
+
+  def run(self):
+    try:
+      while data := os.read(self._fd, 64):  # b'': the block has ended
+        self._seen(data)
+    finally:
+      os.close(self._fd)
+
+  def _seen(self, data: bytes):
+    for signum in data:
+      if signum not in _STOP_SIGNALS:
+        continue
+      self._sigints += signum == signal.SIGINT
+      if self._sigints >= 2:
+        _on_second_sigint(signum, None)
+      if not self._said:
+        self._said = True
+        _say_stopping(signum)
+
+
+@contextlib.contextmanager
+def _watching():
+  """A _SignalWatcher while the block runs (main thread only)."""
+  global _WATCHED
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  _SignalWatcher(read_fd).start()
+  _WATCHED = True
+  try:
+    yield
+  finally:
+    _WATCHED = False
+    signal.set_wakeup_fd(previous)
+    os.close(write_fd)  # the watcher reads the end and stops
 
 
 def _on_second_sigint(signum, frame):
@@ -82,7 +143,8 @@ def handling():
   previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
   install_handler()
   try:
-    yield
+    with _watching():
+      yield
   finally:
     for signum, handler in previous.items():
       if handler is not None:  # None: set outside Python; cannot restore
