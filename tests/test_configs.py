@@ -28,6 +28,7 @@ PAPER_CONFIGS = ('cifar10', 'imagenet64', 'lsun_church128', 'lsun_bedroom128')
 # The configs of the user's own data, and the field each needs set.
 USER_DATA = {'image_folder': '--config.dataset.path=/data/images',
              'tfds': '--config.dataset.tfds_name=oxford_flowers102'}
+NEEDS = {**USER_DATA, 'image_folder_cpu': '--config.dataset.path=/data/images'}
 
 # ml_collections loads config files with the deprecated `load_module()`.
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
@@ -51,7 +52,7 @@ def test_every_paper_dataset_has_a_base_and_a_distill_config():
 
 @pytest.mark.parametrize('name', CONFIG_NAMES)
 def test_config_loads_and_validates(name):
-  config = load_config(name, *[USER_DATA[name]] if name in USER_DATA else [])
+  config = load_config(name, *[NEEDS[name]] if name in NEEDS else [])
   validate(config)
   # The docstring opens with what the file is and gives its run command.
   with open(config_path(name)) as f:
@@ -61,7 +62,7 @@ def test_config_loads_and_validates(name):
 
 @pytest.mark.parametrize('name', [n for n in CONFIG_NAMES
                                   if not n.startswith('digits')
-                                  and n not in USER_DATA])
+                                  and n not in NEEDS])
 def test_paper_configs_validate_on_their_hardware_and_need_no_extra_step(name):
   config = load_config(name)
   # The paper used 8 TPUv4 chips for CIFAR-10 and 64 for the other data sets.

@@ -303,3 +303,11 @@ def test_a_split_smaller_than_the_batch_is_said_once(tmp_path, caplog):
   assert said == [f'the training split has {data.num_train} images, fewer '
                   'than the batch of 16: every batch repeats them (more '
                   'images, or a smaller --config.train.batch_size)']
+
+
+def test_a_folder_of_images_only_says_nothing_was_left_out(tmp_path, caplog):
+  for i in range(3):
+    save(tmp_path / 'images' / f'{i}.png', random_rgb(i))
+  caplog.set_level(logging.INFO)
+  dataset(tmp_path / 'images').prepare()
+  assert not [r for r in caplog.records if 'left out' in r.getMessage()]

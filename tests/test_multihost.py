@@ -26,7 +26,9 @@ run even with a warm cache; the pipeline test takes several minutes.
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -309,3 +311,25 @@ def test_single_process_helpers():
   distributed.barrier('alone')
   assert distributed.agree(True) is True
   assert distributed.agree(0) is False
+
+
+def test_a_new_run_ends_the_service_an_earlier_one_left_lingering():
+  """A killed process 0 leaves its coordination service up for
+  --process_timeout + 15 s (the others' watchdogs need it to say so); a new
+  run on the same port ends it instead of refusing the port."""
+  from diffusion_distillation.parallel import distributed  # pylint: disable=g-import-not-at-top
+  port = free_port()
+  spec = json.dumps({'address': f'[::]:{port}', 'grace': 300,
+                     'service_args': {'num_nodes': 2}})
+  service = subprocess.Popen(
+      [PYTHON, '-m', 'diffusion_distillation.parallel.coordinator', spec],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert service.stdout.readline().strip() == 'ready'
+    service.stdin.close()  # its process 0 ended without a word
+    time.sleep(1)
+    assert service.poll() is None  # lingering, holding the port
+    distributed._check_port_free(port)  # pylint: disable=protected-access
+    assert service.wait(timeout=10) == -signal.SIGKILL
+  finally:
+    service.kill()

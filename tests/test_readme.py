@@ -101,7 +101,7 @@ def test_first_command_as_printed_in_a_fresh_clone(tmp_path):
   assert os.path.exists(os.path.join(clone, 'samples', 'digits.png'))
 
   # A relative teacher path in a config field, from another directory.
-  elsewhere = os.path.join(clone, 'out')
+  elsewhere = os.path.join(clone, 'samples')
   run([python, '-m', 'diffusion_distillation.main',
        f'--config={os.path.join(clone, "configs", "digits.py")}',
        '--workdir=student', '--config.train.num_train_steps=0',

@@ -7,6 +7,8 @@ DD_MOCK_TFDS for the command line); the folders are generated PNGs.
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -204,3 +206,36 @@ def test_bad_folders_stop_the_command_in_one_line(tmp_path, case, expected):
   assert last.startswith('error: ') and expected in last, last
   assert 'Traceback' not in done.stderr
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def readme_cpu_commands() -> list[list[str]]:
+  """The README's commands for your own images on a CPU (main, evaluate)."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  block = re.search(r'```sh\n(\.venv/bin/python -m diffusion_distillation\.'
+                    r'main --config=configs/image_folder_cpu\.py.*?)```',
+                    readme, re.S).group(1)
+  return [shlex.split(line) for line in
+          block.replace('\\\n', ' ').strip().splitlines()]
+
+
+def test_the_readme_cpu_commands_for_your_own_images(tmp_path):
+  """As printed (relative paths, from a directory that has configs/), with
+  the folder's path put in and the run shortened to what CI affords."""
+  folder = _folder(tmp_path / 'my_images', sizes=((40, 30),) * 24)
+  os.symlink(os.path.join(REPO, 'configs'), tmp_path / 'configs')
+  main, evaluate_cmd = readme_cpu_commands()
+  assert main[:3] == evaluate_cmd[:1] + ['-m', 'diffusion_distillation.main']
+  main = [PYTHON, *(a.replace('/data/my_images', str(folder))
+                    for a in main[1:])]
+  shorter = ['--config.train.num_train_steps=20',
+             '--config.train.log_loss_every_steps=10',
+             '--config.distillation.start_num_steps=8',
+             '--config.distillation.steps_per_iter=4']
+  for command in (main + shorter, [PYTHON, *evaluate_cmd[1:]]):
+    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads((tmp_path / 'workdirs' / 'my_images_cpu' / 'eval' /
+                       'bpd.json').read_text())
+  assert result['bpd'] > 0 and result['num_examples'] >= 2

@@ -270,8 +270,8 @@ def _list_images(path: str, root: epath.Path, pool) -> Listing:
   for directory, folders, names in root.walk():  # top-down: prunes in place
     folders[:] = [f for f in folders if not f.startswith('.')]
     if local:
-      linked = [f for f in folders if os.path.islink(directory / f)]
-      left_out['linked folders'] += len(linked)
+      if linked := [f for f in folders if os.path.islink(directory / f)]:
+        left_out['linked folders'] += len(linked)
     for name in names:
       ext = os.path.splitext(name)[1].lower()
       if name.startswith('.'):

@@ -29,6 +29,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from typing import Optional
 
 from absl import logging
@@ -158,7 +159,10 @@ class _Runtime:
                                       num_nodes=num_nodes, **kwargs)
 
   def get_distributed_runtime_client(self, address, node_id, **kwargs):
-    _claim_process_id(int(address.rsplit(':', 1)[1]), node_id)
+    port = int(address.rsplit(':', 1)[1])
+    _claim_process_id(port, node_id)
+    if node_id:  # on process 0's host: not the earlier run's service
+      coordinator.wait_lingering(port, self._grace)
     return self._native.get_distributed_runtime_client(address, node_id,
                                                        **kwargs)
 
@@ -202,7 +206,20 @@ def _claim_process_id(port: int, process_id: int):
 
 def _check_port_free(port: int):
   """Raises UserError if this host's `port` is taken (before the service
-  binds it: gRPC's failure to bind ends the process without a word)."""
+  binds it: gRPC's failure to bind ends the process without a word). The
+  service an earlier run left lingering there is ended first."""
+  if not _port_free(port) and coordinator.end_lingering(port):
+    deadline = time.monotonic() + 10
+    while not _port_free(port) and time.monotonic() < deadline:
+      time.sleep(0.1)
+  if not _port_free(port):
+    raise UserError(
+        f'the coordinator port {port} is already in use on this host: '
+        'another program holds it; pick a free port for '
+        '--coordinator_address')
+
+
+def _port_free(port: int) -> bool:
   for family, host in ((socket.AF_INET6, '::'), (socket.AF_INET, '')):
     try:
       probe = socket.socket(family, socket.SOCK_STREAM)
@@ -213,13 +230,9 @@ def _check_port_free(port: int):
       try:
         probe.bind((host, port))
       except OSError as e:
-        if e.errno != errno.EADDRINUSE:
-          continue
-        raise UserError(
-            f'the coordinator port {port} is already in use on this host: '
-            'another program holds it (a run whose process 0 was killed '
-            'keeps it for --process_timeout + 15 s); pick a free port for '
-            '--coordinator_address') from None
+        if e.errno == errno.EADDRINUSE:
+          return False
+  return True
 
 
 def add_xla_flag(flag: str):
