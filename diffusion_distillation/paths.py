@@ -7,7 +7,9 @@ directory, when it comes in.
 
 import importlib.util
 import os
+import threading
 
+from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import UserError
 
 CACHE_ENV = 'DD_CACHE_DIR'
@@ -28,12 +30,60 @@ def is_local(path) -> bool:
   return '://' not in str(path)
 
 
+def install_command(extra: str) -> str:
+  """The command that adds `extra` to this installation: from the checkout
+  the package is installed from (editable), else from the package index."""
+  checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if os.path.exists(os.path.join(checkout, 'setup.cfg')):
+    where = os.path.relpath(checkout)
+    where = '.' if where == '.' else (checkout if where.startswith('..')
+                                      else where)
+    return f"pip install -e '{where}[{extra}]'"
+  return f"pip install 'diffusion_distillation[{extra}]'"
+
+
 def check_url_support(path):
   """Refuses a gs:// path when nothing that reads gs:// is installed (epath
   would raise ImportError at the first access), naming the extra."""
   if str(path).startswith('gs://') and not any(map(_installed, GCS_BACKENDS)):
-    raise UserError(f"{path}: gs:// paths need the gcs extra: pip install "
-                    "'diffusion_distillation[gcs]'")
+    raise UserError(f'{path}: gs:// paths need the gcs extra: '
+                    f"{install_command('gcs')}")
+
+
+REACH_TIMEOUT_S = 30.
+# Where a URL scheme's store answers, for the line when it does not.
+_HOSTS = {'gs': 'storage.googleapis.com'}
+
+
+def check_reachable(path, label=None):
+  """For a URL (gs://...): one call to its store, bounded in time, so
+  that an unreachable store is one line in seconds instead of minutes of a
+  client's retries (and their logged tracebacks). Local paths: nothing."""
+  if is_local(path):
+    return
+  check_url_support(path)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  label, outcome = label or str(path), {}
+
+  def probe():
+    try:
+      outcome['exists'] = epath.Path(path).exists()
+    except Exception as e:  # pylint: disable=broad-except
+      outcome['error'] = e
+
+  thread = threading.Thread(target=probe, name='dd-reach', daemon=True)
+  thread.start()
+  thread.join(timeout := REACH_TIMEOUT_S)
+  scheme = str(path).split('://', 1)[0]
+  host = _HOSTS.get(scheme, f'the {scheme}:// store')
+  if thread.is_alive():
+    raise UserError(f'{label}: no answer from {host} within {timeout:g} s '
+                    '(no network, a proxy or a firewall?); check the '
+                    'connection, or use a local path')
+  if 'error' in outcome:
+    error = outcome['error']
+    raise UserError(f'{label}: cannot reach {host} ({type(error).__name__}: '
+                    f'{first_line(error)})')
 
 
 def absolute_path(path):

@@ -10,14 +10,17 @@ Every wrong combination raises `dd.ModelError` saying what is available.
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
+import time
 
 import jax
 import numpy as np
 import pytest
 
 import diffusion_distillation as dd
+from diffusion_distillation.errors import UserError
 from diffusion_distillation import config as config_lib
 from diffusion_distillation.api import configs
 from diffusion_distillation.models import diffusion_model as model_lib
@@ -307,9 +310,59 @@ def test_a_gs_path_without_the_gcs_extra(monkeypatch):
   """Was: ImportError('Please install gcsfs ...') from etils."""
   from diffusion_distillation import paths  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(paths, '_installed', lambda module: False)
+  monkeypatch.chdir(REPO)  # the checkout this package is installed from
   with pytest.raises(dd.ModelError, match=r"^gs://b/m: gs:// paths need the "
-                     r"gcs extra: pip install 'diffusion_distillation\[gcs\]'$"):
+                     r"gcs extra: pip install -e '\.\[gcs\]'$"):
     dd.load('gs://b/m', config='cifar10')
+
+
+class _Unreachable:
+  """epath.Path for a store that never answers, or fails to connect."""
+  def __init__(self, path):
+    self.path = str(path)
+
+  def __str__(self):
+    return self.path
+
+  def exists(self):
+    if self.path.endswith('/hangs'):
+      time.sleep(60)
+    raise ConnectionError('Cannot connect to host storage.googleapis.com:443')
+
+
+@pytest.mark.parametrize('name, words', [
+    ('hangs', 'no answer from storage.googleapis.com within 0.5 s'),
+    ('fails', 'cannot reach storage.googleapis.com (ConnectionError: Cannot '
+     'connect to host storage.googleapis.com:443)'),
+])
+def test_an_unreachable_store_is_one_line_in_bounded_time(monkeypatch, name,
+                                                         words):
+  """Was: 51 s of retries and a traceback per retry, then a raw
+  ClientConnectorDNSError."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation import paths  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.pipeline import workdir_lock  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(paths, '_installed', lambda module: True)
+  monkeypatch.setattr(epath, 'Path', _Unreachable)
+  monkeypatch.setattr(paths, 'REACH_TIMEOUT_S', 0.5)
+  started = time.time()
+  with pytest.raises(dd.ModelError, match=f'^gs://b/{name}: {re.escape(words)}'):
+    dd.load(f'gs://b/{name}', config='cifar10')
+  with pytest.raises(UserError, match=f'^--workdir=gs://b/{name}: '):
+    workdir_lock.check_directory(f'gs://b/{name}', f'--workdir=gs://b/{name}')
+  assert time.time() - started < 5
+
+
+def test_the_extra_to_install_is_said_as_this_installation_takes_it(
+    monkeypatch, tmp_path):
+  from diffusion_distillation import paths  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)  # elsewhere: the checkout's absolute path
+  assert paths.install_command('tfds') == f"pip install -e '{REPO}[tfds]'"
+  wheel = tmp_path / 'site-packages' / 'diffusion_distillation'
+  wheel.mkdir(parents=True)  # no setup.cfg above an installed wheel
+  monkeypatch.setattr(paths, '__file__', str(wheel / 'paths.py'))
+  assert paths.install_command('tfds') == (
+      "pip install 'diffusion_distillation[tfds]'")
 
 
 def test_an_unrecorded_step_count_must_be_given(student, tmp_path):

@@ -170,6 +170,7 @@ def test_digits_does_not_import_tensorflow():
 
 def test_tfds_dataset_without_tensorflow_names_the_extra(monkeypatch):
   """Without the tfds extra, asking for its data sets fails in one line."""
+  monkeypatch.chdir(REPO_ROOT)  # the checkout this package is installed from
   import importlib.util  # pylint: disable=g-import-not-at-top
   find_spec = importlib.util.find_spec
   monkeypatch.setattr(

@@ -33,6 +33,9 @@ names = dd.config_names()
 assert {'digits', 'digits_guided', 'imagenet64', 'cifar10_distill'} <= set(
     names), names
 assert configs.resolve_config('imagenet64').dataset.name == 'imagenet64'
+from diffusion_distillation import paths  # a missing extra, as a wheel takes it
+assert paths.install_command('tfds') == (
+    "pip install 'diffusion_distillation[tfds]'"), paths.install_command('tfds')
 model = dd.load('student_1.msgpack', config='digits', num_steps=1)
 images = model.sample(4, seed=0)
 print('names', len(names), 'images', images.shape, images.dtype)

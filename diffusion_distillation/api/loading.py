@@ -99,6 +99,10 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
                      'written by export, or an official checkpoint')
   path = paths.absolute_path(path)
   p = epath.Path(path)
+  try:
+    paths.check_reachable(path)
+  except UserError as e:
+    raise ModelError(str(e)) from None
   with _reading(path):
     exists = p.exists()
   if not exists:

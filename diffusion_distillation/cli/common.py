@@ -95,10 +95,14 @@ def quiet_library_logs():
   """Our progress stays visible; orbax's and JAX's INFO chatter does not.
 
   JAX logs `Unable to initialize backend 'tpu'` at INFO on every machine
-  without a TPU, and orbax logs a dozen lines per checkpoint.
+  without a TPU, orbax logs a dozen lines per checkpoint, and a cloud
+  store's client a traceback per retry.
   """
   for handler in std_logging.getLogger().handlers:
     handler.addFilter(_DropInfo())
+  # A cloud store's client logs a traceback per retry; ours is one line.
+  for name in ('gcsfs', 'fsspec', 'aiohttp', 'google.auth'):
+    std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
 
 
 def DEFINE_config(required: bool = True):  # pylint: disable=invalid-name

@@ -11,6 +11,7 @@ import functools
 import importlib.util
 from typing import Any
 
+from diffusion_distillation import paths
 from diffusion_distillation.errors import UserError
 
 
@@ -29,8 +30,8 @@ def check_installed(dataset: str):
     raise MissingExtraError(
         f"data set '{dataset}' is read with TensorFlow Datasets, but "
         f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} not "
-        "installed; install the tfds extra: "
-        "pip install -e '.[tfds]' (launch/run.sh: DD_EXTRAS=tfds)")
+        f"installed; install the tfds extra: {paths.install_command('tfds')}"
+        ' (launch/run.sh: DD_EXTRAS=tfds)')
 
 
 @functools.cache

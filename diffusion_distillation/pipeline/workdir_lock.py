@@ -48,6 +48,7 @@ import jax
 
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.parallel import distributed
+from diffusion_distillation import paths
 from diffusion_distillation.paths import is_local  # flock; else a lease
 
 LOCK_FILE = '.lock'
@@ -75,13 +76,15 @@ def _reason(error: OSError) -> str:
 
 
 def check_directory(path, label=None):
-  """Raises WorkdirAccessError if `path`, or locally a parent, is a file.
+  """Raises WorkdirAccessError if `path`, or locally a parent, is a file
+  (UserError if a URL's store does not answer: `paths.check_reachable`).
 
   A path that does not exist yet passes. `label` names `path` in the
   message (e.g. '--workdir=PATH').
   """
   path = epath.Path(path)
   label = label or str(path)
+  paths.check_reachable(path, label)
   if path.exists():
     if not path.is_dir():
       raise WorkdirAccessError(f'{label} is a file, not a directory')
