@@ -68,6 +68,15 @@ def _reading(path):
                      f'{first_line(e)})') from None
 
 
+def _reachable(path):
+  """`path`, once its store answers (`paths.check_reachable`, bounded)."""
+  try:
+    paths.check_reachable(path)
+  except UserError as e:
+    raise ModelError(str(e)) from None
+  return path
+
+
 def _check_args(model, num_steps):
   if model is not None and model not in KINDS:
     raise ModelError(f'model={model!r}: must be one of {KINDS}')
@@ -97,12 +106,8 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
   if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
     raise ModelError(f'path={path!r}: pass a training workdir, a file '
                      'written by export, or an official checkpoint')
-  path = paths.absolute_path(path)
+  path = _reachable(paths.absolute_path(path))
   p = epath.Path(path)
-  try:
-    paths.check_reachable(path)
-  except UserError as e:
-    raise ModelError(str(e)) from None
   with _reading(path):
     exists = p.exists()
   if not exists:
@@ -214,7 +219,7 @@ def _file_steps(file, kind, num_steps, recorded, config,
 def from_checkpoint(path, num_steps=None, model=None, config=None) -> Model:
   """An exported file (no config) or a released checkpoint (with config)."""
   _check_args(model, num_steps)
-  path = paths.absolute_path(path)
+  path = _reachable(paths.absolute_path(path))
   with _reading(path):
     file, state = official_checkpoints.read_official_state(path)
   description = state.get(exporting.DESCRIPTION_KEY)
