@@ -346,8 +346,11 @@ def test_an_unreachable_store_is_one_line_in_bounded_time(monkeypatch, name,
   monkeypatch.setattr(epath, 'Path', _Unreachable)
   monkeypatch.setattr(paths, 'REACH_TIMEOUT_S', 0.5)
   started = time.time()
-  with pytest.raises(dd.ModelError, match=f'^gs://b/{name}: {re.escape(words)}'):
-    dd.load(f'gs://b/{name}', config='cifar10')
+  from diffusion_distillation.api import loading  # pylint: disable=g-import-not-at-top
+  for load in (dd.load, loading.from_checkpoint):  # sample --checkpoint
+    with pytest.raises(dd.ModelError,
+                       match=f'^gs://b/{name}: {re.escape(words)}'):
+      load(f'gs://b/{name}', config='cifar10')
   with pytest.raises(UserError, match=f'^--workdir=gs://b/{name}: '):
     workdir_lock.check_directory(f'gs://b/{name}', f'--workdir=gs://b/{name}')
   assert time.time() - started < 5
