@@ -1,18 +1,21 @@
 """notebooks/quickstart.ipynb runs end to end, so it cannot rot.
 
-Executed with nbclient on a copy of the suite's finished tiny workdir, after
-a small evaluation wrote its `eval/results.json`; the workdir reaches the
-notebook through `DD_WORKDIR`, as a user would point it at their own run. The
-kernel is this interpreter (a kernelspec written for the test), whatever
-kernels the machine has.
+Executed by the README's headless command (nbclient's `jupyter execute
+--inplace`) on a copy of the notebook and of the suite's finished tiny
+workdir, after a small evaluation wrote its `eval/results.json`; the workdir
+reaches the notebook through `DD_WORKDIR`, as a user would point it at their
+own run. The kernel is this interpreter (a kernelspec written for the test),
+whatever kernels the machine has.
 """
 
 import json
 import os
+import re
+import shlex
 import shutil
+import subprocess
 import sys
 
-import nbclient
 import nbformat
 import pytest
 
@@ -52,15 +55,33 @@ def _outputs(notebook):
           for o in cell.outputs]
 
 
-def test_the_quickstart_notebook_runs(evaluated_workdir, this_python_kernel,
-                                      monkeypatch):
-  monkeypatch.setenv('DD_WORKDIR', str(evaluated_workdir))
+def readme_headless_command() -> list[str]:
+  """The README's command that runs the notebook without a browser."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  return shlex.split(re.search(r'`(\.venv/bin/jupyter execute [^`]*)`',
+                               readme).group(1))
+
+
+def test_the_quickstart_notebook_runs_headless_as_the_readme_says(
+    evaluated_workdir, this_python_kernel, tmp_path):
+  """The README's command on a copy of the notebook (this interpreter's
+  kernel): the outputs and figures stay in the file (`--inplace`)."""
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   assert not _outputs(notebook), 'commit the notebook without outputs'
-  nbclient.NotebookClient(notebook, timeout=600,
-                          kernel_name=this_python_kernel).execute(
-                              cwd=os.path.dirname(NOTEBOOK))
-  outputs = _outputs(notebook)
+  copy = tmp_path / 'notebooks' / 'quickstart.ipynb'
+  copy.parent.mkdir()
+  shutil.copy(NOTEBOOK, copy)
+  jupyter, *args = readme_headless_command()
+  assert jupyter == '.venv/bin/jupyter' and args[-1] == (
+      'notebooks/quickstart.ipynb')
+  done = subprocess.run(
+      [os.path.join(os.path.dirname(sys.executable), 'jupyter'), *args,
+       f'--kernel_name={this_python_kernel}'], cwd=tmp_path,
+      env=dict(os.environ, DD_WORKDIR=str(evaluated_workdir)),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  outputs = _outputs(nbformat.read(copy, as_version=4))
   text = ''.join(o.get('text', '') for o in outputs)
   assert 'showing [1, 2, 4]' in text  # the students the workdir has
   assert "('distilled', 4): (16, 8, 8, 1)" in text
