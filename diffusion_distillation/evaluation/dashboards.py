@@ -25,7 +25,6 @@ import time
 from etils import epath
 
 from diffusion_distillation.evaluation import report
-from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import summaries
 
 

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_distillation.config import choices
-from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.errors import ModelError
 from diffusion_distillation.models import images
 from diffusion_distillation.parallel import sharding
