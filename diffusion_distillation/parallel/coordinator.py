@@ -42,15 +42,19 @@ class ServiceProcess:
   def __init__(self, address: str, grace: float, **service_args):
     spec = json.dumps({'address': address, 'grace': grace,
                        'service_args': service_args})
+    # Its log goes to a file: a pipe nobody reads would, once full, block
+    # the service in the middle of a long run.
+    self._log = tempfile.TemporaryFile('w+')
     self._child = subprocess.Popen(
         [sys.executable, '-m', __name__, spec], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=self._log, text=True,
         start_new_session=True)  # no Ctrl-C from the terminal
     ready = self._child.stdout.readline().strip()
     if ready != _READY:
       self._child.kill()
-      _, errors = self._child.communicate(timeout=_START_TIMEOUT_S)
-      last = (errors.strip().splitlines() or ['it exited'])[-1]
+      self._child.wait(timeout=_START_TIMEOUT_S)
+      self._log.seek(0)
+      last = (self._log.read().strip().splitlines() or ['it exited'])[-1]
       raise UserError(f'the coordination service of this run could not start '
                       f'on {address}: {last}')
 
@@ -61,6 +65,7 @@ class ServiceProcess:
       self._child.wait(timeout=_START_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
       self._child.kill()
+    self._log.close()
 
 
 def _lingering_file(port: int) -> str:
