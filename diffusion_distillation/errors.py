@@ -2,7 +2,7 @@
 
 import errno
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 
 class UserError(ValueError):
@@ -51,21 +51,27 @@ _DISK_ERRORS = {
 _DISK_TEXTS = {os.strerror(code): code for code in _DISK_ERRORS}
 
 
+def causes(error: Optional[BaseException]) -> Iterator[BaseException]:
+  """`error`, then the exceptions it was raised from or during, in turn."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
 def disk_error(error: BaseException) -> Optional[tuple[str, str]]:
   """(what, fix) when `error` or one it was raised from is a write the disk
   refused (full, quota, read-only, permissions), e.g. ('no space left on
   device', 'free space'); else None. TensorStore (orbax's arrays) reports
   the errno only in its message text."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    code = getattr(error, 'errno', None)
+  for cause in causes(error):
+    code = getattr(cause, 'errno', None)
     if code in _DISK_ERRORS:
       return _DISK_ERRORS[code]
     for text, text_code in _DISK_TEXTS.items():
-      if text in str(error):
+      if text in str(cause):
         return _DISK_ERRORS[text_code]
-    error = error.__cause__ or error.__context__
   return None
 
 
@@ -74,12 +80,6 @@ def out_of_memory(error: BaseException) -> bool:
   failed and that Python saw: numpy's MemoryError, or XLA's RESOURCE_EXHAUSTED
   while compiling or running a program. (The kernel's out-of-memory killer,
   or an allocation failing inside native code, ends the process first.)"""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    text = str(error)
-    if isinstance(error, MemoryError) or (
-        'RESOURCE_EXHAUSTED' in text and 'memory' in text.lower()):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+  return any(isinstance(cause, MemoryError) or (
+      'RESOURCE_EXHAUSTED' in str(cause) and 'memory' in str(cause).lower())
+             for cause in causes(error))

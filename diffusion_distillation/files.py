@@ -22,10 +22,22 @@ TEMP_PREFIX = '.partial-'
 
 
 @contextlib.contextmanager
+def named_errors(path):
+  """An OSError of the block without a file name (a write to a full disk)
+  gets `path`'s, for the command's one line."""
+  try:
+    yield
+  except OSError as e:
+    if not e.filename:
+      e.filename = os.fspath(path)
+    raise
+
+
+@contextlib.contextmanager
 def replacing(path):
   """Yields a temporary path beside `path`; renames it onto `path` if the
   block succeeds, deletes it if the block fails (any exception, Ctrl-C too).
-  An OSError without a file name (a write to a full disk) gets `path`'s.
+  An OSError names `path` (`named_errors`).
   """
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,14 +46,13 @@ def replacing(path):
     return
   tmp = path.parent / f'{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}'
   try:
-    yield tmp
-    os.chmod(tmp, 0o644)
-    tmp.replace(path)
-  except BaseException as e:
+    with named_errors(path):
+      yield tmp
+      os.chmod(tmp, 0o644)
+      tmp.replace(path)
+  except BaseException:
     if tmp.exists():
       tmp.unlink()
-    if isinstance(e, OSError) and not e.filename:
-      e.filename = os.fspath(path)
     raise
 
 

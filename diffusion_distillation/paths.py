@@ -36,8 +36,8 @@ def install_command(extra: str) -> str:
   checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if os.path.exists(os.path.join(checkout, 'setup.cfg')):
     where = os.path.relpath(checkout)
-    where = '.' if where == '.' else (checkout if where.startswith('..')
-                                      else where)
+    if where.startswith('..'):  # not below the current directory
+      where = checkout
     return f"pip install -e '{where}[{extra}]'"
   return f"pip install 'diffusion_distillation[{extra}]'"
 
@@ -63,25 +63,25 @@ def check_reachable(path, label=None):
     return
   check_url_support(path)
   from etils import epath  # pylint: disable=g-import-not-at-top
-  label, outcome = label or str(path), {}
+  label, failed, timeout = label or str(path), [], REACH_TIMEOUT_S
 
   def probe():
     try:
-      outcome['exists'] = epath.Path(path).exists()
+      epath.Path(path).exists()
     except Exception as e:  # pylint: disable=broad-except
-      outcome['error'] = e
+      failed.append(e)
 
   thread = threading.Thread(target=probe, name='dd-reach', daemon=True)
   thread.start()
-  thread.join(timeout := REACH_TIMEOUT_S)
+  thread.join(timeout)
   scheme = str(path).split('://', 1)[0]
   host = _HOSTS.get(scheme, f'the {scheme}:// store')
   if thread.is_alive():
     raise UserError(f'{label}: no answer from {host} within {timeout:g} s '
                     '(no network, a proxy or a firewall?); check the '
                     'connection, or use a local path')
-  if 'error' in outcome:
-    error = outcome['error']
+  if failed:
+    error, = failed
     raise UserError(f'{label}: cannot reach {host} ({type(error).__name__}: '
                     f'{first_line(error)})')
 

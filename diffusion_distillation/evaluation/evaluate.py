@@ -77,8 +77,8 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
       teacher_steps=teacher_steps, metric=metric,
       inception_path=inception_path, seed=seed, batch_size=batch_size,
       cache_dir=cache_dir, workdir=workdir)
-  if only_if_changed and (current := _current_results(workdir, loaded,
-                                                       settings)):
+  inputs = _inputs(loaded, settings)
+  if only_if_changed and (current := _current_results(workdir, inputs)):
     logging.info('%s is up to date (same settings, same models): not '
                  'evaluated again', epath.Path(workdir) / 'eval')
     return current
@@ -94,14 +94,15 @@ def run_evaluation(workdir, *, num_samples: Optional[int] = None,
   with workdir_lock.hold(epath.Path(workdir) / 'eval'):  # one at a time
     if bits_per_dim:
       return bpd.run_bpd(workdir, loaded, settings)
-    return _score_rows(workdir, loaded, settings, specs, scorer, t_start,
-                       print_table)
+    results = _results_header(workdir, loaded, settings, scorer, inputs)
+    return _score_rows(workdir, loaded, settings, specs, scorer, results,
+                       t_start, print_table)
 
 
-def _score_rows(workdir, loaded, settings, specs, scorer, t_start: float,
-                print_table: bool) -> dict:
-  """Samples and scores the rows `specs`; writes and returns the results."""
-  results = _results_header(workdir, loaded, settings, scorer)
+def _score_rows(workdir, loaded, settings, specs, scorer, results,
+                t_start: float, print_table: bool) -> dict:
+  """Samples and scores the rows `specs` into `results` (its header);
+  writes and returns them."""
   _evaluate_rows(workdir, loaded, settings, specs, scorer, results, t_start)
   if jax.process_index() == 0:
     logging.info('wrote %s', epath.Path(workdir) / 'eval')
@@ -150,16 +151,16 @@ def _inputs(loaded, settings) -> dict:
               for stage in loaded.stages})
 
 
-def _current_results(workdir, loaded, settings) -> Optional[dict]:
-  """The complete results.json made from these inputs, if there is one."""
+def _current_results(workdir, inputs: dict) -> Optional[dict]:
+  """The complete results.json made from `inputs`, if there is one."""
   path = epath.Path(workdir) / 'eval' / report.RESULTS_JSON
   try:
     results = json.loads(path.read_text())
   except (OSError, ValueError):
     return None
-  inputs = json.loads(json.dumps(_inputs(loaded, settings)))  # as saved
+  saved = json.loads(json.dumps(inputs))  # tuples as JSON has them
   return (results if results.get('complete') and
-          results.get('inputs') == inputs else None)
+          results.get('inputs') == saved else None)
 
 
 def _now() -> str:
@@ -167,7 +168,7 @@ def _now() -> str:
       timespec='seconds')
 
 
-def _results_header(workdir, loaded, settings, scorer) -> dict:
+def _results_header(workdir, loaded, settings, scorer, inputs) -> dict:
   """results.json before its first row."""
   return dict(
       workdir=str(workdir), dataset=loaded.config.dataset.name,
@@ -178,7 +179,7 @@ def _results_header(workdir, loaded, settings, scorer) -> dict:
       student_steps=loaded.student_steps(),
       missing_students=loaded.missing_steps(), date=_now(),
       devices=f'{jax.device_count()} x {jax.devices()[0].device_kind}',
-      metric_info=scorer.info, inputs=_inputs(loaded, settings),
+      metric_info=scorer.info, inputs=inputs,
       complete=False, seconds=None, rows=[])
 
 

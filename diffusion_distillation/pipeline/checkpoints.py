@@ -62,10 +62,8 @@ def _reason(error: BaseException, writing: bool = False) -> str:
   the status code and the innermost file are what a user can act on. An
   item that is gone is named.
   """
-  cause = error  # orbax wraps TensorStore's status in its own words
-  while cause is not None and not re.match(r'[A-Z][A-Z_]+: ', str(cause)):
-    cause = cause.__cause__ or cause.__context__
-  text = str(cause if cause is not None else error)
+  text = next((str(cause) for cause in errors.causes(error)  # orbax wraps
+               if re.match(r'[A-Z][A-Z_]+: ', str(cause))), str(error))
   status = re.match(r'([A-Z][A-Z_]+): ', text)
   read = re.findall(r'file "([^"]+)"', text)
   if status and read and writing:

@@ -33,6 +33,7 @@ from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import record_writer
 
 from diffusion_distillation import config as config_lib
+from diffusion_distillation import files
 
 REMOTE_FLUSH_SECS = 120.0
 # Numbers the event files of this process: two writers on one directory in
@@ -183,29 +184,23 @@ class SummaryWriter:
     self._add(event_pb2.Event(summary=summary))
 
   def flush(self, force: bool = False):
-    """Writes the pending events. An OSError (a full disk) names the run's
-    directory, for the command's one line."""
+    """Writes the pending events (an OSError names the run's directory)."""
     if not self._pending:
       return
     if (self._remote and not force and
         time.time() - self._last_flush < REMOTE_FLUSH_SECS):
       return
-    try:
-      self._write_pending()
-    except OSError as e:
-      e.filename = e.filename or os.fspath(self._dir)
-      raise
-
-  def _write_pending(self):
-    if self._file is None:
-      self._dir.mkdir(parents=True, exist_ok=True)
-      name = (f'events.out.tfevents.{int(time.time()):010d}.'
-              f'{socket.gethostname()}.{os.getpid()}.{next(_FILE_NUMBERS)}')
-      self._file = record_writer.RecordWriter(
-          (self._dir / name).open('wb'))
-    for record in self._pending:
-      self._file.write(record)
-    self._file.flush()
+    with files.named_errors(self._dir):
+      if self._file is None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        name = (f'events.out.tfevents.{int(time.time()):010d}.'
+                f'{socket.gethostname()}.{os.getpid()}.'
+                f'{next(_FILE_NUMBERS)}')
+        self._file = record_writer.RecordWriter(
+            (self._dir / name).open('wb'))
+      for record in self._pending:
+        self._file.write(record)
+      self._file.flush()
     self._pending, self._last_flush = [], time.time()
     if self._remote:  # an object is complete only once closed
       self._file.close()
