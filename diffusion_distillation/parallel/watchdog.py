@@ -100,7 +100,16 @@ class Watchdog(threading.Thread):
               f'responding (no heartbeat for {self.timeout:g} s: killed, '
               'frozen, out of memory, or its host went down); every process '
               'stops')
-      time.sleep(self.interval)
+      if self.failing.wait(self.interval):
+        return
+
+  def stop(self):
+    """At a normal exit, before JAX shuts its client down: ends the beats
+    and waits for the one in flight. A store call that is still running
+    while JAX tears the client down aborts the process in C++ ('terminate
+    called without an active exception')."""
+    self.failing.set()
+    self.join(timeout=self.timeout)
 
   def watch_contact(self):
     """A second thread: the store's calls block while the coordinator is
@@ -193,7 +202,7 @@ def start(client, process_id: int, num_processes: int, timeout: float):
   global _watchdog
   _watchdog = Watchdog(client, process_id, num_processes, timeout)
   _watchdog.start()
-  atexit.register(_watchdog.failing.set)  # runs before JAX's shutdown
+  atexit.register(_watchdog.stop)  # runs before JAX's shutdown
   threading.Thread(target=_watchdog.watch_contact, name='dd-contact',
                    daemon=True).start()
 
