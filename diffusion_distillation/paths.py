@@ -103,6 +103,13 @@ def is_config_name(text: str) -> bool:
   return not (text.endswith('.py') or os.sep in text or '/' in text)
 
 
+def compilation_cache_dir() -> str:
+  """Where compiled programs are kept (the CLI's `--compilation_cache`, the
+  API's `load`): $JAX_COMPILATION_CACHE_DIR, else `<cache dir>/jax`."""
+  return os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
+      default_cache_dir(), 'jax')
+
+
 def default_cache_dir() -> str:
   """The metric caches' directory when none is given.
 

@@ -120,6 +120,14 @@ def test_a_teacher_samples_with_any_step_count(workdir):
   assert dd.load(workdir, model='teacher').num_steps == 8  # the config's
 
 
+@pytest.mark.parametrize('sampler', ['unipc', 'heun:karras'])
+def test_a_teacher_samples_with_a_solver_on_any_grid(workdir, sampler):
+  teacher = dd.load(workdir, model='teacher')
+  images = teacher.sample(4, seed=1, num_steps=3, sampler=sampler)
+  assert images.shape == (4, 8, 8, 1)
+  assert (images != teacher.sample(4, seed=1, num_steps=3)).any()  # DDIM
+
+
 def test_a_released_file_or_directory_with_its_config(released, student,
                                                       tmp_path):
   file, config_file = released
@@ -220,6 +228,11 @@ def _bad_requests(workdir, student, released, conditional, tmp_path):
       (lambda: student.sample(4, num_steps=4),
        ['2-step distilled student', "model='teacher'"]),
       (lambda: student.sample(4, sampler='ancestral'), ["sampler='ddim'"]),
+      (lambda: student.sample(4, sampler='unipc'),
+       ["sampler='ddim'", 'trained for the DDIM steps of its own grid']),
+      (lambda: student.sample(4, sampler='ddim:karras'), ["sampler='ddim'"]),
+      (lambda: student.sample(4, sampler='unipc:cosine'),
+       ['sampler: must be one of', '`logsnr_uniform`']),
       (lambda: student.sample(0), ['>= 1']),
       (lambda: student.sample(10**12), [f'{10**12} samples of shape',
                                         'GiB available; ask for fewer']),

@@ -65,6 +65,8 @@ def test_benchmark_json_lines(tmp_path):
   assert summary['train_img_per_s'] == programs['train']['img_per_s']
   assert summary['sample_img_per_s'] == programs['sample']['img_per_s']
   assert summary['sample_steps'] == 2
+  assert summary['sample_nfe_forward_ratio'] == pytest.approx(
+      programs['forward']['img_per_s'] / (summary['sample_img_per_s'] * 2))
   assert summary['config'] == 'digits_tiny'
   assert summary['batch_size'] == 8
   assert summary['device_count'] >= 1 and summary['backend'] == 'cpu'

@@ -50,3 +50,30 @@ def test_nocompilation_cache_keeps_nothing(finished_workdir, tmp_path):
           jax_cache_dir=tmp_path / 'jax')
   assert os.listdir(tmp_path / 'jax')
   assert not (tmp_path / 'cache' / 'jax').exists()
+
+
+def _api_sample(workdir, cache, **env_extra):
+  """`dd.load(workdir).sample(4)` in a fresh Python, with DD_CACHE_DIR=cache."""
+  env = dict(subprocess_env(), JAX_LOG_COMPILES='1', DD_CACHE_DIR=str(cache),
+             **env_extra)
+  env.pop('JAX_COMPILATION_CACHE_DIR')  # the suite's
+  done = subprocess.run(
+      [PYTHON, '-c', 'import diffusion_distillation as dd; '
+       f'dd.load({str(workdir)!r}, num_steps=2).sample(4)'],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stderr
+
+
+def test_the_api_uses_the_same_cache(finished_workdir, tmp_path):
+  """A notebook's or script's second process loads what the first one
+  compiled, from where the CLI keeps it; JAX's own switch turns it off."""
+  workdir, _ = finished_workdir
+  cache = tmp_path / 'cache'
+  assert 'Persistent compilation cache hit' not in _api_sample(workdir, cache)
+  assert os.listdir(cache / 'jax')
+  assert 'Persistent compilation cache hit' in _api_sample(workdir, cache)
+  off = tmp_path / 'off'
+  stderr = _api_sample(workdir, off, JAX_ENABLE_COMPILATION_CACHE='false')
+  assert 'Persistent compilation cache' not in stderr
+  assert not (off / 'jax').exists()

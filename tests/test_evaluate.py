@@ -147,19 +147,25 @@ def check_files(workdir, results):
   values = dict(zip(_keys(results), results['rows']))
   for table, name in zip(tables, ('digits_fd', 'digits_is')):
     lines = table.splitlines()
-    assert lines[0] == ('| steps | distilled | teacher DDIM | '
-                        'teacher ancestral |')
-    assert lines[1] == '|---:|---:|---:|---:|'
+    assert lines[0] == ('| NFE | distilled | teacher DDIM | '
+                        'teacher ancestral | best |')
+    assert lines[1] == '|---:|---:|---:|---:|---|'
     cells = [[c.strip() for c in line.strip('|').split('|')]
              for line in lines[2:]]
     assert [c[0] for c in cells] == ['1', '2', '4']
     assert cells[2][1] == ''  # no student samples with 4 steps
+    columns = [('distilled', 'ddim'), ('teacher', 'ddim'),
+               ('teacher', 'ancestral')]
     for i, steps in enumerate((1, 2, 4)):
-      for j, column in enumerate([('distilled', 'ddim'), ('teacher', 'ddim'),
-                                  ('teacher', 'ancestral')]):
+      for j, column in enumerate(columns):
         if (*column, steps) in values:
           assert float(cells[i][j + 1]) == pytest.approx(
               values[(*column, steps)][name], rel=2e-3, abs=1e-3)
+      # The best at this cost: the lowest distance, the highest score.
+      measured = {c: values[(*c, steps)][name] for c in columns
+                  if (*c, steps) in values}
+      best = (min if name == 'digits_fd' else max)(measured, key=measured.get)
+      assert cells[i][-1] == report.column_name(*best)
 
 
 def test_digits_evaluation(digits_workdir, cache_dir, monkeypatch, capsys):
@@ -199,7 +205,7 @@ def test_digits_evaluation(digits_workdir, cache_dir, monkeypatch, capsys):
   assert again['seed'] == 3 and again['samplers'] == ['ancestral']
   assert again['rows'][0]['digits_fd'] != results['rows'][0]['digits_fd']
   md = (Path(digits_workdir) / 'eval' / 'results.md').read_text()
-  assert '| steps | distilled | teacher ancestral |' in md
+  assert '| NFE | distilled | teacher ancestral | best |' in md
 
 
 def test_an_interrupted_evaluation_keeps_the_previous_results(
@@ -408,7 +414,7 @@ def test_fid_on_mock_cifar10(tmp_path, monkeypatch):
   assert [p.name.rsplit('_', 1)[0] for p in stats] == ['cifar10_train_all']
   md = (workdir / 'eval' / 'results.md').read_text()
   assert '### fid (lower is better)' in md and '### is (higher is better)' in md
-  assert '| steps | distilled | teacher DDIM |' in md
+  assert '| NFE | distilled | teacher DDIM | best |' in md
 
   # Later runs read the cached reference statistics (no data set needed).
   monkeypatch.setattr(data_lib, 'get_dataset', lambda *a, **k: 1 / 0)

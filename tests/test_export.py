@@ -108,6 +108,13 @@ def test_an_exported_teacher_keeps_any_step_count(workdir, tmp_path):
   teacher = dd.load(workdir, model='teacher')
   np.testing.assert_array_equal(model.sample(3, seed=2, num_steps=3),
                                 teacher.sample(3, seed=2, num_steps=3))
+  # A solver on another grid, from the command line.
+  ok(run(tmp_path, 'sample', '--checkpoint=teacher.dd', '--num_steps=3',
+         '--sampler=dpmpp_3m:karras', '--num_samples=3', '--seed=2',
+         '--output=solver.npz'))
+  np.testing.assert_array_equal(
+      np.load(tmp_path / 'solver.npz')['images'],
+      teacher.sample(3, seed=2, num_steps=3, sampler='dpmpp_3m:karras'))
 
 
 @pytest.mark.parametrize('args,message', [
@@ -200,6 +207,10 @@ def test_sample_refuses_bad_requests(exported, workdir):
       (['--checkpoint=student_official'], ['(--config=NAME or a config file']),
       (['--checkpoint=out/student.dd', '--seed=9223372036854775808'],
        ['--seed=9223372036854775808: out of range', '[-2**63, 2**63 - 1]']),
+      (['--checkpoint=out/student.dd', '--sampler=unipc'],
+       ["sampler='ddim'", 'trained for the DDIM steps of its own grid']),
+      (['--checkpoint=out/student.dd', '--sampler=unipc:cosine'],
+       ['--sampler', '`logsnr_uniform`']),
   ]:
     assert_rejected(run(cwd, 'sample', *args, '--output=bad.npz'), *message)
   assert snapshot(cwd) == before

@@ -11,6 +11,7 @@ from diffusion_distillation import diffusion
 from diffusion_distillation.config import choices
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.diffusion import schedules
+from diffusion_distillation.parallel import sharding
 
 from helpers import PYTHON
 from helpers import REPO
@@ -94,6 +95,24 @@ np.testing.assert_array_equal(out['sum'], x.sum(axis=1) + y)
 np.testing.assert_array_equal(out['k'], [0] * 6 + [1])
 print('ok')
 '''
+
+
+def test_requests_below_the_batch_size_share_a_few_shapes():
+  """3, 5, 6, 7, 8 and 9 images at batch size 16 make batches of 4, 8 and
+  16 rows (3 compiles of a sampler, not 6); every row comes back once."""
+  mesh = sharding.make_mesh()
+  shapes = []
+
+  def fn(k, batch):
+    del k
+    shapes.append(len(batch))
+    return batch * 2
+
+  for n in (3, 5, 6, 7, 8, 9):
+    x = np.arange(n, dtype=np.float32)
+    np.testing.assert_array_equal(
+        sharding.map_batches(fn, x, batch_size=16, mesh=mesh), 2 * x)
+  assert shapes == [4, 8, 8, 8, 8, 16]
 
 
 def test_map_batches_pads_to_the_device_count_and_drops_the_padding():

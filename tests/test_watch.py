@@ -15,6 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from diffusion_distillation.config import choices
 from diffusion_distillation.models import images
 
 from diffusion_distillation.pipeline import progress
@@ -46,7 +47,8 @@ def watched_run(tmp_path_factory):
   command = [PYTHON, '-c', _MAIN, '--config=configs/digits.py',
              f'--workdir={workdir}', *override_flags({
                  'eval.run_after_training': True, 'eval.num_samples': 16,
-                 'eval.teacher_max_steps': 2})]
+                 'eval.teacher_max_steps': 2,
+                 'eval.samplers': ('ddim', 'ancestral') + choices.SOLVERS})]
   result = subprocess.run(command, cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600,
                           check=False)
@@ -154,15 +156,16 @@ def test_hparams_hold_the_flattened_config(watched_run):
   assert hparams['dataset.name'].string_value == 'digits'
 
 
-def test_eval_scalars_against_sampler_steps(watched_run):
+def test_eval_scalars_against_network_evaluations(watched_run):
   workdir, _ = watched_run
   with open(workdir / 'eval' / 'results.json') as f:
     rows = json.load(f)['rows']
   for column, model, sampler in (('distilled', 'distilled', 'ddim'),
                                  ('teacher_ddim', 'teacher', 'ddim'),
                                  ('teacher_ancestral', 'teacher',
-                                  'ancestral')):
-    expected = {r['steps']: r['digits_fd'] for r in rows
+                                  'ancestral'),
+                                 ('teacher_heun', 'teacher', 'heun')):
+    expected = {r['nfe']: r['digits_fd'] for r in rows
                 if (r['model'], r['sampler']) == (model, sampler)}
     acc = _accumulator(workdir / 'tensorboard' / 'eval' / column)
     events = acc.Scalars('quality/digits_fd')
@@ -235,10 +238,11 @@ def test_tensorboard_shows_every_point_one_chart_and_a_session_per_stage(
   # Distilled and teacher curves: one tag, so one chart, in the layout.
   tags = _get(port, '/data/plugin/scalars/tags')
   assert {run for run, t in tags.items() if 'quality/digits_fd' in t} == {
-      'eval/distilled', 'eval/teacher_ddim', 'eval/teacher_ancestral'}
+      'eval/distilled', 'eval/teacher_ddim', 'eval/teacher_ancestral',
+      *(f'eval/teacher_{solver}' for solver in choices.SOLVERS)}
   (category,) = _get(port, '/data/plugin/custom_scalars/layout')['category']
   charts = {c['title']: c['multiline']['tag'] for c in category['chart']}
-  assert charts['digits_fd vs sampler steps (x axis: steps)'] == [
+  assert charts['digits_fd vs network evaluations (x axis: NFE)'] == [
       '^quality/digits_fd$']
   # HParams: one session per stage, with its final loss and, for a student,
   # its quality at its own step count; the stage's columns come first.

@@ -84,6 +84,17 @@ def _check_args(model, num_steps):
     model_api.steps_argument(num_steps)
 
 
+def _use_compilation_cache():
+  """The command-line tools' persistent compilation cache, for notebooks
+  and scripts too: a second Python process loads the samplers an earlier
+  one compiled instead of compiling them again. A cache directory JAX was
+  given already is kept; JAX_ENABLE_COMPILATION_CACHE=false turns it off."""
+  if (jax.config.jax_enable_compilation_cache and
+      not jax.config.jax_compilation_cache_dir):
+    jax.config.update('jax_compilation_cache_dir',
+                      paths.compilation_cache_dir())
+
+
 @_one_error_type
 def load(path, num_steps=None, model=None, config=None) -> Model:
   """Loads a model to sample from; see the module docstring.
@@ -103,6 +114,7 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
     A `Model`; `model.sample(n, seed=0)` draws uint8 images [n, H, W, C].
   """
   _check_args(model, num_steps)
+  _use_compilation_cache()
   if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
     raise ModelError(f'path={path!r}: pass a training workdir, a file '
                      'written by export, or an official checkpoint')

@@ -134,11 +134,15 @@ class Model:
     num_steps = self.steps_for(num_steps)
     choices.require(choices.SAMPLER, 'sampler', sampler,
                     generation.SampleError)
-    if self.kind == 'distilled' and sampler not in choices.STUDENT_SAMPLERS:
+    name, grid = choices.split_sampler(sampler)
+    if self.kind == 'distilled' and (name not in choices.STUDENT_SAMPLERS or
+                                     grid != choices.GRIDS[0]):
       raise generation.SampleError(
           "distilled students sample with sampler='ddim' or "
-          f"sampler='stochastic', not {sampler!r}")
-    if sampler == 'stochastic' and num_steps == 1:
+          f"sampler='stochastic', not {sampler!r}: a student was trained "
+          'for the DDIM steps of its own grid (the solvers and grids are '
+          "for a teacher's ODE)")
+    if name == 'stochastic' and num_steps == 1:
       raise generation.SampleError(
           "sampler='stochastic' needs 2 or more steps (each step jumps two "
           "and renoises one); with 1 step it would be DDIM: use "
@@ -161,8 +165,11 @@ class Model:
         0, 1, 2, ... cycling over the classes); None for an unconditional one.
       num_steps: a teacher's step count for this call (default: the model's
         own); a distilled student samples with its own step count only.
-      sampler: 'ddim' (deterministic); for a teacher 'ancestral', for a
-        student 'stochastic' (Meng et al., 2023); any of them otherwise.
+      sampler: 'ddim' (deterministic); for a teacher also 'ancestral' and
+        the ODE solvers 'dpmpp_2m', 'dpmpp_3m', 'unipc', 'ipndm', 'heun'
+        (Heun: 2 * num_steps - 1 network evaluations), each optionally on
+        another step grid, e.g. 'unipc:logsnr_uniform' or 'heun:karras';
+        for a student 'stochastic' (Meng et al., 2023).
       batch_size: images per compiled call, split over all devices.
       guidance: the classifier-free guidance strength w of a guided model:
         a guided teacher takes any w (two evaluations per step), the

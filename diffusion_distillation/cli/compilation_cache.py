@@ -23,13 +23,6 @@ _ENABLED = flags.DEFINE_boolean(
     'compiled. --nocompilation_cache turns it off.')
 
 
-def cache_dir() -> str:
-  """Where compiled programs are kept: $JAX_COMPILATION_CACHE_DIR, else
-  `<cache dir>/jax`."""
-  return os.environ.get(ENV) or os.path.join(paths.default_cache_dir(),
-                                             'jax')
-
-
 def configure():
   """Turns the cache on (the default) or off, as `--compilation_cache` says.
 
@@ -39,7 +32,7 @@ def configure():
   `jax_persistent_cache_min_compile_time_secs`) are not kept.
   """
   if _ENABLED.value:
-    os.environ[ENV] = cache_dir()
+    os.environ[ENV] = paths.compilation_cache_dir()
   os.environ['JAX_ENABLE_COMPILATION_CACHE'] = str(_ENABLED.value).lower()
   if 'jax' in sys.modules:
     jax = sys.modules['jax']

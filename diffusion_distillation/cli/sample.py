@@ -10,8 +10,11 @@ the .npz and a PNG grid beside it. Give exactly one of `--workdir` (a training
 run) and `--checkpoint` (a file written by `export`, or an official released
 checkpoint with the `--config` it pairs with). `--model=distilled` (default)
 uses the student distilled for exactly `--num_steps`; `--model=teacher` runs
-the base model's sampler (`--sampler=ddim` or `ancestral`) with that many
-steps. The same code as `diffusion_distillation.load` and `Model.sample`.
+the base model's sampler with that many steps: `--sampler=ddim`,
+`ancestral`, or a training-free ODE solver (`dpmpp_2m`, `dpmpp_3m`, `unipc`,
+`ipndm`, `heun`), each optionally on another step grid (`unipc:karras`,
+`dpmpp_3m:logsnr_uniform`). The same code as `diffusion_distillation.load`
+and `Model.sample`.
 
 A guided run (configs/digits_guided.py) samples at a guidance strength:
 `--guidance=2` (the student: one evaluation per step, within its trained
@@ -143,7 +146,9 @@ def define_flags():
                     'The distilled student for --num_steps (default), or the '
                     'teacher.')
   common.DEFINE_choice('sampler', 'ddim', choices.SAMPLER,
-                       'Sampler: ddim or ancestral for the teacher, ddim or '
+                       'Sampler: ddim, ancestral, dpmpp_2m, dpmpp_3m, unipc, '
+                       'ipndm or heun for the teacher, optionally :<grid> '
+                       '(time_uniform, logsnr_uniform, karras); ddim or '
                        'stochastic (Meng et al., 2023) for a student.')
   flags.DEFINE_float('guidance', None,
                      'Classifier-free guidance strength w of a guided model: '

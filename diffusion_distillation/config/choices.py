@@ -8,6 +8,7 @@ a command-line flag and an API argument check a name with the same `Check`
 (config/schema.py) and say the same words (`require`).
 """
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -15,12 +16,17 @@ from diffusion_distillation.config.schema import Check
 from diffusion_distillation.config.schema import one_of
 
 # Sampling loops (diffusion/sampling.py): deterministic DDIM, the ancestral
-# sampler, and the stochastic sampler of Meng et al. (2023).
-SAMPLERS = ('ddim', 'ancestral', 'stochastic')
+# sampler, the stochastic sampler of Meng et al. (2023), and the
+# training-free ODE solvers (diffusion/solvers.py) a teacher is compared on.
+SOLVERS = ('dpmpp_2m', 'dpmpp_3m', 'unipc', 'ipndm', 'heun')
+SAMPLERS = ('ddim', 'ancestral', 'stochastic') + SOLVERS
 # The samplers that draw fresh noise inside the loop (they need an rng).
 NOISY_SAMPLERS = ('ancestral', 'stochastic')
 # What a distilled student samples with: it was trained for its DDIM grid.
 STUDENT_SAMPLERS = ('ddim', 'stochastic')
+# Step grids (diffusion/grids.py), chosen as `<sampler>:<grid>`; the first
+# is the default, progressive distillation's (and a student's only) grid.
+GRIDS = ('time_uniform', 'logsnr_uniform', 'karras')
 # How the network output is read (diffusion/process.py `interpret_output`).
 MEAN_TYPES = ('x', 'eps', 'v', 'both')
 # The loss weightings (diffusion/losses.py `weighted_mse`).
@@ -44,8 +50,41 @@ IMAGE_SIZES = {'digits': 8, 'cifar10': 32, 'imagenet64': 64,
 # How a TFDS split is read (data/tfds.py).
 TFDS_SOURCES = ('auto', 'memory', 'random_access', 'tf_data')
 
-SAMPLER = one_of(*SAMPLERS)
-SAMPLER_LIST = Check('choices', choices=SAMPLERS, nonempty=True)
+
+
+def split_sampler(spec: str) -> tuple[str, str]:
+  """'unipc:karras' -> ('unipc', 'karras'); 'unipc' -> ('unipc',
+  'time_uniform'). Checked by SAMPLER."""
+  name, _, grid = spec.partition(':')
+  return name, grid or GRIDS[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _SamplerCheck(Check):
+  """A sampler name, optionally with its grid: `<sampler>[:<grid>]`."""
+  grids: tuple = GRIDS
+
+  def describe(self) -> str:
+    text = super().describe()
+    if len(self.grids) == 1:
+      return text
+    return f'{text}, each optionally `:<grid>` with a grid of ' + ', '.join(
+        f'`{g}`' for g in self.grids)
+
+  def _scalar_problem(self, value):
+    if not isinstance(value, str):
+      return super()._scalar_problem(value)
+    name, grid = split_sampler(value)
+    if (name not in self.choices or grid not in self.grids or
+        value.endswith(':')):
+      return f'must be {self.describe()}, got {value!r}'
+    return None
+
+
+SAMPLER = _SamplerCheck('choice', choices=SAMPLERS)
+SAMPLER_LIST = _SamplerCheck('choices', choices=SAMPLERS, nonempty=True)
+STUDENT_SAMPLER_LIST = _SamplerCheck('choices', choices=STUDENT_SAMPLERS,
+                                     nonempty=True, grids=GRIDS[:1])
 
 
 def require(check: Check, what: str, value, error: type[Exception]):

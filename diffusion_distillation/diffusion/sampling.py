@@ -7,7 +7,9 @@ import jax.numpy as jnp
 
 from diffusion_distillation.config import choices
 from diffusion_distillation.config.choices import NOISY_SAMPLERS
+from diffusion_distillation.diffusion import grids
 from diffusion_distillation.diffusion import process
+from diffusion_distillation.diffusion import solvers
 from diffusion_distillation.diffusion.losses import ModelFn
 
 
@@ -38,29 +40,49 @@ def stochastic_step(z_t, x_pred, logsnr_t, logsnr_u, logsnr_s, noise):
   return renoise(z_u, logsnr_u, logsnr_s, noise)
 
 
+def network_evaluations(sampler: str, num_steps: int,
+                        guided_teacher: bool = False) -> int:
+  """What `num_steps` steps of `sampler` cost in network evaluations (NFE):
+  one per step, Heun's 2N - 1; twice that for a guided teacher
+  (conditional and unconditional)."""
+  name, _ = choices.split_sampler(sampler)
+  nfe = (solvers.network_evaluations(name, num_steps)
+         if name in choices.SOLVERS else num_steps)
+  return 2 * nfe if guided_teacher else nfe
+
+
 def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
                 mean_type: str, sampler: str = 'ddim', clip_x: bool = True,
                 variance: str = 'fixed_large',
                 rng: Optional[jax.Array] = None):
-  """Runs `num_steps` sampler steps on the grid t = i / N, i = N, ..., 1.
+  """Runs `num_steps` sampler steps from pure noise `z_init` to data.
 
-  Each step queries the model at t = (i + 1) / N and moves to s = i / N; the
-  last step (i = 0) returns the model's x prediction rather than z_0, as in the
-  official code. `num_steps` may be traced, so one compiled loop serves every
-  step count. 'ddim' is deterministic; 'ancestral' draws from the posterior
-  with the given `variance`; 'stochastic' (for distilled students) jumps to
-  (i - 1) / N and renoises to i / N (`stochastic_step`). The noisy samplers
-  need `rng`: one key per example, [B] (typed) or [B, 2] (raw), so that an
+  `sampler` is `<name>[:<grid>]` (config/choices.py); the grid (grids.py)
+  defaults to t = i / N, i = N, ..., 0. Each step queries the model at grid
+  point i + 1 and moves to i; for 'ddim', 'ancestral' and 'stochastic' the
+  last step (i = 0) returns the model's x prediction rather than z_0, as in
+  the official code, and the ODE solvers (solvers.py) return z at t = 0.
+  `num_steps` may be traced, so one compiled loop serves every step count.
+  'ddim' is deterministic; 'ancestral' draws from the posterior with the
+  given `variance`; 'stochastic' (for distilled students) jumps to grid
+  point i - 1 and renoises to i (`stochastic_step`). The noisy samplers need
+  `rng`: one key per example, [B] (typed) or [B, 2] (raw), so that an
   image's noise depends on its own key only, never on the batch it is in.
   """
   choices.require(choices.SAMPLER, 'sampler', sampler, ValueError)
+  sampler, grid = choices.split_sampler(sampler)
+  if sampler in choices.SOLVERS:
+    return solvers.solve(model_fn, z_init, num_steps=num_steps,
+                         solver=sampler, grid=grid,
+                         logsnr_schedule_fn=logsnr_schedule_fn,
+                         mean_type=mean_type, clip_x=clip_x)
   if sampler in NOISY_SAMPLERS and rng is None:
     raise ValueError(f'the {sampler} sampler needs an rng')
   batch = z_init.shape[0]
 
   def logsnr_at(j):
-    return jnp.full((batch,), logsnr_schedule_fn(
-        j.astype(jnp.float32) / num_steps))
+    return jnp.full((batch,), grids.logsnr_at(grid, j, num_steps,
+                                              logsnr_schedule_fn))
 
   def body(k, z_t):
     i = num_steps - 1 - k

@@ -17,9 +17,10 @@ compiles and times the programs the pipeline runs:
 
 Records: one per program, then a summary with `train_img_per_s`,
 `distill_img_per_s`, `sample_img_per_s` (the N-step sampler),
-`sample_1step_img_per_s`, `distill_train_ratio` (time per distill update /
-time per train update) and `distill_train_flop_ratio`; `to_json` makes each a
-JSON line.
+`sample_1step_img_per_s`, `sample_nfe_forward_ratio` (the sampler's time
+per network evaluation over a bare forward's, per image), `distill_train_ratio`
+(time per distill update / time per train update) and
+`distill_train_flop_ratio`; `to_json` makes each a JSON line.
 
 Each program gets `warmup` untimed calls, then `repeats` timed calls (times
 are medians, see `profiling`); the train and distill calls take turns, and the
@@ -35,6 +36,7 @@ import numpy as np
 
 from diffusion_distillation import config as config_lib
 from diffusion_distillation import data as data_lib
+from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.errors import UserError
 from diffusion_distillation.evaluation import memory as memory_lib
 from diffusion_distillation.evaluation import programs
@@ -42,8 +44,8 @@ from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import tracing
 
 SUMMARY_KEYS = ('train_img_per_s', 'distill_img_per_s', 'sample_img_per_s',
-                'sample_1step_img_per_s', 'distill_train_ratio',
-                'distill_train_flop_ratio')
+                'sample_1step_img_per_s', 'sample_nfe_forward_ratio',
+                'distill_train_ratio', 'distill_train_flop_ratio')
 PROGRAM_KEYS = ('name', 'img_per_s', 'step_time_s', 'call_time_s', 'compile_s',
                 'flops_per_img', 'achieved_tflops', 'utilisation',
                 'peak_memory_bytes', 'program_memory_bytes')
@@ -199,6 +201,17 @@ def _flop_ratios(forward: dict, train: dict, distill: dict):
   return flop_ratio, expected, train_forward
 
 
+def _nfe_forward_ratio(forward: dict, sample: dict, sampler: str,
+                       num_steps: int) -> float:
+  """The sampler's time per image and network evaluation over a bare
+  forward's per image: what the sampler adds to its network (its update,
+  clipping, schedule; 1.0: nothing). Per image, as the two run at their own
+  batch sizes (`config.train.batch_size`, `config.eval.batch_size`): make
+  them equal for a like-for-like ratio."""
+  nfe = sampling.network_evaluations(sampler, num_steps)
+  return forward['img_per_s'] / (sample['img_per_s'] * nfe)
+
+
 def _summary(bench: programs.Bench, forward, updates, samplers, num_steps: int, *,
              data: str, config_name: Optional[str]) -> dict:
   """The summary record (the last line)."""
@@ -212,6 +225,8 @@ def _summary(bench: programs.Bench, forward, updates, samplers, num_steps: int, 
       sample_img_per_s=samplers['sample']['img_per_s'],
       sample_1step_img_per_s=samplers['sample_1step']['img_per_s'],
       forward_img_per_s=forward['img_per_s'],
+      sample_nfe_forward_ratio=_nfe_forward_ratio(
+          forward, samplers['sample'], config.sampler, num_steps),
       distill_train_ratio=distill['step_time_s'] / train['step_time_s'],
       distill_train_flop_ratio=flop_ratio,
       distill_train_flop_ratio_expected=expected,

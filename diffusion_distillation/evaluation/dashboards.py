@@ -1,9 +1,9 @@
 """Evaluation results in TensorBoard, arranged so that its charts compare.
 
-* Quality vs sampler steps: each column of the results (distilled, teacher
-  DDIM, teacher ancestral, each guidance w) is its own run
+* Quality vs cost: each column of the results (distilled, teacher DDIM,
+  teacher ancestral, each solver, each guidance w) is its own run
   `WORKDIR/tensorboard/eval/<column>`, with the tags `quality/<value>`
-  against the sampler step count. Same tags in several runs are lines of one
+  against the network evaluations (NFE) of sampling. Same tags in several runs are lines of one
   chart (Scalars, Time Series, and the custom-scalars layout that
   `loop.write_dashboards` writes).
 * HParams: each stage's run gets `final/<value>`, its model scored at its own
@@ -32,7 +32,7 @@ def series_name(row) -> str:
   """The run of a results row: its column ('teacher_ddim', 'distilled_w2')."""
   column = report.column_name(row['model'], row['sampler'],
                               row.get('guidance'))
-  return column.lower().replace(' ', '_').replace('=', '')
+  return column.lower().replace(' ', '_').replace('=', '').replace(':', '_')
 
 
 class QualityCurves:
@@ -59,8 +59,8 @@ class QualityCurves:
     series = series_name(row)
     curves = self._points.setdefault(series, {})
     for value, number in values.items():
-      curves.setdefault(f'{summaries.QUALITY}/{value}', {})[row['steps']] = (
-          number)
+      curves.setdefault(f'{summaries.QUALITY}/{value}', {})[
+          report.nfe(row)] = number
     self._rewrite(series)
     stage = self._stages.get((row['model'], row['steps']))
     if stage and row['sampler'] == 'ddim' and row.get('guidance') is None:
@@ -74,8 +74,8 @@ class QualityCurves:
     name = f'{self._file}.{next(self._numbers):04d}'
     summaries.write_series(
         logdir, name, self._points[series],
-        description=f'{series}: quality against the sampler step count (the '
-        'x axis is sampler steps, not training steps)')
+        description=f'{series}: quality against the network evaluations '
+        'of sampling (the x axis is NFE, not training steps)')
     if series in self._last_file:
       (logdir / self._last_file[series]).unlink(missing_ok=True)
     self._last_file[series] = name

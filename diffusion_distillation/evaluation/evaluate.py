@@ -24,6 +24,7 @@ from absl import logging
 from etils import epath
 import jax
 
+from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.evaluation import bpd
 from diffusion_distillation.evaluation import dashboards
 from diffusion_distillation.evaluation import report
@@ -242,7 +243,10 @@ def _evaluate_row(loaded, params, spec, settings, scorer, where: str):
   if scorer.class_accuracy and loaded.model.num_classes > 1:
     values['class_accuracy'] = scorer.class_accuracy(samples, labels)
   t2 = time.time()
-  row = dict(model=spec.model, sampler=spec.sampler, steps=spec.steps)
+  row = dict(model=spec.model, sampler=spec.sampler, steps=spec.steps,
+             nfe=sampling.network_evaluations(
+                 spec.sampler, spec.steps, guided_teacher=(
+                     spec.model == 'teacher' and spec.guidance is not None)))
   if spec.guidance is not None:
     row['guidance'] = spec.guidance
   row.update({k: _finite_or_none(v) for k, v in values.items()})

@@ -44,6 +44,12 @@ def _key(row) -> tuple:
   return (row['model'], row['sampler'], row.get('guidance'))
 
 
+def nfe(row) -> int:
+  """A row's network evaluations (results from before they were recorded:
+  its steps, what DDIM costs)."""
+  return row.get('nfe', row['steps'])
+
+
 def _columns(rows) -> list[tuple]:
   """The (model, sampler, guidance) of `rows`, in order of appearance."""
   return list(dict.fromkeys(_key(r) for r in rows))
@@ -61,31 +67,40 @@ def format_value(value) -> str:
   return f'{value:.2f}' if abs(value) >= 10 else f'{value:.3f}'
 
 
-def _table(rows, value: str) -> list[str]:
-  """One line per step count (per guidance w and step count in a guided
-  run), one column per (model, sampler)."""
+def _table(rows, value: str, best=None) -> list[str]:
+  """One line per cost in network evaluations (per guidance w and cost in a
+  guided run), one column per (model, sampler); with `best` (min or max), a
+  last column naming the line's best cell."""
   pairs = _pairs(rows)
-  cells = {(*_key(r), r['steps']): r.get(value) for r in rows}
-  lines = sorted({(r.get('guidance'), r['steps']) for r in rows},
+  cells = {(*_key(r), nfe(r)): r.get(value) for r in rows}
+  lines = sorted({(r.get('guidance'), nfe(r)) for r in rows},
                  key=lambda k: (k[0] or 0., k[1]))
   guided = any(w is not None for w, _ in lines)
-  out = ['| ' + ('w | ' if guided else '') + 'steps | ' +
-         ' | '.join(column_name(*p) for p in pairs) + ' |',
-         '|' + '---:|' * (len(pairs) + 1 + guided)]
+  out = ['| ' + ('w | ' if guided else '') + 'NFE | ' +
+         ' | '.join(column_name(*p) for p in pairs) +
+         (' | best' if best else '') + ' |',
+         '|' + '---:|' * (len(pairs) + 1 + guided) + ('---|' if best else '')]
   for w, n in lines:
+    line = {p: cells.get((*p, w, n)) for p in pairs}
+    measured = {p: v for p, v in line.items()
+                if v is not None and math.isfinite(v)}
+    winner = (column_name(*best(measured, key=measured.get))
+              if best and measured else '')
     out.append('| ' + (f'{w:g} | ' if guided else '') + f'{n} | ' + ' | '.join(
-        format_value(cells[(*p, w, n)]) if (*p, w, n) in cells else ''
-        for p in pairs) + ' |')
+        format_value(line[p]) if (*p, w, n) in cells else '' for p in pairs) +
+               (f' | {winner}' if best else '') + ' |')
   return out
 
 
 def format_markdown(results: dict) -> str:
   """Tables of the main metric, IS and (when measured) class accuracy: one
-  line per step count (and guidance w), one column per (model, sampler)."""
+  line per cost in network evaluations, NFE (and guidance w), one column per
+  (model, sampler), and which is best at that cost."""
   main, score = results['metric_names'][:2]
   header = (f"{results['dataset']} | {results['num_samples']} samples per "
             f"cell | seed {results['seed']} | distilled students sample with "
-            'DDIM at their own step count')
+            'DDIM at their own step count | NFE: network evaluations (one '
+            "per step; Heun's 2N - 1; a guided teacher's twice that)")
   if not results.get('complete', True):
     header += ' | INCOMPLETE (evaluation still running or interrupted)'
   if results.get('missing_students'):
@@ -94,9 +109,9 @@ def format_markdown(results: dict) -> str:
                '(their checkpoints are missing)')
   lines = [f'## Sample quality: {results["workdir"]}', '', header, '',
            f'### {main} (lower is better)', '']
-  lines += _table(results['rows'], main)
+  lines += _table(results['rows'], main, best=min)
   lines += ['', f'### {score} (higher is better)', '']
-  lines += _table(results['rows'], score)
+  lines += _table(results['rows'], score, best=max)
   if any('class_accuracy' in r for r in results['rows']):
     lines += ['', '### class accuracy (fraction of samples classified as '
               'their requested label; higher is better)', '']
@@ -106,13 +121,13 @@ def format_markdown(results: dict) -> str:
 
 def _plot_lines(ax, results: dict, main: str):
   """One line per (model, sampler) (and guidance w: one colour per w, one
-  line style per (model, sampler)); returns (plotted values, step counts)."""
+  line style per (model, sampler)); returns (plotted values, their NFEs)."""
   values, steps = [], set()
   columns = _columns(results['rows'])
   pairs = _pairs(results['rows'])
   strengths = list(dict.fromkeys(c[2] for c in columns))
   for model, sampler, guidance in columns:
-    pts = sorted((r['steps'], r[main]) for r in results['rows']
+    pts = sorted((nfe(r), r[main]) for r in results['rows']
                  if _key(r) == (model, sampler, guidance)
                  and r.get(main) is not None)
     if not pts:
@@ -129,7 +144,8 @@ def _plot_lines(ax, results: dict, main: str):
 
 
 def plot_png(results: dict) -> bytes:
-  """Main metric vs. sampler steps (log2 x), one line per (model, sampler)."""
+  """Main metric vs. network evaluations (log2 x), one line per (model,
+  sampler)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from matplotlib.ticker import NullLocator  # pylint: disable=g-import-not-at-top
@@ -145,9 +161,9 @@ def plot_png(results: dict) -> bytes:
     ax.xaxis.set_minor_locator(NullLocator())
   if values and min(values) > 0 and max(values) / min(values) > _LOG_Y_SPREAD:
     ax.set_yscale('log')
-  ax.set_xlabel('sampler steps')
+  ax.set_xlabel('network evaluations (NFE)')
   ax.set_ylabel(f'{main} (lower is better)')
-  ax.set_title(f"{results['dataset']}: {main} vs. sampler steps "
+  ax.set_title(f"{results['dataset']}: {main} vs. NFE "
                f"({results['num_samples']} samples)")
   ax.grid(True, which='both', alpha=0.3)
   if values:

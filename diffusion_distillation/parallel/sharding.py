@@ -58,15 +58,18 @@ def map_batches(fn, inputs, *, batch_size: int, mesh: Mesh):
   """`fn(k, batch)` on consecutive batches of `inputs`; outputs concatenated.
 
   `inputs` is a pytree of host arrays with the examples on axis 0, the same
-  on every process. Each batch holds `batch_size` examples (at most all of
-  them) rounded up to a multiple of the device count, the last one
-  zero-padded, so `fn` compiles once; it is split over the data axis. `k`
-  counts the batches (for `fold_in`). `fn` returns a pytree of replicated
-  arrays with one row per example; the padding's rows are dropped.
+  on every process. Each batch holds `batch_size` examples, or for fewer
+  examples than that their count rounded up to a power of two (so that a
+  caller asking for 3, 5, 6, 7 ... examples meets a few shapes, not one
+  compile per count), then up to a multiple of the device count; the last
+  batch is zero-padded, so `fn` compiles once per shape. It is split over
+  the data axis. `k` counts the batches (for `fold_in`). `fn` returns a
+  pytree of replicated arrays with one row per example; the padding's rows
+  are dropped.
   """
   num = len(jax.tree.leaves(inputs)[0])
   devices = mesh.devices.size
-  size = -(-min(batch_size, num) // devices) * devices
+  size = -(-min(batch_size, 1 << (num - 1).bit_length()) // devices) * devices
   split = batch_sharding(mesh)
 
   def put(start, a):

@@ -65,7 +65,7 @@ def _flat_hparams(config) -> dict:
 # The HParams columns shown first: what tells the stages apart.
 FIRST_HPARAMS = ('stage', 'sampler_steps', 'model.mean_type', 'learning_rate',
                  'train.batch_size')
-QUALITY = 'quality'  # eval/<series> runs: tag quality/<value> vs sampler steps
+QUALITY = 'quality'  # eval/<series> runs: tag quality/<value> vs NFE
 FINAL = 'final'  # stage runs: final/<value>, the student at its own steps
 
 
@@ -92,14 +92,15 @@ def experiment(config, first: dict, values) -> summary_pb2.Summary:
 
 def quality_layout(values) -> summary_pb2.Summary:
   """A custom-scalars layout: one chart per metric value in which every
-  sampler (distilled, teacher DDIM, ancestral, each w) is a line against
-  the sampler step count, the paper's quality-vs-steps figure."""
+  sampler (distilled, teacher DDIM, ancestral, each solver, each w) is a
+  line against its network evaluations, the paper's quality-vs-steps
+  figure."""
   charts = [layout_pb2.Chart(
-      title=f'{v} vs sampler steps (x axis: steps)',
+      title=f'{v} vs network evaluations (x axis: NFE)',
       multiline=layout_pb2.MultilineChartContent(tag=[rf'^{QUALITY}/{v}$']))
             for v in values]
   layout = layout_pb2.Layout(category=[layout_pb2.Category(
-      title='Quality vs sampler steps (paper Figure 4)', chart=charts)])
+      title='Quality vs network evaluations (paper Figure 4)', chart=charts)])
   # The plugin's own `summary.pb` builds this with TensorFlow.
   tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
                                   string_val=[layout.SerializeToString()])
