@@ -22,7 +22,7 @@ downloaded on first use.
 Memory (`benchmark --memory`, XLA's estimate, float32): 0.9 GB plus 177 MB
 per image per device, 23.5 GB at batch 128 on one device; with
 `--config.model.remat=true` 50 MB per image, 7.2 GB. Fits a 24 GB GPU with
-remat, 8 GPUs or TPU chips as it is (README, Memory and compile time).
+remat, 8 GPUs or TPU chips as it is (docs/scaling.md, Memory and compile time).
 """
 
 from diffusion_distillation.configs import common

@@ -28,9 +28,9 @@ DDIM and with the stochastic sampler, the guided teacher with DDIM at 4 and
     python -m diffusion_distillation.sample --workdir=workdirs/digits_guided \
         --num_steps=4 --guidance=2 --output=guided.npz
 
-Cost, measured on the 2-core development machine (see README, "Guided
-distillation"): 5 min 51 s end to end including evaluation (11 min 18 s while
-other jobs loaded the machine).
+Cost, measured on the 2-core development machine (see docs/guided.md): 5 min
+51 s end to end including evaluation (11 min 18 s while other jobs loaded the
+machine).
 """
 
 from diffusion_distillation import config as config_lib

@@ -14,7 +14,7 @@ teacher's likelihood:
     python -m diffusion_distillation.evaluate --workdir=workdirs/my_images_cpu
 
 (`--metric=inception` gives the FID of every student once the Inception
-weights are in the cache: see the README.) Every field can be overridden,
+weights are in the cache: see docs/evaluating.md.) Every field can be overridden,
 e.g. `--config.dataset.image_size=32` for detail at 4x the time.
 """
 

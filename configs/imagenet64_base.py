@@ -25,7 +25,7 @@ per image per device (0.24 GB with `--config.model.remat=true`). At batch
 2048: 91 GB per chip on 32 TPU v4 chips as it is, 20 GB with remat (fits);
 on 8 x 80 GB GPUs (256 images each) remat and
 `--config.train.num_microbatches=2` (50 GB); it does not fit one GPU at that
-batch. See the README's table (Memory and compile time).
+batch. See the table in docs/scaling.md (Memory and compile time).
 """
 
 from diffusion_distillation.configs import common

@@ -29,7 +29,7 @@ state and the teacher) plus 1.29 GB per image per device (0.24 GB with
 `--config.model.remat=true`). At batch 2048: 88 GB per chip on 32 TPU v4
 chips as it is, 21 GB with remat (fits); on 8 x 80 GB GPUs remat and
 `--config.train.num_microbatches=2` (37 GB); on one 24 GB GPU remat and 64
-microbatches (16 GB). See the README's table (Memory and compile time).
+microbatches (16 GB). See the table in docs/scaling.md (Memory and compile time).
 """
 
 from diffusion_distillation.configs import common

@@ -36,7 +36,7 @@ samples the teacher at each w of `eval.guidance` (the authors' 0, 0.3, 1, 2,
 Memory: as configs/imagenet64_base.py; `python -m
 diffusion_distillation.benchmark --memory --config=imagenet64_guided_base`
 compiles this config's own updates and gives their bytes per device and the
-batch that fits (README, Memory and compile time).
+batch that fits (docs/scaling.md, Memory and compile time).
 """
 
 from diffusion_distillation.configs import common

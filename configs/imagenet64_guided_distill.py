@@ -33,8 +33,8 @@ so 11 x 50k updates at batch 256 are about 1.5e20 FLOPs, roughly a day on
 
 Memory: about that of configs/imagenet64_distill.py at the same batch;
 `python -m diffusion_distillation.benchmark --memory
---config=imagenet64_guided_distill` measures it (README, Memory and compile
-time).
+--config=imagenet64_guided_distill` measures it (docs/scaling.md, Memory and
+compile time).
 """
 
 from diffusion_distillation.configs import common

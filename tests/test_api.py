@@ -392,12 +392,21 @@ def test_an_unrecorded_step_count_must_be_given(student, tmp_path):
 
 
 
+def _python_block(path: str, section: str) -> list[str]:
+  """The lines of the first Python block after `section` in `path`."""
+  with open(os.path.join(REPO, path)) as f:
+    text = f.read()
+  block = text.split(section, 1)[1].split('```python\n', 1)[1]
+  return block.split('```', 1)[0].splitlines()
+
+
 def test_the_readme_example_runs(workdir):
-  """The README's Python API block, on the suite's workdir (but gs://)."""
-  with open(os.path.join(REPO, 'README.md')) as f:
-    readme = f.read()
-  block = readme.split('## Python API', 1)[1].split('```python\n', 1)[1]
-  lines = [line for line in block.split('```', 1)[0].splitlines()
+  """The Python API page's block (the README's three lines are its start),
+  on the suite's workdir (but gs://)."""
+  page = _python_block(os.path.join('docs', 'api.md'), '# Python API')
+  readme = _python_block('README.md', '## Python API')
+  assert len(readme) == 3 and page[:3] == readme, readme
+  lines = [line for line in page
            if 'released' not in line and 'trucks' not in line]
   assert len(lines) == 5, lines
   scope = {}

@@ -187,7 +187,9 @@ def test_a_rerun_names_every_field_it_cannot_change():
 
 
 def test_the_field_table_is_current():
-  """docs/config_fields.md is `python -m diffusion_distillation.config.table`."""
+  """docs/config_fields.md, the site's Config fields page, is `python -m
+  diffusion_distillation.config.table` (tests/test_docs.py checks that the
+  Faithfulness page names every official field)."""
   path = os.path.join(REPO, 'docs', 'config_fields.md')
   with open(path) as f:
     assert f.read() == table.markdown(), (

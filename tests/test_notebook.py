@@ -1,6 +1,6 @@
 """notebooks/quickstart.ipynb runs end to end, so it cannot rot.
 
-Executed by the README's headless command (nbclient's `jupyter execute
+Executed by the docs' headless command (nbclient's `jupyter execute
 --inplace`) on a copy of the notebook and of the suite's finished tiny
 workdir, after a small evaluation wrote its `eval/results.json`; the workdir
 reaches the notebook through `DD_WORKDIR`, as a user would point it at their
@@ -56,8 +56,9 @@ def _outputs(notebook):
 
 
 def readme_headless_command() -> list[str]:
-  """The README's command that runs the notebook without a browser."""
-  with open(os.path.join(REPO, 'README.md')) as f:
+  """The command that runs the notebook without a browser, as the Python API
+  page (docs/api.md) prints it."""
+  with open(os.path.join(REPO, 'docs', 'api.md')) as f:
     readme = f.read()
   return shlex.split(re.search(r'`(\.venv/bin/jupyter execute [^`]*)`',
                                readme).group(1))
@@ -65,7 +66,7 @@ def readme_headless_command() -> list[str]:
 
 def test_the_quickstart_notebook_runs_headless_as_the_readme_says(
     evaluated_workdir, this_python_kernel, tmp_path):
-  """The README's command on a copy of the notebook (this interpreter's
+  """The docs' command on a copy of the notebook (this interpreter's
   kernel): the outputs and figures stay in the file (`--inplace`)."""
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   assert not _outputs(notebook), 'commit the notebook without outputs'

@@ -209,8 +209,9 @@ def test_bad_folders_stop_the_command_in_one_line(tmp_path, case, expected):
 
 
 def readme_cpu_commands() -> list[list[str]]:
-  """The README's commands for your own images on a CPU (main, evaluate)."""
-  with open(os.path.join(REPO, 'README.md')) as f:
+  """The commands for your own images on a CPU (main, evaluate), as the
+  Your own data page (docs/your-data.md) prints them."""
+  with open(os.path.join(REPO, 'docs', 'your-data.md')) as f:
     readme = f.read()
   block = re.search(r'```sh\n(\.venv/bin/python -m diffusion_distillation\.'
                     r'main --config=configs/image_folder_cpu\.py.*?)```',

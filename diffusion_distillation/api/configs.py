@@ -31,7 +31,12 @@ def _modules() -> list[str]:
 
 
 def config_names() -> list[str]:
-  """Every name `config=` accepts: file names, and `X` for `X_base`."""
+  """Every name `config=` accepts: file names, and `X` for `X_base`.
+
+  Returns:
+    The sorted names of the installed configs (the checkout's `configs/`),
+    e.g. 'cifar10', 'digits', 'imagenet64', 'imagenet64_base'.
+  """
   modules = _modules()
   short = [n[:-len('_base')] for n in modules if n.endswith('_base')]
   return sorted(set(modules) | set(short))

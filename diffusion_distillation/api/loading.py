@@ -112,6 +112,10 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
 
   Returns:
     A `Model`; `model.sample(n, seed=0)` draws uint8 images [n, H, W, C].
+
+  Raises:
+    ModelError: a path that is none of these, or a combination it cannot
+      serve; the message says what is available.
   """
   _check_args(model, num_steps)
   _use_compilation_cache()
@@ -160,7 +164,17 @@ def from_workdir(workdir, num_steps=None, model=None, config=None) -> Model:
 
 @_one_error_type
 def student_steps(workdir) -> list[int]:
-  """The step counts of a workdir's finished distilled students, ascending."""
+  """The step counts of a workdir's finished distilled students, ascending.
+
+  Args:
+    workdir: a training workdir (local or gs://).
+
+  Returns:
+    The values `load(workdir, num_steps=...)` accepts for a student.
+
+  Raises:
+    ModelError: not a training workdir, or none of its stages finished.
+  """
   return workdirs.open_workdir(paths.absolute_path(workdir)).student_steps()
 
 

@@ -99,27 +99,63 @@ def posterior(x, z_t, logsnr_t, logsnr_s, variance='fixed_large'):
 
 
 def x_from_eps(z, eps, logsnr):
-  """x = (z - sigma * eps) / alpha, written to stay accurate at low logSNR."""
+  """x = (z - sigma * eps) / alpha, written to stay accurate at low logSNR.
+
+  Args:
+    z: noisy images `(B, H, W, C)`.
+    eps: the noise (or its prediction), shaped as `z`.
+    logsnr: `(B,)` or a scalar, broadcast from the left.
+
+  Returns:
+    The x implied by `z` and `eps`, shaped as `z`.
+  """
   logsnr = broadcast_from_left(logsnr, z.shape)
   return jnp.sqrt(1. + jnp.exp(-logsnr)) * (
       z - eps * jax.lax.rsqrt(1. + jnp.exp(logsnr)))
 
 
 def eps_from_x(z, x, logsnr):
-  """eps = (z - alpha * x) / sigma, written to stay accurate at high logSNR."""
+  """eps = (z - alpha * x) / sigma, written to stay accurate at high logSNR.
+
+  Args:
+    z: noisy images `(B, H, W, C)`.
+    x: the clean images (or their prediction), shaped as `z`.
+    logsnr: `(B,)` or a scalar, broadcast from the left.
+
+  Returns:
+    The eps implied by `z` and `x`, shaped as `z`.
+  """
   logsnr = broadcast_from_left(logsnr, z.shape)
   return jnp.sqrt(1. + jnp.exp(logsnr)) * (
       z - x * jax.lax.rsqrt(1. + jnp.exp(-logsnr)))
 
 
 def v_from_x_eps(x, eps, logsnr):
-  """v = alpha * eps - sigma * x (the 'velocity' of Salimans & Ho, 2022)."""
+  """v = alpha * eps - sigma * x (the 'velocity' of Salimans & Ho, 2022).
+
+  Args:
+    x: clean images `(B, H, W, C)`.
+    eps: the noise, shaped as `x`.
+    logsnr: `(B,)` or a scalar, broadcast from the left.
+
+  Returns:
+    v, shaped as `x`: what a `mean_type='v'` network predicts.
+  """
   alpha, sigma = alpha_sigma(broadcast_from_left(logsnr, x.shape))
   return alpha * eps - sigma * x
 
 
 def x_from_v(z, v, logsnr):
-  """x = alpha * z - sigma * v."""
+  """x = alpha * z - sigma * v.
+
+  Args:
+    z: noisy images `(B, H, W, C)`.
+    v: the velocity (or its prediction), shaped as `z`.
+    logsnr: `(B,)` or a scalar, broadcast from the left.
+
+  Returns:
+    The x implied by `z` and `v`, shaped as `z`.
+  """
   alpha, sigma = alpha_sigma(broadcast_from_left(logsnr, z.shape))
   return alpha * z - sigma * v
 
@@ -172,6 +208,16 @@ def ddim_step(z_t, x_pred, logsnr_t, logsnr_s, eps_pred=None):
   logSNR: eps = (z - alpha x) / sigma divides a cancellation by a tiny
   sigma). Without it, eps_pred = eps_from_x(z_t, x_pred, logsnr_t), the same
   value for every other mean_type and for clipped x.
+
+  Args:
+    z_t: the current noisy images `(B, H, W, C)`.
+    x_pred: the model's x prediction at t, shaped as `z_t`.
+    logsnr_t: logSNR at t, `(B,)` or a scalar.
+    logsnr_s: logSNR at the target time s (s < t: a larger logSNR).
+    eps_pred: the model's eps prediction at t, if it has one.
+
+  Returns:
+    z_s, shaped as `z_t`.
   """
   if eps_pred is None:
     eps_pred = eps_from_x(z_t, x_pred, logsnr_t)
@@ -184,6 +230,16 @@ def distillation_target(z_t, z_s, logsnr_t, logsnr_s):
   Solving alpha_s x + sigma_s (z_t - alpha_t x) / sigma_t = z_s for x:
       x = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t),
   with sigma_s / sigma_t = exp((softplus(logsnr_t) - softplus(logsnr_s)) / 2).
+
+  Args:
+    z_t: noisy images at t `(B, H, W, C)`.
+    z_s: where the teacher's two DDIM steps from z_t landed, at s < t.
+    logsnr_t: logSNR at t, `(B,)` or a scalar.
+    logsnr_s: logSNR at s.
+
+  Returns:
+    The student's regression target x: `ddim_step(z_t, x, logsnr_t,
+    logsnr_s)` equals `z_s`.
   """
   logsnr_t = broadcast_from_left(logsnr_t, z_t.shape)
   logsnr_s = broadcast_from_left(logsnr_s, z_t.shape)

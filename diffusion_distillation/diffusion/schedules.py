@@ -36,7 +36,18 @@ _SCHEDULES = {
 
 
 def get_logsnr_schedule(name: str, **kwargs) -> ScheduleFn:
-  """Returns `fn(t) -> logsnr` for the schedule called `name`."""
+  """Returns `fn(t) -> logsnr` for the schedule called `name`.
+
+  Args:
+    name: the schedule; 'cosine' is the only one (the official code's).
+    **kwargs: its settings: `logsnr_min`, `logsnr_max` for 'cosine'.
+
+  Returns:
+    `fn(t)`, t in [0, 1]: t=0 gives logsnr_max, t=1 logsnr_min.
+
+  Raises:
+    ValueError: an unknown schedule name.
+  """
   if name not in _SCHEDULES:
     raise ValueError(
         f'unknown logsnr schedule {name!r}; known: {sorted(_SCHEDULES)}')

@@ -55,7 +55,7 @@ def draw(sample_fn: Callable, rng, shape, rows: Optional[Microbatch],
   is split: for microbatch `rows`, the whole batch's draw and then its rows.
   For dropout masks that draw is activation-sized: XLA:CPU keeps the whole
   batch's bits, so microbatches save less memory with dropout than without
-  (README)."""
+  (docs/scaling.md)."""
   if rows is None:
     return sample_fn(rng, shape=shape, **kwargs)
   whole = sample_fn(rng, shape=(shape[0] * rows.count, *shape[1:]), **kwargs)
