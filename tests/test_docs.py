@@ -141,7 +141,7 @@ def test_the_paper_to_code_map_names_what_exists():
 
 def digits_table(text: str) -> str:
   section = text.split('## Results on the embedded digits', 1)[1]
-  return re.search(r'^\| steps \|.*?\n\n', section, re.S | re.M).group(0)
+  return re.search(r'^\| NFE \|.*?\n\n', section, re.S | re.M).group(0)
 
 
 def test_the_readme_results_are_the_evaluating_pages():

@@ -252,8 +252,8 @@ def test_evaluation_has_a_guidance_axis(guided_workdir, tmp_path):
             ('teacher', 'ddim', 2)}
   assert all(0. <= r['class_accuracy'] <= 1. for r in rows)
   table = (workdir / 'eval' / 'results.md').read_text()
-  assert '| w | NFE | distilled | distilled stochastic | teacher DDIM | best |' in (
-      table)
+  assert ('| w | NFE | distilled | distilled stochastic | teacher DDIM | '
+          'best within this NFE |') in table
   assert '### class accuracy' in table
   assert (workdir / 'eval' / 'quality_vs_steps.png').exists()
 

@@ -189,6 +189,11 @@ def test_heun_costs_two_evaluations_per_step_but_the_last():
   assert [solvers.network_evaluations('heun', n) for n in (1, 2, 8)] == [
       1, 3, 15]
   assert solvers.network_evaluations('dpmpp_3m', 8) == 8
+  # A guided teacher evaluates the network twice (with and without labels).
+  assert sampling.network_evaluations('heun:karras', 4) == 7
+  assert sampling.network_evaluations('heun:karras', 4,
+                                      guided_teacher=True) == 14
+  assert sampling.network_evaluations('ddim', 4, guided_teacher=True) == 8
 
 
 @pytest.mark.parametrize('bad', ['euler', 'unipc:', 'unipc:cosine',

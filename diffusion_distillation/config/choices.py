@@ -13,7 +13,6 @@ import math
 from typing import Optional
 
 from diffusion_distillation.config.schema import Check
-from diffusion_distillation.config.schema import one_of
 
 # Sampling loops (diffusion/sampling.py): deterministic DDIM, the ancestral
 # sampler, the stochastic sampler of Meng et al. (2023), and the

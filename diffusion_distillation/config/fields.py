@@ -53,6 +53,13 @@ def _schedule(section: str) -> dict:
   }
 
 
+# DDIM, ancestral and every solver, each on the grid that served it best on
+# the digits teacher (docs/evaluating.md): PD's time-uniform grid, but Heun's
+# logSNR-uniform one (the time-uniform grid's first steps, sigma / alpha from
+# e^10 down, break its Euler predictor).
+EVAL_SAMPLERS = ('ddim', 'ancestral', 'dpmpp_2m', 'dpmpp_3m', 'unipc', 'ipndm',
+                 'heun:logsnr_uniform')
+
 FIELDS = {
     'seed': F(0, 'seed of every random stream (parameters, noise, data order)',
               integer(-2**31, hi=2**31 - 1), official='yes'),
@@ -292,9 +299,8 @@ FIELDS = {
     'eval.num_samples': F(300, 'samples per row (>= 2: a covariance)',
                           integer(2), FREE),
     'eval.batch_size': F(500, 'samples per sampler call', _COUNT, FREE),
-    'eval.samplers': F(('ddim', 'ancestral') + choices.SOLVERS,
-                       "the teacher's samplers (`<sampler>[:<grid>]`)",
-                       _SAMPLERS, FREE),
+    'eval.samplers': F(EVAL_SAMPLERS, "the teacher's samplers "
+                       '(`<sampler>[:<grid>]`)', _SAMPLERS, FREE),
     'eval.student_samplers': F(('ddim',), "the students' samplers",
                                choices.STUDENT_SAMPLER_LIST, FREE),
     'eval.teacher_max_steps': F(

@@ -3,7 +3,8 @@
 `process` holds the forward process, the x/eps/v conversions, the DDIM and
 ancestral steps and the distillation target; `schedules` the logSNR
 schedules; `losses` the training objectives; `sampling` the N-step sampler
-loop. The public names of `process` and `get_logsnr_schedule` are re-exported
+loop, `solvers` the training-free ODE solvers it runs for a teacher
+(DPM-Solver++, UniPC, iPNDM, Heun) and `grids` their step grids. The public names of `process` and `get_logsnr_schedule` are re-exported
 here, so `from diffusion_distillation import diffusion` gives the maths.
 """
 

@@ -139,8 +139,21 @@ def _unipc_coefficients(g: _Grid, k, order):
 
 def solve(model_fn, z_init, *, num_steps, solver: str, grid: str,
           logsnr_schedule_fn, mean_type: str, clip_x: bool = True):
-  """Runs `num_steps` steps of `solver` on `grid` from `z_init` at t = 1;
-  returns z at t = 0. `num_steps` may be traced."""
+  """Integrates the probability-flow ODE from `z_init` at t = 1 to t = 0.
+
+  Args:
+    model_fn: the network, `model_fn(z, logsnr [B]) -> output`.
+    z_init: pure noise [B, ...].
+    num_steps: the steps N; may be traced (one compiled loop for every N).
+    solver: 'dpmpp_2m', 'dpmpp_3m', 'unipc', 'ipndm' or 'heun'.
+    grid: 'time_uniform', 'logsnr_uniform' or 'karras' (grids.py).
+    logsnr_schedule_fn: t -> logSNR, the model's schedule.
+    mean_type: what the network predicts: 'x', 'eps', 'v' or 'both'.
+    clip_x: clip the x prediction to [-1, 1], as DDIM does.
+
+  Returns:
+    z at t = 0 (the schedule's logsnr_max), like z_init.
+  """
   loop, top, final_below = _SOLVERS[solver]
   g = _Grid(grid, num_steps, logsnr_schedule_fn)
   batch = z_init.shape[0]

@@ -69,8 +69,9 @@ def format_value(value) -> str:
 
 def _table(rows, value: str, best=None) -> list[str]:
   """One line per cost in network evaluations (per guidance w and cost in a
-  guided run), one column per (model, sampler); with `best` (min or max), a
-  last column naming the line's best cell."""
+  guided run), one column per (model, sampler). With `best` (min or max), a
+  last column names the best a user can have for that cost: the best cell at
+  this many NFE or fewer."""
   pairs = _pairs(rows)
   cells = {(*_key(r), nfe(r)): r.get(value) for r in rows}
   lines = sorted({(r.get('guidance'), nfe(r)) for r in rows},
@@ -78,17 +79,18 @@ def _table(rows, value: str, best=None) -> list[str]:
   guided = any(w is not None for w, _ in lines)
   out = ['| ' + ('w | ' if guided else '') + 'NFE | ' +
          ' | '.join(column_name(*p) for p in pairs) +
-         (' | best' if best else '') + ' |',
+         (' | best within this NFE' if best else '') + ' |',
          '|' + '---:|' * (len(pairs) + 1 + guided) + ('---|' if best else '')]
   for w, n in lines:
-    line = {p: cells.get((*p, w, n)) for p in pairs}
-    measured = {p: v for p, v in line.items()
-                if v is not None and math.isfinite(v)}
-    winner = (column_name(*best(measured, key=measured.get))
-              if best and measured else '')
-    out.append('| ' + (f'{w:g} | ' if guided else '') + f'{n} | ' + ' | '.join(
-        format_value(line[p]) if (*p, w, n) in cells else '' for p in pairs) +
-               (f' | {winner}' if best else '') + ' |')
+    row = ' | '.join(format_value(cells[(*p, w, n)]) if (*p, w, n) in cells
+                     else '' for p in pairs)
+    if best:
+      within = {(m, s, g, k): v for (m, s, g, k), v in cells.items()
+                if g == w and k <= n and v is not None and math.isfinite(v)}
+      winner = best(within, key=within.get) if within else None
+      row += ' | ' + (f'{column_name(*winner[:2])} ({winner[3]})'
+                      if winner else '')
+    out.append('| ' + (f'{w:g} | ' if guided else '') + f'{n} | ' + row + ' |')
   return out
 
 
@@ -155,8 +157,8 @@ def plot_png(results: dict) -> bytes:
   ax = fig.add_subplot()
   values, steps = _plot_lines(ax, results, main)
   ax.set_xscale('log', base=2)
-  if steps:
-    ticks = sorted(steps)
+  if steps:  # powers of two (Heun's 2N - 1 would crowd them)
+    ticks = sorted(n for n in steps if n & (n - 1) == 0) or sorted(steps)
     ax.set_xticks(ticks, labels=[str(t) for t in ticks])
     ax.xaxis.set_minor_locator(NullLocator())
   if values and min(values) > 0 and max(values) / min(values) > _LOG_Y_SPREAD:
