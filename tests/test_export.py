@@ -208,7 +208,7 @@ def test_sample_refuses_bad_requests(exported, workdir):
       (['--checkpoint=out/student.dd', '--seed=9223372036854775808'],
        ['--seed=9223372036854775808: out of range', '[-2**63, 2**63 - 1]']),
       (['--checkpoint=out/student.dd', '--sampler=unipc'],
-       ["sampler='ddim'", 'trained for the DDIM steps of its own grid']),
+       ['--sampler=ddim', 'trained for the DDIM steps of its own grid']),
       (['--checkpoint=out/student.dd', '--sampler=unipc:cosine'],
        ['--sampler', '`logsnr_uniform`']),
   ]:

@@ -36,7 +36,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore:the load_modu
 
 GUIDED = dict(TINY_OVERRIDES, **{'guidance.num_updates': 4,
                                  'distillation.start_num_steps': 4,
-                                 'eval.teacher_steps': (2,)})
+                                 'eval.teacher_steps': (2,),
+                                 'eval.samplers': ('ddim',)})  # the config's
 
 
 def guided_tiny_config():
