@@ -99,7 +99,8 @@ print('ok')
 
 def test_requests_below_the_batch_size_share_a_few_shapes():
   """3, 5, 6, 7, 8 and 9 images at batch size 16 make batches of 4, 8 and
-  16 rows (3 compiles of a sampler, not 6); every row comes back once."""
+  16 rows (3 compiles of a sampler, not 6); above 64, multiples of 64 (300
+  as 320, not 512); every row comes back once."""
   mesh = sharding.make_mesh()
   shapes = []
 
@@ -108,11 +109,12 @@ def test_requests_below_the_batch_size_share_a_few_shapes():
     shapes.append(len(batch))
     return batch * 2
 
-  for n in (3, 5, 6, 7, 8, 9):
+  for n, batch_size in ((3, 16), (5, 16), (6, 16), (7, 16), (8, 16), (9, 16),
+                        (300, 500), (65, 500), (300, 256)):
     x = np.arange(n, dtype=np.float32)
     np.testing.assert_array_equal(
-        sharding.map_batches(fn, x, batch_size=16, mesh=mesh), 2 * x)
-  assert shapes == [4, 8, 8, 8, 8, 16]
+        sharding.map_batches(fn, x, batch_size=batch_size, mesh=mesh), 2 * x)
+  assert shapes == [4, 8, 8, 8, 8, 16, 320, 128, 256, 256]
 
 
 def test_map_batches_pads_to_the_device_count_and_drops_the_padding():
