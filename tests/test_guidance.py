@@ -77,6 +77,19 @@ def test_guided_teacher_is_the_hand_computed_combination(guided):
                              atol=1e-5)
 
 
+@pytest.mark.parametrize('sampler', ['unipc', 'heun:karras'])
+def test_a_guided_teacher_samples_with_the_solvers(guided, sampler):
+  """The solvers run on the guided prediction: w changes the images."""
+  model, params, _, _, labels = guided
+  keys = jax.random.split(jax.random.PRNGKey(5), B)
+  run = jax.jit(lambda w: model.generate(params, keys, labels, num_steps=3,
+                                         sampler=sampler, guidance=w))
+  guided_images, conditional = run(2.), run(0.)
+  assert guided_images.shape == (B, 8, 8, 1)
+  assert np.isfinite(guided_images).all()
+  assert not np.allclose(guided_images, conditional, atol=1e-3)
+
+
 def test_combining_outputs_equals_combining_x_predictions(guided):
   """Weights (1 + w, -w) sum to 1, so any parameterization gives one x_w."""
   model, params, z, logsnr, labels = guided

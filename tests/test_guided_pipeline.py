@@ -252,6 +252,9 @@ def test_evaluation_has_a_guidance_axis(guided_workdir, tmp_path):
         ('distilled', 'stochastic', n) for n in (4, 2)} | {
             ('teacher', 'ddim', 2)}
   assert all(0. <= r['class_accuracy'] <= 1. for r in rows)
+  # The guided teacher evaluates its network twice per step, a student once.
+  assert all(r['nfe'] == (2 if r['model'] == 'teacher' else 1) * r['steps']
+             for r in rows)
   table = (workdir / 'eval' / 'results.md').read_text()
   assert ('| w | NFE | distilled | distilled stochastic | teacher DDIM | '
           'best within this NFE |') in table

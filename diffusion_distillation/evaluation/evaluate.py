@@ -246,7 +246,8 @@ def _evaluate_row(loaded, params, spec, settings, scorer, where: str):
   row = dict(model=spec.model, sampler=spec.sampler, steps=spec.steps,
              nfe=sampling.network_evaluations(
                  spec.sampler, spec.steps, guided_teacher=(
-                     spec.model == 'teacher' and spec.guidance is not None)))
+                     spec.model == 'teacher' and spec.guidance is not None
+                     and not loaded.model.w_teacher)))
   if spec.guidance is not None:
     row['guidance'] = spec.guidance
   row.update({k: _finite_or_none(v) for k, v in values.items()})
