@@ -189,6 +189,7 @@ main.run()
      '--xla_gpu_deterministic_ops=true'),
     ('false', '--xla_force_host_platform_device_count=1'),
 ])
+@pytest.mark.heavy  # starts a process
 def test_gpu_determinism_reaches_xla_flags_before_jax_starts(tmp_path, value,
                                                              flags):
   result = subprocess.run(

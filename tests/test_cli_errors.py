@@ -22,7 +22,8 @@ from helpers import snapshot
 DIGITS = os.path.join(REPO, 'configs', 'digits.py')
 
 # ml_collections loads config files with the deprecated `load_module()`.
-pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
+pytestmark = [pytest.mark.heavy,  # processes, training: not the fast tier
+              pytest.mark.filterwarnings('ignore:the load_module')]
 
 
 def digits_config_dict(**changes):

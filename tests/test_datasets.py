@@ -155,6 +155,7 @@ def test_invalid_arguments(digits):
     data_lib.get_dataset('lsun_church128', class_conditional=True)
 
 
+@pytest.mark.heavy  # starts a process
 def test_digits_does_not_import_tensorflow():
   # Building a TFDS data set does not import TensorFlow either: only its
   # iterators do.

@@ -72,6 +72,7 @@ def site(tmp_path_factory):
   return out
 
 
+@pytest.mark.heavy  # starts a process
 def test_every_page_is_built(site):
   pages = sorted(os.path.relpath(p, DOCS)[:-3]
                  for p in glob.glob(os.path.join(DOCS, '*.md')))
@@ -81,6 +82,7 @@ def test_every_page_is_built(site):
     assert (site / html).exists(), page
 
 
+@pytest.mark.heavy  # starts a process
 def test_the_reference_shows_the_contract_names(site):
   html = (site / 'reference' / 'index.html').read_text()
   missing = [name for name in CONTRACT_NAMES if f'id="{name}"' not in html]
@@ -92,6 +94,7 @@ def test_the_reference_shows_the_contract_names(site):
   assert 'ModelError' in section.split('id="diffusion_distillation.api.', 1)[0]
 
 
+@pytest.mark.heavy  # starts a process
 def test_the_site_loads_nothing_from_the_network(site):
   for path in glob.glob(os.path.join(site, '**', '*.html'), recursive=True):
     text = read(path)
@@ -104,7 +107,7 @@ def test_the_readme_is_short_and_in_order():
   assert len(text.splitlines()) <= 250
   where = [text.index(section + '\n') for section in README_SECTIONS]
   assert where == sorted(where), README_SECTIONS
-  assert 'bash tests/run.sh -m "not slow"' in text  # the fast tier
+  assert 'bash tests/run.sh -m "not slow and not heavy"' in text  # fast tier
 
 
 def test_the_readme_links_exist():

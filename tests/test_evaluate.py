@@ -41,6 +41,8 @@ from helpers import random_params
 from helpers import REPO
 from helpers import tiny_config
 
+pytestmark = pytest.mark.heavy  # processes, training: not the fast tier
+
 NUM_SAMPLES = 12
 INCEPTION_DIVISOR = 16  # every Inception width / 16: a fast forward pass
 

@@ -26,7 +26,8 @@ from helpers import subprocess_env
 from helpers import tiny_config
 from helpers import write_config_file
 
-pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
+pytestmark = [pytest.mark.heavy,  # processes, training: not the fast tier
+              pytest.mark.filterwarnings('ignore:the load_module')]
 
 
 def run(cwd, module, *args):

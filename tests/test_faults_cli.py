@@ -37,7 +37,8 @@ DIGITS = os.path.join(REPO, 'configs', 'digits.py')
 # tests run as root in CI, where permission bits do not stop writes.
 UNWRITABLE = ('/sys/kernel', '/proc')
 
-pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
+pytestmark = [pytest.mark.heavy,  # processes, training: not the fast tier
+              pytest.mark.filterwarnings('ignore:the load_module')]
 
 
 def _unwritable_dir():

@@ -27,6 +27,8 @@ TPU_VM_SH = REPO / 'launch' / 'tpu_vm.sh'
 # bin/python is itself; as a venv python it records pip / main calls.
 _RECORDER = r'''#!{python}
 import json, os, shutil, stat, sys
+
+pytestmark = pytest.mark.heavy  # processes, training: not the fast tier
 name = os.path.basename(sys.argv[0])
 with open(os.environ['FAKE_LOG'], 'a') as f:
   f.write(json.dumps([name] + sys.argv[1:]) + '\n')

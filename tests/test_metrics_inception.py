@@ -185,6 +185,7 @@ def test_convert_roundtrip(graph_path, tmp_path):
                          from_npz.params)
 
 
+@pytest.mark.heavy  # starts a process
 @pytest.mark.parametrize('case', ['missing', 'reduced_width'])
 def test_convert_command_errors(case, graph_path, tmp_path):
   """One error line; a reduced-width graph is not the graph the tool reads."""
@@ -367,6 +368,7 @@ def test_download_of_another_graph_is_refused(server, tmp_path):
   assert not list((tmp_path / 'inception').iterdir())
 
 
+@pytest.mark.heavy  # starts a process
 def test_evaluate_offline_says_where_to_put_the_file(finished_workdir,
                                                      tmp_path):
   """`evaluate --metric=inception` without weights, offline: one line."""

@@ -23,6 +23,8 @@ from diffusion_distillation.evaluation import evaluate
 
 from helpers import REPO
 
+pytestmark = pytest.mark.heavy  # processes, training: not the fast tier
+
 NOTEBOOK = os.path.join(REPO, 'notebooks', 'quickstart.ipynb')
 
 

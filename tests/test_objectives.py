@@ -10,6 +10,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 
 from diffusion_distillation import objectives
 from diffusion_distillation.config import choices
@@ -48,6 +49,7 @@ def test_every_planned_objective_has_a_row():
   assert set(objectives.OBJECTIVES) == names
 
 
+@pytest.mark.heavy  # starts a process
 def test_a_toy_objective_is_one_module_and_one_row(tmp_path, monkeypatch):
   monkeypatch.setitem(objectives.OBJECTIVES, 'matching', Matching)
   monkeypatch.setitem(fields.FIELDS, 'distillation.target', dataclasses.replace(

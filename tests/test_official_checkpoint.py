@@ -229,6 +229,7 @@ def _run_cli(*args):
   return proc.returncode, proc.stdout, proc.stderr
 
 
+@pytest.mark.heavy  # starts a process
 def test_cli_info(tmp_path, params):
   oc.write_official_checkpoint(tmp_path, params, 8, step=77)
   code, out, err = _run_cli(f'--input={tmp_path}', '--info')
@@ -242,6 +243,7 @@ def test_cli_info(tmp_path, params):
           'mid.attn_1') in out
 
 
+@pytest.mark.heavy  # starts a process
 def test_cli_errors(tmp_path, params):
   code, out, err = _run_cli(f'--input={tmp_path / "missing"}', '--info')
   assert code == 2 and out == ''

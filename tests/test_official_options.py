@@ -213,6 +213,7 @@ def _scalars(directory, tag):
   return {e.step: e.value for e in acc.Scalars(tag)}
 
 
+@pytest.mark.heavy  # starts a process
 def test_eval_loss_every_eval_every_steps_with_ema_parameters(eval_run):
   config, workdir = eval_run
   base, student = stages.plan_stages(config)
@@ -271,6 +272,7 @@ def test_bpd_is_the_hand_computed_variational_bound():
                              np.log(2.), rtol=2e-4)
 
 
+@pytest.mark.heavy  # starts a process
 def test_evaluate_metric_bpd_scores_the_teacher(finished_workdir, tmp_path):
   reference, _ = finished_workdir
   workdir = tmp_path / 'copy'

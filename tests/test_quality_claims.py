@@ -54,6 +54,7 @@ def _cli(workdir, *args):
       text=True, timeout=120, check=False)
 
 
+@pytest.mark.heavy  # starts a process
 def test_cli_exit_status(tmp_path):
   (tmp_path / 'eval').mkdir()
   (tmp_path / 'eval' / 'results.md').write_text('| the table |\n')

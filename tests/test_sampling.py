@@ -117,6 +117,7 @@ def test_requests_below_the_batch_size_share_a_few_shapes():
   assert shapes == [4, 8, 8, 8, 8, 16, 320, 128, 256, 256]
 
 
+@pytest.mark.heavy  # starts a process
 def test_map_batches_pads_to_the_device_count_and_drops_the_padding():
   """Batches of 4 on 3 devices hold 6 (one shape, one compile); 7 rows out."""
   result = subprocess.run([PYTHON, '-c', _MAP_BATCHES], cwd=REPO,

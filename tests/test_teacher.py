@@ -11,6 +11,8 @@ from diffusion_distillation.pipeline import workdirs
 
 from helpers import tiny_config
 
+pytestmark = pytest.mark.heavy  # processes, training: not the fast tier
+
 
 def _teacher_params(config, seed=1):
   ctx = loop.make_context(config, '/unused')

@@ -30,6 +30,8 @@ from helpers import run_module
 from helpers import subprocess_env
 from helpers import tiny_config
 
+pytestmark = pytest.mark.heavy  # processes, training: not the fast tier
+
 
 def _main_cmd(workdir, extra=()):
   return [PYTHON, '-m', 'diffusion_distillation.main',

@@ -28,6 +28,8 @@ from helpers import PYTHON
 from helpers import REPO
 from helpers import subprocess_env
 
+pytestmark = pytest.mark.heavy  # processes, training: not the fast tier
+
 STAGES = ['base', 'distill_4', 'distill_2', 'distill_1']
 # Runs the `main` command in a Python that says at exit whether anything
 # imported TensorFlow.
