@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow  # end-to-end runs
 SHORT_RUN = ('--config.train.num_train_steps=20',
              '--config.distillation.start_num_steps=4',
              '--config.distillation.steps_per_iter=5',
-             '--config.eval.num_samples=20', '--config.eval.grid_samples=16')
+             '--config.eval.num_samples=20', '--config.eval.grid_samples=16',
+             # One solver beside DDIM: the newcomer's evaluation, shorter.
+             '--config.eval.samplers=ddim,unipc')
 # Lines a newcomer should never see from a successful run.
 NOISE = ('Traceback', "Unable to initialize backend 'tpu'",
          'SetuptoolsDeprecationWarning', 'Editable installation',
