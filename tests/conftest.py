@@ -23,18 +23,3 @@ def finished_workdir(tmp_path_factory):
   summary = loop.run(tiny_config(), str(workdir))
   return workdir, summary
 
-
-def pytest_collection_modifyitems(items):
-  """The longest files first: the end-to-end ones (`slow`), then those that
-  start processes (`heavy`), then the rest, each file's tests in their
-  order. Two workers take whole files (`--dist loadfile`) in this order, so
-  no long end-to-end file is left to run alone on one core at the end."""
-  def rank(item):
-    return (0 if item.get_closest_marker('slow') else
-            1 if item.get_closest_marker('heavy') else 2)
-
-  first = {}
-  for item in items:
-    first[item.path] = min(first.get(item.path, 2), rank(item))
-  order = {item.nodeid: i for i, item in enumerate(items)}
-  items.sort(key=lambda item: (first[item.path], order[item.nodeid]))
