@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.heavy  # processes: not the fast tier
+
 REPO = Path(__file__).resolve().parents[1]
 RUN_SH = REPO / 'launch' / 'run.sh'
 TPU_VM_SH = REPO / 'launch' / 'tpu_vm.sh'
@@ -27,8 +29,6 @@ TPU_VM_SH = REPO / 'launch' / 'tpu_vm.sh'
 # bin/python is itself; as a venv python it records pip / main calls.
 _RECORDER = r'''#!{python}
 import json, os, shutil, stat, sys
-
-pytestmark = pytest.mark.heavy  # processes, training: not the fast tier
 name = os.path.basename(sys.argv[0])
 with open(os.environ['FAKE_LOG'], 'a') as f:
   f.write(json.dumps([name] + sys.argv[1:]) + '\n')
