@@ -69,10 +69,10 @@ class _Grid:
                           jax.nn.log_sigmoid(-self.logsnr(k))))
 
   def alpha(self, k):
-    return jnp.sqrt(jax.nn.sigmoid(self.logsnr(k)))
+    return process.alpha_sigma(self.logsnr(k))[0]
 
   def sigma(self, k):
-    return jnp.sqrt(jax.nn.sigmoid(-self.logsnr(k)))
+    return process.alpha_sigma(self.logsnr(k))[1]
 
 
 def _order(k, num_steps, top: int, final_below: int):
