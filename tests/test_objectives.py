@@ -9,7 +9,9 @@ config declares every choice), and trains end to end through `main`'s loop.
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from diffusion_distillation import objectives
@@ -20,7 +22,9 @@ from diffusion_distillation.diffusion import guidance
 from diffusion_distillation.diffusion import losses
 from diffusion_distillation.pipeline import finished_stages
 from diffusion_distillation.pipeline import loop
+from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import update
 
 from helpers import tiny_config
 
@@ -34,7 +38,7 @@ class Matching(objectives.Objective):
     return losses.draw_noise(rng, x, 0)
 
   def loss(self, params, teacher_params, batch, draws, *, num_steps,
-           step=None, train=True):
+           step=None, train=True, target_params=None):
     labels, x = self.labels_and_x(batch)
     return guidance.matching_loss(
         self.model.bind(params, labels),
@@ -68,3 +72,39 @@ def test_a_toy_objective_is_one_module_and_one_row(tmp_path, monkeypatch):
   moved = [not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(student), jax.tree.leaves(teacher))]
   assert any(moved)  # the student trained, from the teacher
+
+
+class Anchored(objectives.Objective):
+  """Toy: the squared distance of the parameters to the state's target."""
+
+  @classmethod
+  def target_decay(cls, config):
+    return lambda step: 0.5
+
+  def draw(self, rng, batch, num_steps) -> dict:
+    return {}
+
+  def loss(self, params, teacher_params, batch, draws, *, num_steps,
+           step=None, train=True, target_params=None):
+    distance = sum(jnp.sum(jnp.square(p - t)) for p, t in zip(
+        jax.tree.leaves(params), jax.tree.leaves(target_params)))
+    return jnp.full(batch['label'].shape, distance)
+
+
+def test_a_target_network_is_state_the_loss_reads_and_the_update_follows():
+  """`Objective.target_decay`: the state carries the target, the loss gets
+  it (not differentiated), and after the update it moves by its decay."""
+  opt = optimization.Optimization(
+      optax.sgd(0.1), optax.constant_schedule(0.1), lambda step: 0., 0.,
+      False, keeps_average=False,
+      target_decay=Anchored.target_decay(None))
+  state = opt.init_state({'w': jnp.ones(3)}, 2)
+  assert state.ema_params is None
+  np.testing.assert_array_equal(state.target_params['w'], np.ones(3))
+  state = state.replace(params={'w': jnp.full(3, 2.)})
+  train_steps = jax.jit(update.make_train_steps(Anchored(None), opt))
+  state, metrics = train_steps(state, {'label': np.zeros((1, 4), np.int32)},
+                               None, jax.random.PRNGKey(0))
+  np.testing.assert_allclose(metrics['loss'], [3.])  # 3 * (2 - 1)^2
+  np.testing.assert_allclose(state.params['w'], 1.8)  # 2 - 0.1 * 2 (2 - 1)
+  np.testing.assert_allclose(state.target_params['w'], 1.4)  # (1 + 1.8) / 2

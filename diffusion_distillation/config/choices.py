@@ -33,6 +33,8 @@ WEIGHT_TYPES = ('constant', 'snr', 'snr_trunc', 'v_mse')
 # A student's target (diffusion/losses.py `TARGETS`), and the name of its
 # objective (objectives/, 'guided_' + it with a guidance section).
 DISTILLATION_TARGETS = ('progressive', 'two_step')
+# How students are distilled from the teacher (pipeline/stages.py `METHODS`).
+DISTILLATION_METHODS = ('progressive',)
 # How the UNet embeds logSNR (and w): models/unet.py.
 LOGSNR_INPUT_TYPES = ('linear', 'sigmoid', 'inv_cos')
 # What `remat` keeps for the backward pass (jax.checkpoint_policies names):

@@ -261,6 +261,9 @@ FIELDS = {
                                    FUTURE),
     'distillation.ema_decay': F(0., "students' EMA", fraction(), FUTURE),
     'distillation.dropout': F(0., "students' dropout", fraction(), FUTURE),
+    'distillation.method': F(
+        'progressive', 'how students are distilled: progressive (halving the '
+        'steps, stage by stage)', one_of(*choices.DISTILLATION_METHODS)),
     'distillation.target': F(
         'progressive', "the students' target: progressive (two teacher "
         'steps of 1/(2N), for DDIM) or two_step (two of 1/N: the 2/N jump of '

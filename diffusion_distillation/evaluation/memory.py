@@ -29,7 +29,6 @@ from diffusion_distillation.evaluation import profiling
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import optimization
-from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import update
 
 DEVICE_GB = (16, 24, 32, 40, 80, 141)  # common accelerators' memory, 1e9 B
@@ -51,8 +50,7 @@ def lower_update(config, stage, opt, per_device_batch: int):
   rep = sharding.replicated(mesh)
   params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
   state = _placed(jax.eval_shape(
-      lambda p: train_state.create(p, opt.tx, stage.num_sample_steps,
-                                   average=opt.keeps_average), params), rep)
+      lambda p: opt.init_state(p, stage.num_sample_steps), params), rep)
   batch = per_device_batch * jax.device_count()
   batches = _placed({
       'image': jax.ShapeDtypeStruct((1, batch, *data_shape), jnp.float32),

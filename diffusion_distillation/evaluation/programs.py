@@ -21,7 +21,6 @@ from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import optimization
 from diffusion_distillation.pipeline import tracing
-from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import update
 
 
@@ -131,8 +130,7 @@ def _update_program(bench: Bench, stage, opt, *, key) -> dict:
   init_params = bench.teacher if distill else bench.params
   teacher = bench.teacher if distill else None
   holder = {'state': sharding.replicate(
-      train_state.create(init_params, opt.tx, stage.num_sample_steps,
-                         average=opt.keeps_average),
+      opt.init_state(init_params, stage.num_sample_steps),
       bench.ctx.mesh)}
   compiled, compile_s = profiling.compile_timed(
       jitted, holder['state'], bench.batches, teacher, key,

@@ -19,8 +19,8 @@ class GuidedProgressive(objective.Objective):
     return draw_guided(self, rng, batch, num_steps)
 
   def loss(self, params, teacher_params, batch, draws, *, num_steps,
-           step=None, train: bool = True):
-    del step
+           step=None, train: bool = True, target_params=None):
+    del step, target_params
     labels, x = self.labels_and_x(batch)
     student, w = self.model.student(), draws['w']
     return losses.diffusion_loss(

@@ -42,8 +42,8 @@ class GuidedStageOne(objective.Objective):
     return draw_guided(self, rng, batch, 0)
 
   def loss(self, params, teacher_params, batch, draws, *, num_steps,
-           step=None, train: bool = True):
-    del num_steps
+           step=None, train: bool = True, target_params=None):
+    del num_steps, target_params
     labels, x = self.labels_and_x(batch)
     model, w = self.model, draws['w']
     student_fn = model.student().bind(

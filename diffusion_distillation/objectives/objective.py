@@ -5,7 +5,8 @@ batch:
 
     draws = objective.draw(rng, batch, num_steps)
     losses = objective.loss(params, teacher_params, batch, draws,
-                            num_steps=num_steps, step=step)
+                            num_steps=num_steps, step=step,
+                            target_params=target_params)
 
 `draw` makes every random quantity of the whole batch from one key (times,
 noise, label dropout, w, and the `BatchKey` of the network's dropout masks);
@@ -15,9 +16,16 @@ sees a microbatch.
 
 The class attributes say what the rest of the pipeline needs to know of a
 stage, so that nothing else branches on which objective it is.
+
+An objective that learns against a moving copy of its own student (TRACT's
+self-teacher, consistency distillation's target network) says how that copy
+follows the parameters (`target_decay`); the state then carries it
+(`TrainState.target_params`), the update keeps it, and `loss` reads it as
+`target_params` (None for every other objective).
 """
 
 import abc
+from typing import Callable, Optional
 
 from diffusion_distillation.models import diffusion_model as model_lib
 
@@ -49,12 +57,22 @@ class Objective(abc.ABC):
     `num_steps`: the sampler steps the stage trains for (the state's, traced).
     """
 
+  @classmethod
+  def target_decay(cls, config) -> Optional[Callable]:
+    """`step -> decay` of the EMA of the parameters that `loss` reads as
+    `target_params` (updated after each update, as the parameter average);
+    None: the objective has no such target (the default)."""
+    del config
+    return None
+
   @abc.abstractmethod
   def loss(self, params, teacher_params, batch, draws, *, num_steps,
-           step=None, train: bool = True):
+           step=None, train: bool = True, target_params=None):
     """Loss per example, shape (B,). `teacher_params`: the frozen teacher's
     (None when not `trains_student`); `step`: the stage's update, for
-    schedules inside the loss (None: at their end); dropout when `train`."""
+    schedules inside the loss (None: at their end); dropout when `train`;
+    `target_params`: the student's moving target (see `target_decay`), else
+    None."""
 
   def labels_and_x(self, batch):
     """The batch's labels and its images as data in [-1, 1]."""

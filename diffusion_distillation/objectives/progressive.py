@@ -23,8 +23,8 @@ class Progressive(objective.Objective):
                 dropout=BatchKey(rng_dropout))
 
   def loss(self, params, teacher_params, batch, draws, *, num_steps,
-           step=None, train: bool = True):
-    del step
+           step=None, train: bool = True, target_params=None):
+    del step, target_params
     labels, x = self.labels_and_x(batch)
     model = self.model
     return losses.diffusion_loss(

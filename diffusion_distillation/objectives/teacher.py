@@ -28,8 +28,8 @@ class Teacher(objective.Objective):
                 dropout=BatchKey(rng_dropout))
 
   def loss(self, params, teacher_params, batch, draws, *, num_steps,
-           step=None, train: bool = True):
-    del teacher_params, num_steps, step
+           step=None, train: bool = True, target_params=None):
+    del teacher_params, num_steps, step, target_params
     labels, x = self.labels_and_x(batch)
     return self._loss(params, labels, x, draws, train)
 
@@ -58,8 +58,8 @@ class GuidedTeacher(Teacher):
                     rng_cond, labels, self.cond_drop_prob))
 
   def loss(self, params, teacher_params, batch, draws, *, num_steps,
-           step=None, train: bool = True):
-    del teacher_params, num_steps, step
+           step=None, train: bool = True, target_params=None):
+    del teacher_params, num_steps, step, target_params
     labels, x = self.labels_and_x(batch)
     labels = guidance.drop_labels(labels, draws['label_drops'],
                                   self.model.null_label)

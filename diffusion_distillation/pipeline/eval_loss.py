@@ -40,13 +40,15 @@ class EvalLoss:
     """After `n` updates that ended at `step`: evaluate if one was due."""
     if not self.every or step // self.every == (step - n) // self.every:
       return None
-    value = self.loss(state.averaged_params, teacher, step)
+    value = self.loss(state.averaged_params, teacher, step,
+                      state.target_params)
     writer.write_scalars(step, {'eval/loss': value})
     logging.info('%s step %d: eval/loss %.6g', self._stage.name, step, value)
     return value
 
-  def loss(self, params, teacher, step: int) -> float:
-    """The mean loss of `params` over the eval split at `step`'s randomness."""
+  def loss(self, params, teacher, step: int, target=None) -> float:
+    """The mean loss of `params` over the eval split at `step`'s randomness
+    (`target`: the state's `target_params`, for objectives that have one)."""
     if self._fn is None:
       self._fn = self._compile()
     rng = jax.random.fold_in(self._key, step)
@@ -55,7 +57,7 @@ class EvalLoss:
       batch_total, batch_count = self._fn(
           params, sharding.global_batch(batch, self._ctx.mesh),
           sharding.global_batch(mask, self._ctx.mesh),
-          jax.random.fold_in(rng, i), teacher)
+          jax.random.fold_in(rng, i), teacher, target)
       total, count = total + batch_total, count + batch_count
     return float(sharding.to_host(total)) / float(sharding.to_host(count))
 
@@ -66,15 +68,15 @@ class EvalLoss:
     objective = stage.objective_for(model)
     num_steps = stage.num_sample_steps
 
-    def sums(params, batch, mask, rng, teacher):
+    def sums(params, batch, mask, rng, teacher, target):
       per_example = objective.loss(
           params, teacher, batch, objective.draw(rng, batch, num_steps),
-          num_steps=num_steps, train=False)
+          num_steps=num_steps, train=False, target_params=target)
       return jnp.sum(per_example * mask), jnp.sum(mask)
 
     rep, split = (sharding.replicated(ctx.mesh),
                   sharding.batch_sharding(ctx.mesh))
-    return jax.jit(sums, in_shardings=(rep, split, split, rep, rep),
+    return jax.jit(sums, in_shardings=(rep, split, split, rep, rep, rep),
                    out_shardings=rep)
 
   def _batches(self):

@@ -13,7 +13,6 @@ from diffusion_distillation.parallel import distributed
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import checkpoints
 from diffusion_distillation.pipeline import optimization
-from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline.stages import Context
 from diffusion_distillation.pipeline.stages import Stage
 
@@ -73,9 +72,9 @@ def abstract_state(ctx: Context, stage: Stage):
   opt = optimization.optimization_for(ctx.config, stage)
   rep = sharding.replicated(ctx.mesh)
   shapes = jax.eval_shape(
-      lambda: train_state.create(
-          ctx.base_model.init_params(jax.random.PRNGKey(0)), opt.tx,
-          stage.num_sample_steps, average=opt.keeps_average))
+      lambda: opt.init_state(
+          ctx.base_model.init_params(jax.random.PRNGKey(0)),
+          stage.num_sample_steps))
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
 

@@ -41,7 +41,6 @@ from diffusion_distillation.pipeline import stages as stages_lib
 from diffusion_distillation.pipeline import summaries
 from diffusion_distillation.pipeline import teachers
 from diffusion_distillation.pipeline import tracing
-from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline import update
 from diffusion_distillation.pipeline import workdir_lock
 from diffusion_distillation.pipeline.stages import Context
@@ -191,9 +190,8 @@ def _start_state(ctx: Context, stage: Stage, opt, manager, teacher_params):
   init = (teacher_params if stage.trains_student else
           jax.jit(ctx.base_model.init_params)(
               jax.random.PRNGKey(ctx.config.seed)))
-  state = sharding.replicate(
-      train_state.create(init, opt.tx, stage.num_sample_steps,
-                         average=opt.keeps_average), ctx.mesh)
+  state = sharding.replicate(opt.init_state(init, stage.num_sample_steps),
+                             ctx.mesh)
   return state, meta
 
 

@@ -14,6 +14,7 @@ import optax
 
 from diffusion_distillation.config import OPTIMIZERS
 from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.pipeline import train_state
 from diffusion_distillation.pipeline.stages import Context
 from diffusion_distillation.pipeline.stages import Stage
 
@@ -92,6 +93,16 @@ class Optimization:
   clip_per_device: Optional[float] = None  # train.grad_clip_per_device
   num_microbatches: int = 1  # train.num_microbatches
   keeps_average: bool = True  # False: the EMA decay is always 0
+  # `step -> decay` of the objective's target (`Objective.target_decay`);
+  # None: the state has no target.
+  target_decay: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None
+
+  def init_state(self, params, num_sample_steps) -> train_state.TrainState:
+    """A fresh state for this optimization: its optimizer state, and an EMA
+    and a target where it keeps them."""
+    return train_state.create(params, self.tx, num_sample_steps,
+                              average=self.keeps_average,
+                              target=self.target_decay is not None)
 
 
 def optimization_for(config, stage: Stage) -> Optimization:
@@ -123,7 +134,7 @@ def optimization_for(config, stage: Stage) -> Optimization:
                    bool(t.avg_type))
   return Optimization(tx, schedule, average, dropout, t.enable_update_skip,
                       t.grad_clip if per_device else None, t.num_microbatches,
-                      keeps_average)
+                      keeps_average, stage.target_decay(config))
 
 
 def stage_model(ctx: Context, opt: Optimization) -> model_lib.DiffusionModel:

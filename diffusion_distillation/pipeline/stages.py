@@ -50,6 +50,10 @@ class Stage:
     """The config section of its learning rate, anneal and EMA."""
     return objectives.OBJECTIVES[self.objective].settings
 
+  def target_decay(self, config):
+    """`step -> decay` of its objective's target network, or None."""
+    return objectives.OBJECTIVES[self.objective].target_decay(config)
+
   @property
   def w_conditioned(self) -> bool:
     """Its model takes the guidance strength w."""
@@ -82,13 +86,29 @@ def plan_stages(config) -> list[Stage]:
                         config.guidance.num_updates, distill.start_num_steps,
                         'guided_stage_one', (('w_warmup_steps', int(
                             config.guidance.w_warmup_steps)),)))
-  student = ('guided_' if guided else '') + distill.target
-  n = distill.start_num_steps // 2
-  while n >= distill.end_num_steps:
-    stages.append(Stage(len(stages), distill_stage_name(n),
-                        distill.steps_per_iter, n, student))
-    n //= 2
+  for name, num_updates, num_steps, *objective in METHODS[distill.method](
+      config):
+    stages.append(Stage(len(stages), name, num_updates, num_steps,
+                        *objective))
   return stages
+
+
+def progressive_stages(config) -> list[tuple]:
+  """Progressive distillation: one stage per halving of the steps, each
+  student the next one's teacher."""
+  distill = config.distillation
+  student = ('guided_' if 'guidance' in config else '') + distill.target
+  plan, n = [], distill.start_num_steps // 2
+  while n >= distill.end_num_steps:
+    plan.append((distill_stage_name(n), distill.steps_per_iter, n, student))
+    n //= 2
+  return plan
+
+
+# `distillation.method` -> its students' stages after the teacher (and stage
+# one of guided distillation): (name, updates, sampler steps, objective[,
+# options]) each, in order; each stage distills the one before it.
+METHODS = {'progressive': progressive_stages}
 
 
 def distill_stage_name(num_steps: int) -> str:

@@ -32,33 +32,31 @@ def make_train_steps(objective: Objective, opt: Optimization):
   def one_step(state, batch, teacher_params, key):
     num_steps, step = state.num_sample_steps, state.step
 
-    def grads(params, batch, rng, teacher_params):
+    def grads(params, batch, rng, teachers):
       """1. every random draw of the batch; 2. the loss and its gradient,
       in microbatches that slice the batch and the draws."""
+      teacher, target = teachers
       draws = objective.draw(rng, batch, num_steps)
       return microbatches.value_and_grad(
           lambda p, inputs: objective.loss(
-              p, teacher_params, inputs['batch'], inputs['draws'],
-              num_steps=num_steps, step=step),
+              p, teacher, inputs['batch'], inputs['draws'],
+              num_steps=num_steps, step=step, target_params=target),
           opt.num_microbatches)(params, {'batch': batch, 'draws': draws})
 
     rng = jax.random.fold_in(key, step)
+    # The frozen teacher and the student's target: neither is trained.
+    teachers = jax.lax.stop_gradient((teacher_params, state.target_params))
     if opt.clip_per_device is None:
-      loss, grads = grads(state.params, batch, rng, teacher_params)
+      loss, grads = grads(state.params, batch, rng, teachers)
       grad_norm = optax.tree.norm(grads)
     else:
       loss, grads, grad_norm = per_device_clipped_grads(
-          grads, opt.clip_per_device)(state.params, batch, rng,
-                                      teacher_params)
+          grads, opt.clip_per_device)(state.params, batch, rng, teachers)
     updates, opt_state = opt.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': grad_norm,
                'learning_rate': jnp.asarray(opt.schedule(step), jnp.float32)}
-    new_state = state.replace(
-        step=step + 1, params=params, opt_state=opt_state,
-        ema_params=None if state.ema_params is None else
-        train_state.update_ema(state.ema_params, params,
-                               opt.ema_decay(step), step))
+    new_state = _advance(state, params, opt_state, opt)
     if opt.skip_nonfinite:
       new_state, metrics['skipped'] = skip_if_nonfinite(state, new_state)
     return new_state, metrics
@@ -74,6 +72,20 @@ def make_train_steps(objective: Objective, opt: Optimization):
   return train_steps
 
 
+def _advance(state, params, opt_state, opt: Optimization):
+  """The state after an update to `params`: the step, the optimizer's
+  state, and the averages that follow the parameters (EMA, target)."""
+  step = state.step
+  return state.replace(
+      step=step + 1, params=params, opt_state=opt_state,
+      ema_params=None if state.ema_params is None else
+      train_state.update_ema(state.ema_params, params, opt.ema_decay(step),
+                             step),
+      target_params=None if state.target_params is None else
+      train_state.follow(state.target_params, params,
+                         opt.target_decay(step)))
+
+
 def clip_by_global_norm(tree, clip_norm):
   """(tree scaled to global norm <= clip_norm, its norm before clipping).
 
@@ -86,11 +98,11 @@ def clip_by_global_norm(tree, clip_norm):
 
 
 def per_device_clipped_grads(grad_fn, clip_norm, mesh=None):
-  """`(params, batch, rng, teacher) -> (loss, grads, grad_norm)`, the official
-  `step_fn` way (`train.grad_clip_per_device`).
+  """`(params, batch, rng, teachers) -> (loss, grads, grad_norm)`, the
+  official `step_fn` way (`train.grad_clip_per_device`).
 
   Each device of the `data` axis takes the gradient of the loss (`grad_fn`:
-  `(params, batch, rng, teacher) -> (loss, grads)`) on its own
+  `(params, batch, rng, teachers) -> (loss, grads)`) on its own
   shard of the batch (rng folded with its index, as the official
   `fold_in(rng, axis_index('batch'))`), clips it to `clip_norm` by its own
   global norm, and only then are gradients averaged over devices (`pmean`),
@@ -101,9 +113,9 @@ def per_device_clipped_grads(grad_fn, clip_norm, mesh=None):
   mesh = sharding.make_mesh() if mesh is None else mesh
   axis = sharding.DATA_AXIS
 
-  def local(params, batch, rng, teacher_params):
+  def local(params, batch, rng, teachers):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))
-    loss, grads = grad_fn(params, batch, rng, teacher_params)
+    loss, grads = grad_fn(params, batch, rng, teachers)
     grads, norm = clip_by_global_norm(grads, clip_norm)
     return jax.lax.pmean((loss, grads, norm), axis)
 
