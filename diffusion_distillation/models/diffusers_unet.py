@@ -11,7 +11,8 @@ embeddings (`flip_sin_to_cos`, `freq_shift`), `resnet_time_scale_shift`
 (`unet_settings`).
 
 Module names are diffusers' with `.N` written `_N` (flax names list items
-so), which makes loading a state dict a renaming (`diffusers_folder.py`).
+so), which makes loading a state dict a renaming
+(`models/diffusers_folder.py`).
 Layout is ours (NHWC); the network takes diffusers' discrete timestep, a
 float, so any time between two training steps is an input too.
 """
