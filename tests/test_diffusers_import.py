@@ -5,8 +5,10 @@ by tests/data/diffusers/make_golden.py with diffusers 0.42.1 and torch 2.13.0
 (CPU): two tiny random-weight `UNet2DModel`s saved with `save_pretrained`
 (ddpm_like: the block types and time embedding of google/ddpm-cifar10-32,
 8x8x1 for the digits; adm_like: scale_shift, attention_head_dim heads, class
-embeddings, learned variance, cosine betas), their outputs on fixed inputs
-and fractional timesteps, a 10-step DDIM trajectory of diffusers'
+embeddings, learned variance, cosine betas; export_like: what our
+`export --format=diffusers` writes, a learned time embedding table and
+ResNet-block resampling), their outputs on fixed inputs and (but for
+export_like's table) fractional timesteps, a 10-step DDIM trajectory of diffusers'
 `DDIMScheduler` ('trailing' spacing, no clipping, eta 0) and the betas of
 each `beta_schedule`. Nothing here imports torch or diffusers.
 """
@@ -76,7 +78,7 @@ def labels_of(data, key, n):
   return jnp.asarray(data[key] if key in data else np.zeros(n, np.int32))
 
 
-@pytest.mark.parametrize('name', sorted(FOLDERS))
+@pytest.mark.parametrize('name', [*sorted(FOLDERS), 'export_like'])
 def test_the_port_computes_what_diffusers_computes(name):
   data = golden(name)
   unet_config, _ = diffusers_folder.read_configs(os.path.join(DATA, name))

@@ -15,6 +15,11 @@ Run once, outside the project, in a scratch venv with the reference:
   freq_shift=1, downsample_padding=0), 8x8x1 so that it fits the digits.
   adm_like is ADM-style: scale_shift norm, attention_head_dim heads, class
   embeddings, learned variance (twice the channels out), cosine betas.
+  export_like has what our `export --format=diffusers` writes: a learned
+  time embedding table, ResNet-block resampling (`ResnetDownsampleBlock2D`,
+  `downsample_type='resnet'`), `attn_norm_num_groups`; it is evaluated at
+  integer timesteps only (diffusers' `nn.Embedding` takes no others) and has
+  no trajectory.
 * `<name>/golden.npz`: the network's outputs on fixed inputs and (fractional)
   timesteps, and a 10-step DDIM trajectory of `DDIMScheduler` (eta 0).
 * `betas.npz`: the betas of every `beta_schedule` name diffusers has.
@@ -51,12 +56,27 @@ MODELS = {
         scheduler=dict(num_train_timesteps=1000,
                        beta_schedule='squaredcos_cap_v2'),
         classes=3),
+    'export_like': dict(
+        unet=dict(sample_size=8, in_channels=3, out_channels=3,
+                  block_out_channels=(8, 16, 16), layers_per_block=1,
+                  down_block_types=('ResnetDownsampleBlock2D',
+                                    'AttnDownBlock2D', 'DownBlock2D'),
+                  up_block_types=('UpBlock2D', 'AttnUpBlock2D',
+                                  'ResnetUpsampleBlock2D'),
+                  downsample_type='resnet', upsample_type='resnet',
+                  norm_num_groups=4, norm_eps=1e-6, attention_head_dim=4,
+                  attn_norm_num_groups=4, resnet_time_scale_shift='scale_shift',
+                  time_embedding_type='learned', num_train_timesteps=1000),
+        scheduler=dict(num_train_timesteps=1000,
+                       prediction_type='v_prediction'),
+        classes=None, timesteps=np.array([0, 17, 421, 999]),
+        trajectory=False),
 }
 # Our DDIM on the imported teacher is diffusers' DDIM at these settings: the
 # grid t = i / N is the 'trailing' spacing, and the last step returns the x
 # prediction (alpha = 1).
 DDIM = dict(clip_sample=False, set_alpha_to_one=True,
-            timestep_spacing='trailing', prediction_type='epsilon')
+            timestep_spacing='trailing')
 TIMESTEPS = np.array([0., 17.5, 421., 999.], np.float32)
 
 
@@ -87,25 +107,38 @@ def make(name, spec):
   folder = os.path.join(HERE, name)
   unet = perturbed_unet(spec['unet'])
   unet.save_pretrained(os.path.join(folder, 'unet'))
-  scheduler = DDIMScheduler(**spec['scheduler'], **DDIM)
+  scheduler = DDIMScheduler(**{'prediction_type': 'epsilon', **DDIM,
+                                **spec['scheduler']})
   scheduler.save_pretrained(os.path.join(folder, 'scheduler'))
   gen = torch.Generator().manual_seed(1)
-  shape = (len(TIMESTEPS), spec['unet']['in_channels'], 8, 8)
+  timesteps = spec.get('timesteps', TIMESTEPS)
+  shape = (len(timesteps), spec['unet']['in_channels'], 8, 8)
   x = torch.randn(shape, generator=gen)
-  labels = (torch.arange(len(TIMESTEPS)) % spec['classes']
+  labels = (torch.arange(len(timesteps)) % spec['classes']
             if spec['classes'] else None)
   with torch.no_grad():
-    out = unet(x, torch.from_numpy(TIMESTEPS), class_labels=labels).sample
+    out = unet(x, torch.from_numpy(timesteps), class_labels=labels).sample
+  # NCHW (torch) -> NHWC (ours)
+  nhwc = lambda a: np.moveaxis(np.asarray(a), -3, -1)
+  arrays = dict(x=nhwc(x), timesteps=timesteps.astype(np.float32),
+                out=nhwc(out), alphas_cumprod=scheduler.alphas_cumprod.numpy())
+  if spec.get('trajectory', True):
+    arrays.update(trajectory_arrays(unet, scheduler, gen, shape, labels))
+  if labels is not None:
+    arrays['labels'] = labels.numpy()
+  np.savez(os.path.join(folder, 'golden.npz'), **arrays)
+
+
+def trajectory_arrays(unet, scheduler, gen, shape, labels):
+  """The 10-step DDIM trajectory of two images from fixed noise."""
+  nhwc = lambda a: np.moveaxis(np.asarray(a), -3, -1)
   z = torch.randn((2, *shape[1:]), generator=gen)
   traj_labels = labels[:2] if labels is not None else None
   trajectory, steps = ddim_trajectory(unet, scheduler, z, traj_labels)
-  extra = {} if labels is None else dict(labels=labels.numpy(),
-                                         trajectory_labels=traj_labels.numpy())
-  # NCHW (torch) -> NHWC (ours)
-  nhwc = lambda a: np.moveaxis(np.asarray(a), -3, -1)
-  np.savez(os.path.join(folder, 'golden.npz'), x=nhwc(x), timesteps=TIMESTEPS,
-           out=nhwc(out), trajectory=nhwc(trajectory), ddim_timesteps=steps,
-           alphas_cumprod=scheduler.alphas_cumprod.numpy(), **extra)
+  arrays = dict(trajectory=nhwc(trajectory), ddim_timesteps=steps)
+  if traj_labels is not None:
+    arrays['trajectory_labels'] = traj_labels.numpy()
+  return arrays
 
 
 def main():
