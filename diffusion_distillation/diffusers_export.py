@@ -1,0 +1,379 @@
+"""A model as a diffusers folder: `UNet2DModel` weights plus a `DDIMScheduler`.
+
+What `export --format=diffusers` writes, as pure functions of a
+`DiffusionModel`, its parameters and its step count N:
+
+* The network maps one to one onto diffusers' `UNet2DModel` for the options
+  our configs use: ResNet blocks with the embedding as the scale and shift of
+  their second GroupNorm (`resnet_time_scale_shift='scale_shift'`), GroupNorm
+  eps 1e-6 everywhere (attention's too: `attn_norm_num_groups=32`), TF 'SAME'
+  strided downsampling convolutions (`downsample_padding=0` pads right and
+  bottom only), and with `resblock_resample` the resampling ResNet blocks
+  (`downsample_type='resnet'`, average pooling and nearest upsampling inside
+  the block, as ours). Options it cannot express are refused by name.
+* The timestep: ours embeds a function of the logSNR (`logsnr_input_type`),
+  diffusers the raw integer timestep. The exported UNet uses
+  `time_embedding_type='learned'`, a table (`time_proj.weight`) whose row k is
+  exactly our sinusoidal embedding at t = (k + 1) / T, so the integer timestep
+  k reproduces our network at that t for every `logsnr_input_type`.
+* The schedule: T = N * ceil(1000 / N) train timesteps, `trained_betas` whose
+  products are our alpha^2 = sigmoid(logsnr(t)) at t = (k + 1) / T, and
+  `timestep_spacing='trailing'`, so that `set_timesteps(N)` gives k = T i / N
+  - 1 for i = N..1: our grid t = i / N (any M dividing T gives the grid i / M
+  as well). The last step lands on `set_alpha_to_one` (alpha = 1): the clean x
+  prediction, which is what our sampler returns.
+"""
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from diffusion_distillation.errors import ModelError
+from diffusion_distillation.models import unet as unet_lib
+
+# Our `model.mean_type` -> diffusers' `prediction_type` ('both' has none).
+PREDICTION_TYPES = {'x': 'sample', 'eps': 'epsilon', 'v': 'v_prediction'}
+# The step count whose multiples the scheduler's timesteps are (about).
+TRAIN_TIMESTEPS = 1000
+# flax's GroupNorm epsilon; diffusers' defaults to 1e-5.
+NORM_EPS = 1e-6
+
+
+def num_train_timesteps(num_steps: int) -> int:
+  """T: the smallest multiple of `num_steps` that is >= 1000, so that the
+  N-step grid t = i / N falls on timesteps (T i / N - 1)."""
+  return num_steps * math.ceil(TRAIN_TIMESTEPS / num_steps)
+
+
+def check_exportable(model, distilled: bool):
+  """Raises ModelError naming the first option of `model` (a
+  `DiffusionModel`) that diffusers' UNet2DModel + DDIMScheduler cannot
+  express."""
+  if model.mean_type not in PREDICTION_TYPES:
+    raise ModelError(
+        f'model.mean_type={model.mean_type!r} (x and eps blended by logSNR) '
+        'has no diffusers prediction_type; only x, eps and v export')
+  if model.sampled(distilled).w_conditioned:
+    raise ModelError('a w-conditioned student (guided distillation: w_dense0,'
+                     ' w_dense1) has no diffusers UNet2DModel equivalent')
+  ch_mult = model.network.ch_mult
+  if ch_mult[0] != 1:
+    raise ModelError(
+        f'model.args.ch_mult={list(ch_mult)}: diffusers embeds the timestep '
+        'with ch * ch_mult[0] channels, ours with ch; it must start with 1')
+  attention_head_dim(model)
+
+
+def attended_levels(model) -> list:
+  """The resolution levels whose blocks attend (`attn_resolutions` holds
+  their image size)."""
+  net, size = model.network, model.data_shape[0]
+  return [level for level in range(len(net.ch_mult))
+          if size // 2**level in net.attn_resolutions]
+
+
+def attention_head_dim(model):
+  """diffusers' one `attention_head_dim` for every attention layer (None: one
+  head of all channels), or ModelError when ours has no single one."""
+  net = model.network
+  if net.head_dim is not None:
+    return net.head_dim
+  if net.num_heads == 1:
+    return None
+  widths = {net.ch * net.ch_mult[level] for level in attended_levels(model)}
+  widths.add(net.ch * net.ch_mult[-1])  # the middle block's attention
+  dims = {width // net.num_heads for width in widths}
+  if len(dims) != 1:
+    raise ModelError(
+        f'model.args.num_heads={net.num_heads} over attention widths '
+        f'{sorted(widths)}: diffusers has one head width for all of them; '
+        'use model.args.head_dim')
+  return dims.pop()
+
+
+def unet_config(model, num_timesteps: int) -> dict:
+  """The `UNet2DModel` config (`unet/config.json`) of `model`'s network."""
+  net = model.network
+  levels = range(len(net.ch_mult))
+  attends = set(attended_levels(model))
+  kind = 'Resnet' if net.resblock_resample else ''
+
+  def block(level, direction):
+    if level in attends:
+      return f'Attn{direction.capitalize()}Block2D'
+    if kind:
+      return f'Resnet{direction.capitalize()}sampleBlock2D'
+    return f'{direction.capitalize()}Block2D'
+
+  classes = model.num_classes + int(net.extra_class)
+  return {
+      '_class_name': 'UNet2DModel',
+      'sample_size': model.data_shape[0],
+      'in_channels': model.data_shape[-1],
+      'out_channels': net.out_ch,
+      'center_input_sample': False,
+      'time_embedding_type': 'learned',
+      'time_embedding_dim': net.emb_ch,
+      'num_train_timesteps': num_timesteps,
+      'down_block_types': [block(level, 'down') for level in levels],
+      'up_block_types': [block(level, 'up') for level in reversed(levels)],
+      'block_out_channels': [net.ch * m for m in net.ch_mult],
+      'layers_per_block': net.num_res_blocks,
+      'mid_block_scale_factor': 1,
+      'downsample_padding': 0,
+      'downsample_type': 'resnet' if kind else 'conv',
+      'upsample_type': 'resnet' if kind else 'conv',
+      'dropout': net.dropout,
+      'act_fn': 'silu',
+      'attention_head_dim': attention_head_dim(model),
+      'norm_num_groups': 32,
+      'attn_norm_num_groups': 32,
+      'norm_eps': NORM_EPS,
+      'resnet_time_scale_shift': 'scale_shift',
+      'add_attention': True,
+      'class_embed_type': None,
+      'num_class_embeds': classes if model.num_classes > 1 else None,
+  }
+
+
+def grid_times(num_timesteps: int) -> jnp.ndarray:
+  """t = (k + 1) / T of timestep k, in float32 as our sampler computes its
+  grid (i / N is the same correctly rounded quotient)."""
+  return (jnp.arange(1, num_timesteps + 1, dtype=jnp.float32) /
+          jnp.float32(num_timesteps))
+
+
+def alphas_cumprod(model, num_timesteps: int) -> np.ndarray:
+  """alpha^2 = sigmoid(logsnr(t)) at every timestep's t (float64), with the
+  logSNR of the sampler's ('eval') schedule computed as our sampler does."""
+  logsnr = np.asarray(model.logsnr_schedule('eval')(grid_times(num_timesteps)),
+                      np.float64)
+  return 1. / (1. + np.exp(-logsnr))
+
+
+def scheduler_config(model, num_timesteps: int) -> dict:
+  """The `DDIMScheduler` config (`scheduler/scheduler_config.json`)."""
+  cumprod = alphas_cumprod(model, num_timesteps)
+  betas = 1. - cumprod / np.concatenate([[1.], cumprod[:-1]])
+  return {
+      '_class_name': 'DDIMScheduler',
+      'num_train_timesteps': num_timesteps,
+      'trained_betas': betas.tolist(),
+      'beta_schedule': 'linear',  # unused: trained_betas
+      'prediction_type': PREDICTION_TYPES[model.mean_type],
+      'timestep_spacing': 'trailing',
+      'set_alpha_to_one': True,
+      'steps_offset': 0,
+      'clip_sample': bool(model.clip_x),
+      'clip_sample_range': 1.0,
+      'thresholding': False,
+      'rescale_betas_zero_snr': False,
+  }
+
+
+def timestep_table(model, num_timesteps: int) -> np.ndarray:
+  """(T, ch): row k is our network's sinusoidal embedding at t = (k + 1) / T
+  (the input of `dense0`), diffusers' learned `time_proj` table."""
+  net = model.network
+  logsnr = model.logsnr_schedule('eval')(grid_times(num_timesteps))
+  logsnr_input = unet_lib.logsnr_to_input(logsnr, net.logsnr_input_type,
+                                          net.logsnr_scale_range)
+  return np.asarray(unet_lib.timestep_embedding(logsnr_input, net.ch,
+                                                max_time=1.), np.float32)
+
+
+# --- weights: our parameter tree -> UNet2DModel's state dict ------------------
+# Each layer kind as (our leaf -> its leaf, torch layout): torch convolutions
+# are OIHW (flax HWIO), linear weights (out, in) (flax (in, out)).
+
+
+def _norm(p):
+  return {'weight': p['scale'], 'bias': p['bias']}
+
+
+def _conv(p):
+  return {'weight': np.transpose(p['kernel'], (3, 2, 0, 1)), 'bias': p['bias']}
+
+
+def _dense(p):
+  return {'weight': np.transpose(p['kernel']), 'bias': p['bias']}
+
+
+def _conv1x1(p):
+  """Our `nin_shortcut` (a Dense over channels) as diffusers' 1x1 conv."""
+  return {'weight': np.transpose(p['kernel'])[:, :, None, None],
+          'bias': p['bias']}
+
+
+def _heads_in(p):
+  """q, k, v: kernel (C, heads, head_dim) -> (heads * head_dim, C), the
+  head-major feature order diffusers splits its heads by."""
+  kernel = p['kernel']
+  return {'weight': np.transpose(kernel.reshape(kernel.shape[0], -1)),
+          'bias': p['bias'].reshape(-1)}
+
+
+def _heads_out(p):
+  """proj_out: kernel (heads, head_dim, C) -> (C, heads * head_dim)."""
+  kernel = p['kernel']
+  return {'weight': np.transpose(kernel.reshape(-1, kernel.shape[-1])),
+          'bias': p['bias']}
+
+
+def _resnet(p):
+  layers = {'norm1': ('norm1', _norm), 'conv1': ('conv1', _conv),
+            'temb_proj': ('time_emb_proj', _dense), 'norm2': ('norm2', _norm),
+            'conv2': ('conv2', _conv),
+            'nin_shortcut': ('conv_shortcut', _conv1x1)}
+  return _nested(p, layers)
+
+
+def _attention(p):
+  layers = {'norm': ('group_norm', _norm), 'q': ('to_q', _heads_in),
+            'k': ('to_k', _heads_in), 'v': ('to_v', _heads_in),
+            'proj_out': ('to_out.0', _heads_out)}
+  return _nested(p, layers)
+
+
+def _nested(p, layers):
+  unknown = sorted(set(p) - set(layers))
+  if unknown:
+    raise ModelError(f'parameters {unknown} have no UNet2DModel place')
+  out = {}
+  for ours, (theirs, convert) in layers.items():
+    if ours in p:
+      out.update({f'{theirs}.{k}': v for k, v in convert(p[ours]).items()})
+  return out
+
+
+def module_names(model) -> list:
+  """(our module, its UNet2DModel prefix, converter) for every module of our
+  network but the class embedding."""
+  net = model.network
+  last = len(net.ch_mult) - 1
+  attends = set(attended_levels(model))
+  resample = ((lambda where: (f'{where}.0', _resnet)) if net.resblock_resample
+              else (lambda where: (f'{where}.0.conv', _conv)))
+  names = [('conv_in', 'conv_in', _conv),
+           ('dense0', 'time_embedding.linear_1', _dense),
+           ('dense1', 'time_embedding.linear_2', _dense)]
+  for level in range(last + 1):
+    down, up = f'down_blocks.{level}', f'up_blocks.{last - level}'
+    for i in range(net.num_res_blocks + 1):
+      if i < net.num_res_blocks:
+        names.append((f'down_{level}.block_{i}', f'{down}.resnets.{i}',
+                      _resnet))
+      names.append((f'up_{level}.block_{i}', f'{up}.resnets.{i}', _resnet))
+      if level in attends:
+        if i < net.num_res_blocks:
+          names.append((f'down_{level}.attn_{i}', f'{down}.attentions.{i}',
+                        _attention))
+        names.append((f'up_{level}.attn_{i}', f'{up}.attentions.{i}',
+                      _attention))
+    if level != last:
+      names.append((f'down_{level}.downsample',
+                    *resample(f'{down}.downsamplers')))
+    if level != 0:
+      names.append((f'up_{level}.upsample', *resample(f'{up}.upsamplers')))
+  return names + [('mid.block_1', 'mid_block.resnets.0', _resnet),
+                  ('mid.attn_1', 'mid_block.attentions.0', _attention),
+                  ('mid.block_2', 'mid_block.resnets.1', _resnet),
+                  ('norm_out', 'conv_norm_out', _norm),
+                  ('conv_out', 'conv_out', _conv)]
+
+
+def state_dict(model, params, num_timesteps: int) -> dict:
+  """UNet2DModel's state dict (float32 numpy, torch layouts) of `params`,
+  our network's parameter tree; every parameter has exactly one place."""
+  params = {name: _numpy(tree) for name, tree in params.items()}
+  names = module_names(model)
+  unknown = sorted(set(params) - {ours for ours, _, _ in names} -
+                   {'class_emb'})
+  if unknown:
+    raise ModelError(f'parameters {unknown} have no UNet2DModel place')
+  out = {'time_proj.weight': timestep_table(model, num_timesteps)}
+  for ours, theirs, convert in names:
+    out.update({f'{theirs}.{k}': v for k, v in convert(params[ours]).items()})
+  if 'class_emb' in params:
+    # A one-hot Dense is a lookup of kernel rows plus the bias: diffusers'
+    # nn.Embedding has no bias, so every row carries it.
+    emb = params['class_emb']
+    out['class_embedding.weight'] = emb['kernel'] + emb['bias'][None, :]
+  return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+
+
+def _numpy(tree):
+  if isinstance(tree, dict):
+    return {k: _numpy(v) for k, v in tree.items()}
+  return np.asarray(tree, np.float32)
+
+
+# --- the folder --------------------------------------------------------------
+
+
+def folder(model, params, *, num_steps: int, distilled: bool) -> dict:
+  """{path in the folder: bytes}, in the order to write them (the UNet's
+  config last: `from_pretrained` reads it first).
+
+  Args:
+    model: the `DiffusionModel`.
+    params: its parameter tree (numpy or jax arrays).
+    num_steps: the student's step count (a teacher's default one).
+    distilled: a student (True) or the teacher.
+  """
+  check_exportable(model, distilled)
+  num_timesteps = num_train_timesteps(num_steps)
+  weights = safetensors.numpy.save(state_dict(model, params, num_timesteps),
+                                   metadata={'format': 'pt'})
+  return {
+      'unet/diffusion_pytorch_model.safetensors': weights,
+      'scheduler/scheduler_config.json': _json(
+          scheduler_config(model, num_timesteps)),
+      'README.md': model_card(model, num_steps, distilled).encode(),
+      'unet/config.json': _json(unet_config(model, num_timesteps)),
+  }
+
+
+def _json(value) -> bytes:
+  return (json.dumps(value, indent=2) + '\n').encode()
+
+
+def model_card(model, num_steps: int, distilled: bool) -> str:
+  """README.md: what the folder holds and how diffusers samples it as we
+  do."""
+  what = (f'the {num_steps}-step distilled student' if distilled else
+          f'the teacher (its default: {num_steps} steps)')
+  labels = ''
+  if model.num_classes > 1:
+    shift = ' + 1 (0: no class)' if model.network.extra_class else ''
+    labels = f', class_labels=y{shift}'
+  clip = (', use_clipped_model_output=True' if model.clip_x else '')
+  return f"""# {what}, exported by diffusion_distillation
+
+A diffusers `UNet2DModel` (`unet/`) and `DDIMScheduler` (`scheduler/`).
+DDIM with `set_timesteps({num_steps})` steps through our grid t = i / {num_steps}
+and gives our sampler's images from the same initial noise (float32 rounding
+apart):
+
+```python
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+unet = UNet2DModel.from_pretrained(FOLDER, subfolder='unet')
+scheduler = DDIMScheduler.from_pretrained(FOLDER, subfolder='scheduler')
+scheduler.set_timesteps({num_steps})
+x = torch.randn(16, unet.config.in_channels, {model.data_shape[0]}, \
+{model.data_shape[1]})
+for t in scheduler.timesteps:
+  out = unet(x, t{labels}).sample
+  x = scheduler.step(out, t, x{clip}).prev_sample
+images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+```
+
+The timestep is an index into a table of our logSNR embedding
+(`time_embedding_type='learned'`), so only the scheduler's integer timesteps
+are meaningful inputs; images are NCHW in [-1, 1].
+"""
