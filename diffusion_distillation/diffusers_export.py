@@ -154,10 +154,32 @@ def alphas_cumprod(model, num_timesteps: int) -> np.ndarray:
   return 1. / (1. + np.exp(-logsnr))
 
 
+def trained_betas(cumprod: np.ndarray) -> np.ndarray:
+  """Betas whose products, as DDIMScheduler forms them, are `cumprod`.
+
+  diffusers rounds the betas to float32, takes alpha = 1 - beta in float32
+  and their running product (torch on CPU: accumulated in float64, each
+  result rounded to float32). Choosing every alpha (a float32 with 1 - alpha
+  a float32 too) against the product so far, rather than as the plain ratio
+  cumprod[k] / cumprod[k - 1], keeps float32 rounding from accumulating over
+  the T factors: each product is within a float32 rounding of its target,
+  but where the ratio is below 1/2 (the last steps before t = 1), whose
+  alpha is a multiple of 2^-24.
+  """
+  betas = np.empty_like(cumprod)
+  product = 1.
+  for k, target in enumerate(cumprod):
+    ratio = target / product
+    alpha = (float(np.float32(ratio)) if ratio >= .5 else
+             1. - float(np.float32(1. - ratio)))
+    betas[k] = 1. - alpha  # exact in float32 (Sterbenz)
+    product *= alpha
+  return betas
+
+
 def scheduler_config(model, num_timesteps: int) -> dict:
   """The `DDIMScheduler` config (`scheduler/scheduler_config.json`)."""
-  cumprod = alphas_cumprod(model, num_timesteps)
-  betas = 1. - cumprod / np.concatenate([[1.], cumprod[:-1]])
+  betas = trained_betas(alphas_cumprod(model, num_timesteps))
   return {
       '_class_name': 'DDIMScheduler',
       'num_train_timesteps': num_timesteps,
