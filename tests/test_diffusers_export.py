@@ -193,11 +193,12 @@ def test_export_command_writes_the_students_folder(finished_workdir,
                     'unet/config.json',
                     'unet/diffusion_pytorch_model.safetensors']
   student = dd.load(workdir, num_steps=2)
-  expected = diffusers_export.state_dict(student.diffusion_model,
-                                         jax.device_get(student.params), 1000)
-  written = safetensors.numpy.load_file(
-      out / 'unet/diffusion_pytorch_model.safetensors')
-  assert weights_digest(written) == weights_digest(expected)
+  expected = diffusers_export.folder(
+      student.diffusion_model, jax.device_get(student.params), num_steps=2,
+      distilled=True)['unet/diffusion_pytorch_model.safetensors']
+  written = out / 'unet/diffusion_pytorch_model.safetensors'
+  assert weights_digest(safetensors.numpy.load_file(written)) == (
+      weights_digest(safetensors.numpy.load(expected)))
   assert 'set_timesteps(2)' in (out / 'README.md').read_text()
   # A folder with files in it only with --overwrite.
   before = snapshot(tmp_path)
