@@ -28,7 +28,9 @@ PAPER_CONFIGS = ('cifar10', 'imagenet64', 'lsun_church128', 'lsun_bedroom128')
 # The configs of the user's own data, and the field each needs set.
 USER_DATA = {'image_folder': '--config.dataset.path=/data/images',
              'tfds': '--config.dataset.tfds_name=oxford_flowers102'}
-NEEDS = {**USER_DATA, 'image_folder_cpu': '--config.dataset.path=/data/images'}
+NEEDS = {**USER_DATA, 'image_folder_cpu': '--config.dataset.path=/data/images',
+         'diffusers_distill': ('--config.distillation.teacher_checkpoint_path='
+                               '/models/ddpm-cifar10-32')}
 
 # ml_collections loads config files with the deprecated `load_module()`.
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module')

@@ -9,6 +9,11 @@ What each source gives and what the caller adds:
   `checkpoint_<step>` files; local or gs://): parameters and, where recorded,
   the step count they were distilled for; the architecture, schedules and data
   set come from `config=` (see `api.configs`).
+* a diffusers model folder (`unet/` and `scheduler/`, or the UNet folder
+  itself): a teacher (`model='teacher'`, the default here) whose network is
+  that folder's UNet on its discrete schedule; the image shape and classes
+  come from the UNet's config, the rest from `config=` (default:
+  `configs/diffusers_distill.py`). See docs/diffusers.md.
 
 Every wrong combination raises `ModelError`, whose message says what is
 available. The device mesh is all devices.
@@ -33,6 +38,7 @@ from diffusion_distillation.api.model import Model
 from diffusion_distillation.errors import first_line
 from diffusion_distillation.errors import ModelError
 from diffusion_distillation.errors import UserError
+from diffusion_distillation.models import diffusers_folder
 from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import official_checkpoints
@@ -128,6 +134,9 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
     exists = p.exists()
   if not exists:
     raise ModelError(f'{path} does not exist')
+  if diffusers_folder.is_diffusers_folder(p):
+    return from_diffusers(path, num_steps=num_steps, model=model,
+                          config=config)
   if p.is_dir() and (p / 'config.json').exists():
     return from_workdir(path, num_steps=num_steps, model=model, config=config)
   if official_checkpoints.is_official_checkpoint(p):
@@ -135,8 +144,8 @@ def load(path, num_steps=None, model=None, config=None) -> Model:
                            config=config)
   raise ModelError(
       f'{path} is neither a training workdir (no config.json), a file '
-      'written by export, nor an official checkpoint (a msgpack file or a '
-      'directory of checkpoint_<step> files)')
+      'written by export, an official checkpoint (a msgpack file or a '
+      'directory of checkpoint_<step> files), nor a diffusers folder')
 
 
 @_one_error_type
@@ -243,8 +252,12 @@ def _file_steps(file, kind, num_steps, recorded, config,
 
 @_one_error_type
 def from_checkpoint(path, num_steps=None, model=None, config=None) -> Model:
-  """An exported file (no config) or a released checkpoint (with config)."""
+  """An exported file (no config), a released checkpoint (with config) or
+  a diffusers folder (config optional)."""
   _check_args(model, num_steps)
+  if diffusers_folder.is_diffusers_folder(paths.absolute_path(path)):
+    return from_diffusers(path, num_steps=num_steps, model=model,
+                          config=config)
   path = _reachable(paths.absolute_path(path))
   with _reading(path):
     file, state = official_checkpoints.read_official_state(path)
@@ -266,3 +279,43 @@ def from_checkpoint(path, num_steps=None, model=None, config=None) -> Model:
                           exported=bool(description))
   return Model(diffusion, params, config=config, kind=kind,
                num_steps=num_steps, mesh=sharding.make_mesh(), source=path)
+
+
+def _diffusers_config(path, config):
+  """The config of an imported teacher: `config` (default
+  configs/diffusers_distill.py) with the folder as its teacher."""
+  config = configs.resolve_config(config or 'diffusers_distill')
+  if 'distillation' not in config:
+    config = config_lib.add_section(config, 'distillation')
+  config.model.architecture = 'diffusers'
+  config.distillation.teacher_checkpoint_path = str(path)
+  config_lib.validate_model(config)
+  return config
+
+
+@_one_error_type
+def from_diffusers(path, num_steps=None, model=None, config=None) -> Model:
+  """The teacher of a diffusers folder (see the module docstring)."""
+  _check_args(model, num_steps)
+  path = paths.absolute_path(path)
+  if model == 'distilled':
+    raise ModelError(f"{path} is a diffusers folder: it holds a teacher; "
+                     "pass model='teacher' (or leave it out)")
+  with _reading(path):
+    unet_config, _ = diffusers_folder.read_configs(path)
+    size = unet_config.get('sample_size')
+    if not isinstance(size, int):
+      raise ModelError(f'{path}: the UNet config has no square sample_size '
+                       f'(got {size!r}): the image shape is unknown')
+    shape = (size, size, unet_config.get('in_channels', 3))
+    num_classes = unet_config.get('num_class_embeds') or 1
+    config = _diffusers_config(path, config)
+    diffusion = model_lib.DiffusionModel.from_config(config, shape,
+                                                     num_classes)
+    abstract = jax.eval_shape(diffusion.init_params, jax.random.PRNGKey(0))
+    params = official_checkpoints.map_onto(
+        diffusers_folder.load_params(path), abstract,
+        source='diffusers folder')
+  return Model(diffusion, params, config=config, kind='teacher',
+               num_steps=num_steps or config.model.eval_sampling_num_steps,
+               mesh=sharding.make_mesh(), source=path)

@@ -176,6 +176,10 @@ FIELDS = {
                               fraction()),
     'model.name': refused('unet_iddpm', "the only architecture is the "
                           "official 'unet_iddpm' (models/unet.py)"),
+    'model.architecture': F(
+        'unet', "the network: 'unet' (ours, model.args) or 'diffusers' (the "
+        "teacher's diffusers folder, distillation.teacher_checkpoint_path)",
+        one_of('unet', 'diffusers')),
     'model.logvar_coeff': refused(0., (
         'learned variances are not implemented (the official dpm.Model '
         'stores logvar_coeff but never reads it)')),

@@ -61,7 +61,10 @@ def _model_relations(config) -> list:
                config.dataset.args.class_conditional),
           'dataset.args.class_conditional', 'LSUN has no class labels')
   _dataset_relations(config.dataset, require)
-  _levels_relation(config, require)
+  if config.model.architecture == 'diffusers':
+    _imported_relations(config, require)
+  else:
+    _levels_relation(config, require)
   _guidance_relations(config, require)
   return problems
 
@@ -120,6 +123,19 @@ def _levels_relation(config, require):
   require(size % factor == 0, 'dataset.image_size',
           f'{size} must be divisible by {factor} for the {levels} resolution '
           'levels of model.args.ch_mult (set another size or ch_mult)')
+
+
+def _imported_relations(config, require):
+  """An imported diffusers teacher (docs/diffusers.md): its folder is the
+  teacher's path, and it is neither guided nor a two-output network."""
+  require('distillation' in config and
+          config.distillation.teacher_checkpoint_path, 'model.architecture',
+          "'diffusers' needs the diffusers folder in "
+          'distillation.teacher_checkpoint_path')
+  require(config.model.cond_drop_prob == 0, 'model.cond_drop_prob',
+          "must be 0 with model.architecture='diffusers' (no guided import)")
+  require(config.model.mean_type != 'both', 'model.mean_type',
+          "'both' is not an imported network's output: use 'v', 'x' or 'eps'")
 
 
 def _guidance_relations(config, require):

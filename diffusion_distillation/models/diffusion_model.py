@@ -13,16 +13,20 @@ of one run shares one parameter tree: the teacher never calls its w layers.
 """
 
 import dataclasses
+import functools
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from diffusion_distillation.config import choices
+from diffusion_distillation.config import ConfigError
 from diffusion_distillation.diffusion import guidance as guidance_lib
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.diffusion import schedules
+from diffusion_distillation.models import diffusers_network
+from diffusion_distillation.models import diffusers_schedule
 from diffusion_distillation.models import unet as unet_lib
 
 
@@ -45,10 +49,41 @@ def unnormalize_images(x):
   return jnp.clip((x + 1.) * 127.5, 0., 255.)
 
 
+def _unet(config, data_shape, num_classes, dropout):
+  """Our UNet (models/unet.py) as `config.model.args` describe it."""
+  args = dict(config.model.args)
+  if dropout is not None:
+    args['dropout'] = dropout
+  by_size = choices.shape_for_size(data_shape[0])  # () / None: these
+  args['ch_mult'] = tuple(args['ch_mult'] or by_size[0])
+  attention = args['attn_resolutions']
+  args['attn_resolutions'] = tuple(by_size[1] if attention is None
+                                   else attention)
+  w_input = config.guidance.w_input_type if 'guidance' in config else None
+  return unet_lib.UNet(
+      num_classes=num_classes, extra_class=config.model.cond_drop_prob > 0,
+      out_ch=out_channels(config.model.mean_type, data_shape[-1]),
+      dtype=config.model.dtype, w_input_type=w_input,
+      remat=config.model.remat, remat_policy=config.model.remat_policy,
+      **args)
+
+
+def _imported_network(config, data_shape, num_classes, dropout):
+  """The UNet of the diffusers folder in the teacher's path
+  (`model.architecture = 'diffusers'`, docs/diffusers.md)."""
+  path = config.distillation.teacher_checkpoint_path
+  try:
+    return diffusers_network.from_folder(path, config.model.mean_type,
+                                         data_shape, num_classes, dropout)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'config.distillation.teacher_checkpoint_path: {path}: '
+                      f'{e}') from None
+
+
 @dataclasses.dataclass(frozen=True)
 class DiffusionModel:
   """A denoising network plus what is needed to train and sample it."""
-  network: unet_lib.UNet
+  network: Union[unet_lib.UNet, diffusers_network.ImportedNetwork]
   data_shape: tuple
   num_classes: int
   mean_type: str
@@ -67,31 +102,22 @@ class DiffusionModel:
   # The teacher takes w too: stage two from a stage-one student (no stage
   # one here, `guidance.num_updates` = 0).
   w_teacher: bool = False
+  # An imported diffusers teacher's discrete noise levels (logSNR at each
+  # of its timesteps): then they are the schedule, train and eval.
+  timestep_logsnrs: Optional[tuple] = None
 
   @classmethod
   def from_config(cls, config, data_shape, num_classes,
                   dropout: Optional[float] = None) -> 'DiffusionModel':
     """Builds the model a config describes; `dropout` overrides the config's."""
-    args = dict(config.model.args)
-    if dropout is not None:
-      args['dropout'] = dropout
-    by_size = choices.shape_for_size(data_shape[0])  # () / None: these
-    args['ch_mult'] = tuple(args['ch_mult'] or by_size[0])
-    attention = args['attn_resolutions']
-    args['attn_resolutions'] = tuple(by_size[1] if attention is None
-                                     else attention)
-    cond_drop_prob = float(config.model.cond_drop_prob)
+    if config.model.architecture == 'diffusers':
+      network = _imported_network(config, data_shape, num_classes, dropout)
+    else:
+      network = _unet(config, data_shape, num_classes, dropout)
     w_range = ((float(config.guidance.w_min), float(config.guidance.w_max))
                if 'guidance' in config else None)
     w_const = float(config.guidance.w_const) if w_range else 0.
     w_teacher = bool(w_range) and config.guidance.num_updates == 0
-    network = unet_lib.UNet(
-        num_classes=num_classes, extra_class=cond_drop_prob > 0,
-        out_ch=out_channels(config.model.mean_type, data_shape[-1]),
-        dtype=config.model.dtype,
-        w_input_type=config.guidance.w_input_type if w_range else None,
-        remat=config.model.remat, remat_policy=config.model.remat_policy,
-        **args)
     schedule = lambda s: (s.name, float(s.logsnr_min), float(s.logsnr_max))
     return cls(
         network=network,
@@ -104,10 +130,11 @@ class DiffusionModel:
         eval_schedule=schedule(config.model.eval_logsnr_schedule),
         clip_x=config.model.eval_clip_denoised,
         variance=config.model.logvar_type,
-        guided=cond_drop_prob > 0,
+        guided=config.model.cond_drop_prob > 0,
         w_range=w_range,
         w_const=w_const,
-        w_teacher=w_teacher)
+        w_teacher=w_teacher,
+        timestep_logsnrs=getattr(network, 'logsnrs', None))
 
   @property
   def null_label(self) -> int:
@@ -157,6 +184,9 @@ class DiffusionModel:
     guidance_lib.check_w(w, w_range, what, reason)
 
   def logsnr_schedule(self, which: str = 'train'):
+    if self.timestep_logsnrs is not None:
+      return functools.partial(diffusers_schedule.logsnr_at,
+                               logsnrs=self.timestep_logsnrs)
     name, lo, hi = self.train_schedule if which == 'train' else (
         self.eval_schedule)
     return schedules.get_logsnr_schedule(name, logsnr_min=lo, logsnr_max=hi)

@@ -3,7 +3,9 @@
 `distillation.teacher_checkpoint_path` may name
   * a released official checkpoint (flax msgpack, file or directory), or
   * one of our workdirs (its base model is the teacher), or
-  * one stage directory of ours (`WORKDIR/checkpoints/<stage>`).
+  * one stage directory of ours (`WORKDIR/checkpoints/<stage>`), or
+  * a diffusers model folder (`model.architecture = 'diffusers'`, whose
+    network is then that folder's UNet: docs/diffusers.md).
 """
 
 from etils import epath
@@ -11,6 +13,7 @@ import jax
 import numpy as np
 
 from diffusion_distillation.config import ConfigError
+from diffusion_distillation.models import diffusers_folder
 from diffusion_distillation.pipeline import checkpoints
 from diffusion_distillation.pipeline import official_checkpoints
 
@@ -56,6 +59,11 @@ def _load_own(path: epath.Path, abstract_params):
 def _load(path: epath.Path, model):
   """(params, num_steps) of the teacher at `path`, shaped for `model`."""
   abstract = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
+  if diffusers_folder.is_diffusers_folder(path):
+    params = official_checkpoints.map_onto(
+        diffusers_folder.load_params(path), abstract,
+        source='diffusers folder')
+    return params, None
   if official_checkpoints.is_official_checkpoint(path):
     return official_checkpoints.load_official_checkpoint(path, abstract)
   return _load_own(path, abstract)
