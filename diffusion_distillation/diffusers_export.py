@@ -49,10 +49,25 @@ def num_train_timesteps(num_steps: int) -> int:
   return num_steps * math.ceil(TRAIN_TIMESTEPS / num_steps)
 
 
-def check_exportable(model, distilled: bool):
+def imported(model) -> bool:
+  """Whether `model`'s network is an imported diffusers UNet
+  (`model.architecture='diffusers'`): a teacher read from a diffusers folder,
+  or a student distilled from one."""
+  return model.timestep_logsnrs is not None
+
+
+def check_exportable(model, distilled: bool, num_steps: int):
   """Raises ModelError naming the first option of `model` (a
   `DiffusionModel`) that diffusers' UNet2DModel + DDIMScheduler cannot
   express."""
+  if imported(model):
+    num_timesteps = len(model.timestep_logsnrs)
+    if num_timesteps % num_steps:
+      raise ModelError(
+          f'num_steps={num_steps} does not divide the imported schedule\'s '
+          f'{num_timesteps} timesteps: its grid t = i / {num_steps} lies '
+          "between diffusers' timesteps")
+    return
   if model.mean_type not in PREDICTION_TYPES:
     raise ModelError(
         f'model.mean_type={model.mean_type!r} (x and eps blended by logSNR) '
@@ -141,10 +156,23 @@ def grid_times(num_timesteps: int) -> jnp.ndarray:
 
 def alphas_cumprod(model, num_timesteps: int) -> np.ndarray:
   """alpha^2 = sigmoid(logsnr(t)) at every timestep's t (float64), with the
-  logSNR of the sampler's ('eval') schedule computed as our sampler does."""
-  logsnr = np.asarray(model.logsnr_schedule('eval')(grid_times(num_timesteps)),
-                      np.float64)
+  logSNR of the sampler's ('eval') schedule computed as our sampler does (an
+  imported model's: those of its timesteps)."""
+  if imported(model):
+    logsnr = np.asarray(model.timestep_logsnrs, np.float64)
+  else:
+    logsnr = np.asarray(
+        model.logsnr_schedule('eval')(grid_times(num_timesteps)), np.float64)
   return 1. / (1. + np.exp(-logsnr))
+
+
+def prediction_type(model) -> str:
+  """What the exported UNet predicts: our mean_type's name in diffusers, or
+  an imported UNet's own (its network converts it to our mean_type, as
+  diffusers' scheduler does)."""
+  if imported(model):
+    return model.network.prediction_type
+  return PREDICTION_TYPES[model.mean_type]
 
 
 def trained_betas(cumprod: np.ndarray) -> np.ndarray:
@@ -178,7 +206,7 @@ def scheduler_config(model, num_timesteps: int) -> dict:
       'num_train_timesteps': num_timesteps,
       'trained_betas': betas.tolist(),
       'beta_schedule': 'linear',  # unused: trained_betas
-      'prediction_type': PREDICTION_TYPES[model.mean_type],
+      'prediction_type': prediction_type(model),
       'timestep_spacing': 'trailing',
       'set_alpha_to_one': True,
       'steps_offset': 0,
@@ -213,17 +241,24 @@ def folder(model, params, *, num_steps: int, distilled: bool) -> dict:
     num_steps: the student's step count (a teacher's default one).
     distilled: a student (True) or the teacher.
   """
-  check_exportable(model, distilled)
-  num_timesteps = num_train_timesteps(num_steps)
-  state = diffusers_weights.state_dict(
-      model, params, timestep_table(model, num_timesteps))
+  check_exportable(model, distilled, num_steps)
+  if imported(model):  # its own UNet and timesteps, back as they came
+    num_timesteps = len(model.timestep_logsnrs)
+    state = diffusers_weights.imported_state_dict(params)
+    unet = dict(model.network.unet.settings, _class_name='UNet2DModel',
+                sample_size=model.data_shape[0])
+  else:
+    num_timesteps = num_train_timesteps(num_steps)
+    state = diffusers_weights.state_dict(
+        model, params, timestep_table(model, num_timesteps))
+    unet = unet_config(model, num_timesteps)
   weights = safetensors.numpy.save(state, metadata={'format': 'pt'})
   return {
       'unet/diffusion_pytorch_model.safetensors': weights,
       'scheduler/scheduler_config.json': _json(
           scheduler_config(model, num_timesteps)),
       'README.md': model_card(model, num_steps, distilled).encode(),
-      'unet/config.json': _json(unet_config(model, num_timesteps)),
+      'unet/config.json': _json(unet),
   }
 
 
@@ -238,7 +273,8 @@ def model_card(model, num_steps: int, distilled: bool) -> str:
           f'the teacher (its default: {num_steps} steps)')
   labels = ''
   if model.num_classes > 1:
-    shift = ' + 1 (0: no class)' if model.network.extra_class else ''
+    extra_class = getattr(model.network, 'extra_class', False)
+    shift = ' + 1 (0: no class)' if extra_class else ''
     labels = f', class_labels=y{shift}'
   clip = (', use_clipped_model_output=True' if model.clip_x else '')
   return f"""# {what}, exported by diffusion_distillation

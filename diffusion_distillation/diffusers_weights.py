@@ -8,6 +8,7 @@ kernels flattened head-major, our 1x1 `nin_shortcut` Dense as a 1x1 conv and
 our one-hot class Dense as an embedding table with its bias in every row.
 """
 
+from flax import traverse_util
 import numpy as np
 
 from diffusion_distillation.errors import ModelError
@@ -145,3 +146,28 @@ def _numpy(tree):
   if isinstance(tree, dict):
     return {k: _numpy(v) for k, v in tree.items()}
   return np.asarray(tree, np.float32)
+
+
+# The list-valued modules of UNet2DModel, whose items the import names
+# `<list>_<index>` (models/diffusers_folder.py).
+_LISTS = ('down_blocks', 'up_blocks', 'resnets', 'attentions', 'downsamplers',
+          'upsamplers', 'to_out')
+
+
+def _torch_name(part: str) -> str:
+  base, _, index = part.rpartition('_')
+  return f'{base}.{index}' if base in _LISTS and index.isdigit() else part
+
+
+def imported_state_dict(params) -> dict:
+  """The state dict of an imported UNet's parameter tree (`DiffusersUNet`,
+  models/diffusers_unet.py): the inverse of the import's renaming."""
+  out = {}
+  for path, value in traverse_util.flatten_dict(params).items():
+    value = np.asarray(value, np.float32)
+    if path[-1] == 'kernel':
+      value = (np.transpose(value, (3, 2, 0, 1)) if value.ndim == 4 else
+               np.transpose(value))
+    leaf = 'bias' if path[-1] == 'bias' else 'weight'
+    out['.'.join([_torch_name(p) for p in path[:-1]] + [leaf])] = value
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}

@@ -23,6 +23,7 @@ import diffusion_distillation as dd
 from diffusion_distillation import diffusers_export
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.errors import ModelError
+from diffusion_distillation.models import diffusers_folder
 from diffusion_distillation.models import diffusion_model
 
 from helpers import assert_rejected
@@ -162,7 +163,7 @@ def test_what_diffusers_cannot_express_is_refused_by_name(overrides,
   model = diffusion_model.DiffusionModel.from_config(
       tiny_config(**overrides), (8, 8, 1), 1)
   with pytest.raises(ModelError, match=message.replace('[', r'\[')):
-    diffusers_export.check_exportable(model, distilled=True)
+    diffusers_export.check_exportable(model, distilled=True, num_steps=4)
 
 
 def test_a_w_conditioned_student_is_refused():
@@ -171,8 +172,8 @@ def test_a_w_conditioned_student_is_refused():
                          w_input_type='inv_cos')
   model = diffusion_model.DiffusionModel.from_config(config, (8, 8, 1), 10)
   with pytest.raises(ModelError, match='w-conditioned student'):
-    diffusers_export.check_exportable(model, distilled=True)
-  diffusers_export.check_exportable(model, distilled=False)  # its teacher
+    diffusers_export.check_exportable(model, distilled=True, num_steps=4)
+  diffusers_export.check_exportable(model, distilled=False, num_steps=4)
 
 
 @pytest.mark.heavy  # a process, on the suite's trained workdir
@@ -208,3 +209,77 @@ def test_export_command_writes_the_students_folder(finished_workdir,
       cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
       timeout=300), 'is a folder with files in it', 'overwrite')
   assert snapshot(tmp_path) == before
+
+
+def write_folder(path, contents: dict):
+  for name, data in contents.items():
+    (path / name).parent.mkdir(parents=True, exist_ok=True)
+    (path / name).write_bytes(data)
+  return str(path)
+
+
+def import_folder(folder, mean_type, shape, classes):
+  """The import's model of a diffusers folder (models/diffusers_network.py)
+  and its parameters, as `main` builds an imported teacher."""
+  config = tiny_config(distillation__teacher_checkpoint_path=folder,
+                       model__architecture='diffusers',
+                       model__mean_type=mean_type)
+  model = diffusion_model.DiffusionModel.from_config(config, shape, classes)
+  return model, diffusers_folder.load_params(folder)
+
+
+def test_export_then_import_is_the_same_function(tmp_path):
+  """Ours -> diffusers -> the import: on the exported student's grid (and
+  on every one of the T timesteps) the same network and noise levels.
+
+  What survives: the function at diffusers' integer timesteps (float32
+  rounding apart), mean_type (as prediction_type), the image shape, the
+  classes, dropout, the noise levels at the timesteps. What does not:
+  the config (architecture options become diffusers' names), the network
+  between timesteps (the learned table is read by linear interpolation
+  there, and the import's schedule is linear in t between timesteps), and a
+  guided model's "no class" label shift (`num_class_embeds` = classes + 1:
+  the import refuses it as a class count mismatch)."""
+  model, params, steps = variant('eps_resblock_classes')
+  folder = write_folder(tmp_path / 'out', diffusers_export.folder(
+      model, params, num_steps=steps, distilled=True))
+  back, back_params = import_folder(folder, 'eps', (8, 8, 1), 10)
+  num_timesteps = diffusers_export.num_train_timesteps(steps)
+  # diffusers holds alpha^2 in float32: the same noise levels, though near
+  # t = 0 (alpha^2 ~ 1) float32 resolves the logSNR to 0.004 only.
+  logsnrs = np.asarray(back.timestep_logsnrs)
+  np.testing.assert_allclose(
+      1 / (1 + np.exp(-logsnrs)),
+      diffusers_export.alphas_cumprod(model, num_timesteps), rtol=1e-6)
+  z = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1)))
+  labels = np.arange(4, dtype=np.int32)
+  grid = np.arange(steps, 0, -1, dtype=np.float32) / steps
+  ours, theirs = (jax.jit(jax.vmap(
+      lambda t, m=m, p=p: m.bind(p, labels)(
+          z, jax.numpy.full((4,), m.logsnr_schedule('eval')(t)))))(grid)
+                  for m, p in ((model, params), (back, back_params)))
+  np.testing.assert_allclose(theirs, ours, atol=ATOL)
+  with pytest.raises(Exception, match='num_class_embeds = 11'):
+    guided, guided_params, _ = variant('x_linear_guided')
+    import_folder(write_folder(tmp_path / 'guided', diffusers_export.folder(
+        guided, guided_params, num_steps=2, distilled=True)), 'x',
+                  (8, 8, 1), 10)
+
+
+def test_import_then_export_then_import_gives_the_folder_back(tmp_path):
+  """A diffusers folder (the import's ADM-like test folder), imported,
+  exported and imported again: the same UNet settings, the same parameters
+  and the same noise levels (float32 rounding apart)."""
+  source = os.path.join(os.path.dirname(__file__), 'data', 'diffusers',
+                        'adm_like')
+  model, params = import_folder(source, 'v', (8, 8, 3), 3)
+  folder = write_folder(tmp_path / 'out', diffusers_export.folder(
+      model, params, num_steps=4, distilled=False))
+  back, back_params = import_folder(folder, 'v', (8, 8, 3), 3)
+  assert back.network.unet == model.network.unet
+  assert back.network.prediction_type == 'epsilon'  # the UNet's own
+  jax.tree.map(np.testing.assert_array_equal, back_params, params)
+  np.testing.assert_allclose(back.timestep_logsnrs, model.timestep_logsnrs,
+                             rtol=1e-6)
+  with pytest.raises(ModelError, match='num_steps=3 does not divide'):
+    diffusers_export.folder(model, params, num_steps=3, distilled=False)

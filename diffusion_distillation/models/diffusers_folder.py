@@ -95,7 +95,7 @@ def _flax_leaf(path: tuple, value: np.ndarray):
     return 'bias', value
   if value.ndim == 4:  # conv: OIHW -> HWIO
     return 'kernel', np.transpose(value, (2, 3, 1, 0))
-  if value.ndim == 2 and path[-2] == 'class_embedding':
+  if value.ndim == 2 and path[-2] in ('class_embedding', 'time_proj'):
     return 'embedding', value
   if value.ndim == 2:  # linear: (out, in) -> (in, out)
     return 'kernel', value.T

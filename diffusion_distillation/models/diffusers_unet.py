@@ -5,7 +5,11 @@ style UNets) are mostly diffusers folders. This module computes the same
 function as diffusers' `UNet2DModel` (`models/unets/unet_2d.py`) for the
 parts those models use: `DownBlock2D` / `AttnDownBlock2D` / `UpBlock2D` /
 `AttnUpBlock2D` with conv resampling, `UNetMidBlock2D`, positional time
-embeddings (`flip_sin_to_cos`, `freq_shift`), `resnet_time_scale_shift`
+embeddings (`flip_sin_to_cos`, `freq_shift`), and for the folders our own
+export writes (docs/diffusers.md) learned ones (`time_embedding_type=
+'learned'`) and ResNet-block resampling (`ResnetDownsampleBlock2D`,
+`ResnetUpsampleBlock2D`, `downsample_type` / `upsample_type` 'resnet'),
+`resnet_time_scale_shift`
 'default' and 'scale_shift', `attention_head_dim` heads and class embeddings
 (`num_class_embeds`). Anything else in a config is refused by name
 (`unet_settings`).
@@ -21,20 +25,22 @@ import math
 from typing import Optional, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from diffusion_distillation.models.unet import Dropout
 
-DOWN_BLOCKS = ('DownBlock2D', 'AttnDownBlock2D')
-UP_BLOCKS = ('UpBlock2D', 'AttnUpBlock2D')
+DOWN_BLOCKS = ('DownBlock2D', 'AttnDownBlock2D', 'ResnetDownsampleBlock2D')
+UP_BLOCKS = ('UpBlock2D', 'AttnUpBlock2D', 'ResnetUpsampleBlock2D')
 TIME_SCALE_SHIFTS = ('default', 'scale_shift')
+# Choices among the settings of `_DEFAULTS`.
+_CHOICES = {'time_embedding_type': ('positional', 'learned'),
+            'downsample_type': ('conv', 'resnet'),
+            'upsample_type': ('conv', 'resnet')}
 
 # Settings of `UNet2DModel` this port honours, with the values it honours
 # (None: any value); the defaults of `UNet2DModel.__init__` fill the rest.
 _FIXED = {
-    'time_embedding_type': 'positional', 'mid_block_type': 'UNetMidBlock2D',
-    'downsample_type': 'conv', 'upsample_type': 'conv', 'act_fn': 'silu',
+    'mid_block_type': 'UNetMidBlock2D', 'act_fn': 'silu',
     'add_attention': True, 'class_embed_type': None,
     'center_input_sample': False,
 }
@@ -50,10 +56,12 @@ _DEFAULTS = {
     'attention_head_dim': 8, 'norm_num_groups': 32,
     'attn_norm_num_groups': None, 'norm_eps': 1e-5,
     'resnet_time_scale_shift': 'default', 'num_class_embeds': None,
-    'time_embedding_dim': None,
+    'time_embedding_dim': None, 'time_embedding_type': 'positional',
+    'num_train_timesteps': None, 'downsample_type': 'conv',
+    'upsample_type': 'conv',
 }
 # Read by diffusers for other purposes (or not at all): no effect here.
-_IGNORED = ('sample_size', 'num_train_timesteps')
+_IGNORED = ('sample_size',)
 
 
 def unet_settings(config: dict) -> dict:
@@ -99,6 +107,14 @@ def _check_choices(settings: dict):
     raise ValueError(
         f"resnet_time_scale_shift = {settings['resnet_time_scale_shift']!r}:"
         f' the import supports {TIME_SCALE_SHIFTS}')
+  for key, known in _CHOICES.items():
+    if settings[key] not in known:
+      raise ValueError(f'{key} = {settings[key]!r}: the import supports '
+                       f'{known}')
+  if (settings['time_embedding_type'] == 'learned' and
+      not isinstance(settings['num_train_timesteps'], int)):
+    raise ValueError("time_embedding_type = 'learned' needs an integer "
+                     'num_train_timesteps (the rows of its table)')
   if settings['norm_num_groups'] is None:
     raise ValueError('norm_num_groups = None: the import needs a number')
 
@@ -131,18 +147,25 @@ def _norm(groups: int, eps: float, name: str):
 
 class ResnetBlock2D(nn.Module):
   """diffusers' `ResnetBlock2D`: the embedding is added ('default') or scales
-  and shifts the second norm ('scale_shift')."""
+  and shifts the second norm ('scale_shift'); with `resample` ('down' / 'up',
+  its `down=True` / `up=True`) both branches are average-pooled or nearest-
+  upsampled right after the first activation."""
   out_channels: int
   groups: int
   eps: float
   time_scale_shift: str
   dropout: float
   output_scale_factor: float = 1.
+  resample: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, temb, train: bool, microbatch=None):
     out = self.out_channels
     h = nn.silu(_norm(self.groups, self.eps, 'norm1')(x))
+    if self.resample == 'down':
+      h, x = (nn.avg_pool(a, (2, 2), strides=(2, 2)) for a in (h, x))
+    elif self.resample == 'up':
+      h, x = (jnp.repeat(jnp.repeat(a, 2, axis=1), 2, axis=2) for a in (h, x))
     h = _conv(out, 'conv1')(h)
     scale_shift = self.time_scale_shift == 'scale_shift'
     temb = nn.Dense(2 * out if scale_shift else out, name='time_emb_proj')(
@@ -209,11 +232,25 @@ class Block(nn.Module):
                       s['norm_eps'], name=f'attentions_{i}')(h)
       outputs.append(h)
     if self.resample is not None:
-      h = Resample(self.resample, self.out_channels,
-                   s['downsample_padding'], name=f'{self.resample}samplers_0')(h)
+      h = self._resample(h, temb, s, train, microbatch)
       if self.resample == 'down':
         outputs.append(h)
     return h, outputs
+
+  def _resample(self, h, temb, s, train, microbatch):
+    """The block's resampler: a ResNet block (`Resnet*sampleBlock2D`, or an
+    Attn block with `downsample_type` / `upsample_type` 'resnet') or a
+    convolution."""
+    name = f'{self.resample}samplers_0'
+    if self.kind.startswith('Resnet') or (
+        self.kind.startswith('Attn') and
+        s[f'{self.resample}sample_type'] == 'resnet'):
+      return ResnetBlock2D(self.out_channels, s['norm_num_groups'],
+                           s['norm_eps'], s['resnet_time_scale_shift'],
+                           s['dropout'], resample=self.resample, name=name)(
+                               h, temb, train, microbatch)
+    return Resample(self.resample, self.out_channels,
+                    s['downsample_padding'], name=name)(h)
 
 
 class Resample(nn.Module):
@@ -303,8 +340,12 @@ class DiffusersUNet(nn.Module):
     """TimestepEmbedding of the sinusoids, plus the class embedding."""
     channels = s['block_out_channels'][0]
     dim = s['time_embedding_dim'] or 4 * channels
-    emb = timestep_embedding(timesteps, channels, s['flip_sin_to_cos'],
-                             s['freq_shift'])
+    if s['time_embedding_type'] == 'learned':
+      emb = LearnedTimesteps(s['num_train_timesteps'], channels,
+                             name='time_proj')(timesteps)
+    else:
+      emb = timestep_embedding(timesteps, channels, s['flip_sin_to_cos'],
+                               s['freq_shift'])
     emb = TimestepEmbedding(dim, name='time_embedding')(emb)
     if s['num_class_embeds'] is not None:
       emb = emb + nn.Embed(s['num_class_embeds'], dim,
@@ -320,3 +361,22 @@ class TimestepEmbedding(nn.Module):
   def __call__(self, emb):
     emb = nn.Dense(self.dim, name='linear_1')(emb)
     return nn.Dense(self.dim, name='linear_2')(nn.silu(emb))
+
+
+class LearnedTimesteps(nn.Module):
+  """diffusers' learned `time_proj` (an embedding row per integer timestep),
+  read between rows by linear interpolation: exact at the integers, and
+  continuous between them, where distillation asks too."""
+  num_timesteps: int
+  dim: int
+
+  @nn.compact
+  def __call__(self, timesteps):
+    table = jnp.asarray(self.param('embedding', nn.initializers.normal(1.),
+                                   (self.num_timesteps, self.dim)))
+    k = jnp.clip(timesteps.astype(jnp.float32), 0, self.num_timesteps - 1)
+    low = jnp.floor(k)
+    frac = (k - low)[:, None]
+    low = low.astype(jnp.int32)
+    high = jnp.minimum(low + 1, self.num_timesteps - 1)
+    return table[low] * (1 - frac) + table[high] * frac
