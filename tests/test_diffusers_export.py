@@ -20,9 +20,9 @@ import pytest
 import safetensors.numpy
 
 import diffusion_distillation as dd
-from diffusion_distillation import diffusers_export
 from diffusion_distillation.diffusion import sampling
 from diffusion_distillation.errors import ModelError
+from diffusion_distillation.models import diffusers_export
 from diffusion_distillation.models import diffusers_folder
 from diffusion_distillation.models import diffusion_model
 

@@ -14,16 +14,16 @@ description, so the authors' code still reads its parameters
 `official` is exactly what the released checkpoints hold (parameters twice,
 as `ema_params` and the optimizer's target); reading it back needs the config.
 `diffusers` is a folder that diffusers' `UNet2DModel.from_pretrained` and
-`DDIMScheduler.from_pretrained` read (`diffusers_export.py`). Every file is
+`DDIMScheduler.from_pretrained` read (`models/diffusers_export.py`). Every file is
 written to a temporary file and renamed, so a reader never sees half a file.
 """
 
 from etils import epath
 import jax
 
-from diffusion_distillation import diffusers_export
 from diffusion_distillation import files
 from diffusion_distillation.errors import ModelError
+from diffusion_distillation.models import diffusers_export
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import official_checkpoints
 from diffusion_distillation.pipeline import workdir_lock

@@ -59,7 +59,7 @@ def export():
   sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
   import jax  # pylint: disable=import-outside-toplevel
   import helpers  # pylint: disable=import-outside-toplevel
-  from diffusion_distillation import diffusers_export  # pylint: disable=import-outside-toplevel
+  from diffusion_distillation.models import diffusers_export  # pylint: disable=import-outside-toplevel
   from diffusion_distillation import files  # pylint: disable=import-outside-toplevel
   from diffusion_distillation.diffusion import sampling  # pylint: disable=import-outside-toplevel
   from diffusion_distillation.models import diffusion_model  # pylint: disable=import-outside-toplevel

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from diffusion_distillation import diffusers_weights
+from diffusion_distillation.models import diffusers_weights
 from diffusion_distillation.errors import ModelError
 from diffusion_distillation.models import unet as unet_lib
 
