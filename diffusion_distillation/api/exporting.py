@@ -1,4 +1,5 @@
-"""One model as one file: self-describing (`native`) or the official layout.
+"""One model as one file (self-describing `native`, or the official layout),
+or as a diffusers folder (`diffusers`).
 
 `native` is the official msgpack layout trimmed to what sampling needs, plus a
 description, so the authors' code still reads its parameters
@@ -12,19 +13,22 @@ description, so the authors' code still reads its parameters
 
 `official` is exactly what the released checkpoints hold (parameters twice,
 as `ema_params` and the optimizer's target); reading it back needs the config.
-Both are written to a temporary file and renamed, so a reader never sees half
-a file.
+`diffusers` is a folder that diffusers' `UNet2DModel.from_pretrained` and
+`DDIMScheduler.from_pretrained` read (`models/diffusers_export.py`). Every file is
+written to a temporary file and renamed, so a reader never sees half a file.
 """
 
 from etils import epath
 import jax
 
+from diffusion_distillation import files
 from diffusion_distillation.errors import ModelError
+from diffusion_distillation.models import diffusers_export
 from diffusion_distillation.parallel import sharding
 from diffusion_distillation.pipeline import official_checkpoints
 from diffusion_distillation.pipeline import workdir_lock
 
-FORMATS = ('native', 'official')
+FORMATS = ('native', 'official', 'diffusers')
 DESCRIPTION_KEY = official_checkpoints.EXPORT_DESCRIPTION
 VERSION = 1
 
@@ -64,6 +68,8 @@ def write(model, output, format: str = 'native',  # pylint: disable=redefined-bu
   not at all; an existing file only with `overwrite`."""
   if format not in FORMATS:
     raise ModelError(f'format={format!r}: must be one of {FORMATS}')
+  if format == 'diffusers':
+    return write_diffusers(model, output, overwrite)
   path = check_output(output, overwrite)
   params = sharding.to_host(model.params)
   if jax.process_index() != 0:
@@ -78,4 +84,34 @@ def write(model, output, format: str = 'native',  # pylint: disable=redefined-bu
         'step': 0,
         DESCRIPTION_KEY: description(model),
     })
+  return path
+
+
+def check_output_folder(output, overwrite: bool = False) -> epath.Path:
+  """Refuses an output that is a file, or a folder with files in it unless
+  `overwrite` (before any work)."""
+  path = epath.Path(output)
+  if path.exists() and not path.is_dir():
+    raise ModelError(f'output={output} is a file; name a folder for '
+                     'format=diffusers')
+  if path.is_dir() and any(path.iterdir()) and not overwrite:
+    raise ModelError(f'output={output} is a folder with files in it; pass '
+                     'overwrite=True to replace them, or name another folder')
+  return path
+
+
+def write_diffusers(model, output, overwrite: bool = False) -> epath.Path:
+  """Writes `model` as a diffusers folder `output` (`unet/`, `scheduler/`,
+  README.md), each file whole; refuses what diffusers cannot express before
+  writing anything."""
+  path = check_output_folder(output, overwrite)
+  params = sharding.to_host(model.params)
+  contents = diffusers_export.folder(
+      model.diffusion_model, params, num_steps=model.num_steps,
+      distilled=model.kind == 'distilled')
+  if jax.process_index() != 0:
+    return path
+  workdir_lock.check_writable(path, f'output={output}')
+  for name, data in contents.items():
+    files.write_bytes(path / name, data)
   return path

@@ -9,7 +9,9 @@ parameters, config, step count, image shape and classes. Read it with
 `diffusion_distillation.load(FILE)` or
 `python -m diffusion_distillation.sample --checkpoint=FILE`, no config needed.
 `--format=official` writes the layout of the authors' released checkpoints
-instead (readable by their code; ours then needs `--config`).
+instead (readable by their code; ours then needs `--config`), and
+`--format=diffusers` a folder `--output=DIR` (`DIR/unet`, `DIR/scheduler`)
+that diffusers' `UNet2DModel` and `DDIMScheduler` load (docs/diffusers.md).
 """
 
 from absl import flags
@@ -29,23 +31,31 @@ def define_flags():
                        "--model=teacher the teacher's default step count "
                        '(default: the config\'s eval_sampling_num_steps).',
                        lower_bound=1)
-  common.DEFINE_path('output', None, 'The file to write.', required=True)
+  common.DEFINE_path('output', None, 'The file to write (the folder, with '
+                     '--format=diffusers).', required=True)
   flags.DEFINE_enum('model', 'distilled', ['distilled', 'teacher'],
                     'The distilled student for --num_steps, or the teacher.')
   flags.DEFINE_enum('format', 'native', list(exporting.FORMATS),
                     'native: self-describing; official: the layout of the '
-                    'released checkpoints (reading it back needs --config).')
+                    'released checkpoints (reading it back needs --config); '
+                    "diffusers: a folder of diffusers' UNet2DModel and "
+                    'DDIMScheduler.')
   flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
 
 
 def main(argv):
   del argv  # checked by ending.run
-  exporting.check_output_name(FLAGS.output, FLAGS.overwrite)
+  if FLAGS.format == 'diffusers':
+    exporting.check_output_folder(FLAGS.output, FLAGS.overwrite)
+  else:
+    exporting.check_output_name(FLAGS.output, FLAGS.overwrite)
   model = loading.from_workdir(FLAGS.workdir, num_steps=FLAGS.num_steps,
                                model=FLAGS.model)
   path = model.export(FLAGS.output, FLAGS.format, FLAGS.overwrite)
-  read = ('dd.load(FILE) or sample --checkpoint=FILE' if FLAGS.format ==
-          'native' else 'sample --checkpoint=FILE --config=CONFIG')
+  read = {'native': 'dd.load(FILE) or sample --checkpoint=FILE',
+          'official': 'sample --checkpoint=FILE --config=CONFIG',
+          'diffusers': "diffusers' from_pretrained (see its README.md)"}[
+              FLAGS.format]
   print(f'wrote {path}: {model!r}, {FLAGS.format} format; read it with '
         f'{read}')
 

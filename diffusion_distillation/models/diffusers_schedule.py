@@ -77,7 +77,10 @@ def betas(settings: dict) -> np.ndarray:
 
 def timestep_logsnrs(settings: dict) -> tuple:
   """logSNR at each discrete timestep k (a tuple: hashable for jit)."""
-  alphas_cumprod = np.cumprod(1. - betas(settings), dtype=np.float32)
+  # As torch forms it on CPU (where diffusers' schedulers compute it): the
+  # float32 factors' running product in float64, each rounded to float32.
+  alphas = (1. - betas(settings)).astype(np.float64)
+  alphas_cumprod = np.cumprod(alphas).astype(np.float32)
   a = alphas_cumprod.astype(np.float64)
   return tuple(float(x) for x in np.log(a) - np.log1p(-a))
 

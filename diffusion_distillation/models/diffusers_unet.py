@@ -4,12 +4,14 @@ The pixel-space models people hold (the DDPM releases `google/ddpm-*`, ADM-
 style UNets) are mostly diffusers folders. This module computes the same
 function as diffusers' `UNet2DModel` (`models/unets/unet_2d.py`) for the
 parts those models use: `DownBlock2D` / `AttnDownBlock2D` / `UpBlock2D` /
-`AttnUpBlock2D` (conv or ResNet-block resampling) and `ResnetDownsampleBlock2D`
-/ `ResnetUpsampleBlock2D`, `UNetMidBlock2D`, positional (`flip_sin_to_cos`,
-`freq_shift`) or learned time embeddings, `resnet_time_scale_shift` 'default'
-and 'scale_shift', `attention_head_dim` heads and class embeddings
-(`num_class_embeds`). That covers the DDPM and ADM releases and what our
-`export --format=diffusers` writes. Anything else in a config is refused by name
+`AttnUpBlock2D` with conv resampling, `UNetMidBlock2D`, positional time
+embeddings (`flip_sin_to_cos`, `freq_shift`), and for the folders our own
+export writes (docs/diffusers.md) learned ones (`time_embedding_type=
+'learned'`) and ResNet-block resampling (`ResnetDownsampleBlock2D`,
+`ResnetUpsampleBlock2D`, `downsample_type` / `upsample_type` 'resnet'),
+`resnet_time_scale_shift`
+'default' and 'scale_shift', `attention_head_dim` heads and class embeddings
+(`num_class_embeds`). Anything else in a config is refused by name
 (`unet_settings`).
 
 Module names are diffusers' with `.N` written `_N` (flax names list items
@@ -23,7 +25,6 @@ import math
 from typing import Optional, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from diffusion_distillation.models.unet import Dropout
@@ -31,8 +32,10 @@ from diffusion_distillation.models.unet import Dropout
 DOWN_BLOCKS = ('DownBlock2D', 'AttnDownBlock2D', 'ResnetDownsampleBlock2D')
 UP_BLOCKS = ('UpBlock2D', 'AttnUpBlock2D', 'ResnetUpsampleBlock2D')
 TIME_SCALE_SHIFTS = ('default', 'scale_shift')
-RESAMPLE_TYPES = ('conv', 'resnet')
-TIME_EMBEDDINGS = ('positional', 'learned')
+# Choices among the settings of `_DEFAULTS`.
+_CHOICES = {'time_embedding_type': ('positional', 'learned'),
+            'downsample_type': ('conv', 'resnet'),
+            'upsample_type': ('conv', 'resnet')}
 
 # Settings of `UNet2DModel` this port honours, with the values it honours
 # (None: any value); the defaults of `UNet2DModel.__init__` fill the rest.
@@ -54,8 +57,8 @@ _DEFAULTS = {
     'attn_norm_num_groups': None, 'norm_eps': 1e-5,
     'resnet_time_scale_shift': 'default', 'num_class_embeds': None,
     'time_embedding_dim': None, 'time_embedding_type': 'positional',
-    'downsample_type': 'conv', 'upsample_type': 'conv',
-    'num_train_timesteps': None,
+    'num_train_timesteps': None, 'downsample_type': 'conv',
+    'upsample_type': 'conv',
 }
 # Read by diffusers for other purposes (or not at all): no effect here.
 _IGNORED = ('sample_size',)
@@ -104,18 +107,16 @@ def _check_choices(settings: dict):
     raise ValueError(
         f"resnet_time_scale_shift = {settings['resnet_time_scale_shift']!r}:"
         f' the import supports {TIME_SCALE_SHIFTS}')
-  for key, known in (('downsample_type', RESAMPLE_TYPES),
-                     ('upsample_type', RESAMPLE_TYPES),
-                     ('time_embedding_type', TIME_EMBEDDINGS)):
+  for key, known in _CHOICES.items():
     if settings[key] not in known:
       raise ValueError(f'{key} = {settings[key]!r}: the import supports '
                        f'{known}')
+  if (settings['time_embedding_type'] == 'learned' and
+      not isinstance(settings['num_train_timesteps'], int)):
+    raise ValueError("time_embedding_type = 'learned' needs an integer "
+                     'num_train_timesteps (the rows of its table)')
   if settings['norm_num_groups'] is None:
     raise ValueError('norm_num_groups = None: the import needs a number')
-  if (settings['time_embedding_type'] == 'learned' and
-      not settings['num_train_timesteps']):
-    raise ValueError("num_train_timesteps = None: a 'learned' time embedding "
-                     'needs its table size')
 
 
 def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool,
@@ -144,33 +145,27 @@ def _norm(groups: int, eps: float, name: str):
                       name=name)
 
 
-def _avg_pool(x):
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
-
-
-def _upsample(x):
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
 class ResnetBlock2D(nn.Module):
   """diffusers' `ResnetBlock2D`: the embedding is added ('default') or scales
-  and shifts the second norm ('scale_shift')."""
+  and shifts the second norm ('scale_shift'); with `resample` ('down' / 'up',
+  its `down=True` / `up=True`) both branches are average-pooled or nearest-
+  upsampled right after the first activation."""
   out_channels: int
   groups: int
   eps: float
   time_scale_shift: str
   dropout: float
   output_scale_factor: float = 1.
-  resample: Optional[str] = None  # 'down' (average pooling), 'up' (nearest)
+  resample: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, temb, train: bool, microbatch=None):
     out = self.out_channels
     h = nn.silu(_norm(self.groups, self.eps, 'norm1')(x))
     if self.resample == 'down':
-      h, x = _avg_pool(h), _avg_pool(x)
+      h, x = (nn.avg_pool(a, (2, 2), strides=(2, 2)) for a in (h, x))
     elif self.resample == 'up':
-      h, x = _upsample(h), _upsample(x)
+      h, x = (jnp.repeat(jnp.repeat(a, 2, axis=1), 2, axis=2) for a in (h, x))
     h = _conv(out, 'conv1')(h)
     scale_shift = self.time_scale_shift == 'scale_shift'
     temb = nn.Dense(2 * out if scale_shift else out, name='time_emb_proj')(
@@ -237,28 +232,25 @@ class Block(nn.Module):
                       s['norm_eps'], name=f'attentions_{i}')(h)
       outputs.append(h)
     if self.resample is not None:
-      name = f'{self.resample}samplers_0'
-      if self._resnet_resampling(s):
-        h = ResnetBlock2D(self.out_channels, s['norm_num_groups'],
-                          s['norm_eps'], s['resnet_time_scale_shift'],
-                          s['dropout'], resample=self.resample, name=name)(
-                              h, temb, train, microbatch)
-      else:
-        h = Resample(self.resample, self.out_channels,
-                     s['downsample_padding'], name=name)(h)
+      h = self._resample(h, temb, s, train, microbatch)
       if self.resample == 'down':
         outputs.append(h)
     return h, outputs
 
-  def _resnet_resampling(self, s) -> bool:
-    """diffusers' rule: Resnet*sampleBlock2D resample with a ResNet block,
-    Attn blocks as `downsample_type` / `upsample_type` say, the plain
-    DownBlock2D / UpBlock2D with a conv."""
-    if self.kind.startswith('Resnet'):
-      return True
-    if self.kind.startswith('Attn'):
-      return s[f'{self.resample}sample_type'] == 'resnet'
-    return False
+  def _resample(self, h, temb, s, train, microbatch):
+    """The block's resampler: a ResNet block (`Resnet*sampleBlock2D`, or an
+    Attn block with `downsample_type` / `upsample_type` 'resnet') or a
+    convolution."""
+    name = f'{self.resample}samplers_0'
+    if self.kind.startswith('Resnet') or (
+        self.kind.startswith('Attn') and
+        s[f'{self.resample}sample_type'] == 'resnet'):
+      return ResnetBlock2D(self.out_channels, s['norm_num_groups'],
+                           s['norm_eps'], s['resnet_time_scale_shift'],
+                           s['dropout'], resample=self.resample, name=name)(
+                               h, temb, train, microbatch)
+    return Resample(self.resample, self.out_channels,
+                    s['downsample_padding'], name=name)(h)
 
 
 class Resample(nn.Module):
@@ -271,7 +263,8 @@ class Resample(nn.Module):
   @nn.compact
   def __call__(self, h):
     if self.direction == 'up':
-      return _conv(self.out_channels, 'conv')(_upsample(h))
+      h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+      return _conv(self.out_channels, 'conv')(h)
     pad = self.padding if self.padding else ((0, 1), (0, 1))
     return _conv(self.out_channels, 'conv', strides=2, padding=pad)(h)
 
@@ -348,7 +341,8 @@ class DiffusersUNet(nn.Module):
     channels = s['block_out_channels'][0]
     dim = s['time_embedding_dim'] or 4 * channels
     if s['time_embedding_type'] == 'learned':
-      emb = _learned_embedding(timesteps, s['num_train_timesteps'], channels)
+      emb = LearnedTimesteps(s['num_train_timesteps'], channels,
+                             name='time_proj')(timesteps)
     else:
       emb = timestep_embedding(timesteps, channels, s['flip_sin_to_cos'],
                                s['freq_shift'])
@@ -359,21 +353,6 @@ class DiffusersUNet(nn.Module):
     return emb
 
 
-def _learned_embedding(timesteps, num_timesteps: int, channels: int):
-  """diffusers' `time_proj` table (`nn.Embedding`) at integer timesteps
-  (within 1e-3: float32 rounding of the logSNR -> timestep map); between
-  two, the rows interpolated linearly (diffusers takes integers only;
-  distillation asks for noise levels between them)."""
-  table = nn.Embed(num_timesteps, channels, name='time_proj')
-  k = jnp.clip(timesteps.astype(jnp.float32), 0., num_timesteps - 1.)
-  k = jnp.where(jnp.abs(k - jnp.round(k)) < 1e-3, jnp.round(k), k)
-  lo = jnp.floor(k)
-  hi = jnp.minimum(lo + 1, num_timesteps - 1)
-  frac = (k - lo)[:, None]
-  return ((1 - frac) * table(lo.astype(jnp.int32)) +
-          frac * table(hi.astype(jnp.int32)))
-
-
 class TimestepEmbedding(nn.Module):
   """diffusers' `TimestepEmbedding`: linear, SiLU, linear."""
   dim: int
@@ -382,3 +361,22 @@ class TimestepEmbedding(nn.Module):
   def __call__(self, emb):
     emb = nn.Dense(self.dim, name='linear_1')(emb)
     return nn.Dense(self.dim, name='linear_2')(nn.silu(emb))
+
+
+class LearnedTimesteps(nn.Module):
+  """diffusers' learned `time_proj` (an embedding row per integer timestep),
+  read between rows by linear interpolation: exact at the integers, and
+  continuous between them, where distillation asks too."""
+  num_timesteps: int
+  dim: int
+
+  @nn.compact
+  def __call__(self, timesteps):
+    table = jnp.asarray(self.param('embedding', nn.initializers.normal(1.),
+                                   (self.num_timesteps, self.dim)))
+    k = jnp.clip(timesteps.astype(jnp.float32), 0, self.num_timesteps - 1)
+    low = jnp.floor(k)
+    frac = (k - low)[:, None]
+    low = low.astype(jnp.int32)
+    high = jnp.minimum(low + 1, self.num_timesteps - 1)
+    return table[low] * (1 - frac) + table[high] * frac
