@@ -39,17 +39,18 @@ def _cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:
           max_beta) for i in range(num_steps)], np.float32)
 
 
-def scheduler_settings(config: dict) -> dict:
-  """The settings of a scheduler config the import uses, checked.
+def scheduler_settings(scheduler_json: dict) -> dict:
+  """The settings of a scheduler config (`scheduler_config.json`, parsed)
+  the import uses, checked.
 
   Raises:
     ValueError: a setting the import cannot honour, named, in one line.
   """
   for key, allowed in _REFUSED_UNLESS.items():
-    value = config.get(key, allowed)
+    value = scheduler_json.get(key, allowed)
     if value != allowed:
       raise ValueError(f'{key} = {value!r}: the import supports {allowed!r}')
-  settings = {key: default if config.get(key) is None else config[key]
+  settings = {key: default if scheduler_json.get(key) is None else scheduler_json[key]
               for key, default in _DEFAULTS.items()}
   if settings['prediction_type'] not in PREDICTION_TYPES:
     raise ValueError(f"prediction_type = {settings['prediction_type']!r}: "

@@ -64,11 +64,11 @@ _DEFAULTS = {
 _IGNORED = ('sample_size',)
 
 
-def unet_settings(config: dict) -> dict:
+def unet_settings(unet_json: dict) -> dict:
   """The `DiffusersUNet` fields of a diffusers UNet `config.json`.
 
   Args:
-    config: the parsed `config.json` of a `UNet2DModel`.
+    unet_json: the parsed `config.json` of a `UNet2DModel`.
 
   Returns:
     keyword arguments of `DiffusersUNet` (tuples for lists: hashable).
@@ -76,11 +76,11 @@ def unet_settings(config: dict) -> dict:
   Raises:
     ValueError: a setting this port cannot honour, named, in one line.
   """
-  if config.get('_class_name', 'UNet2DModel') != 'UNet2DModel':
-    raise ValueError(f"_class_name = {config['_class_name']!r}: only "
+  if unet_json.get('_class_name', 'UNet2DModel') != 'UNet2DModel':
+    raise ValueError(f"_class_name = {unet_json['_class_name']!r}: only "
                      'UNet2DModel folders can be imported')
   settings = dict(_DEFAULTS)
-  for key, value in config.items():
+  for key, value in unet_json.items():
     if key.startswith('_') or key in _IGNORED:
       continue
     if key in _FIXED:
