@@ -192,6 +192,7 @@ def test_the_config_names_a_folder_that_does_not_fit_the_data():
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # compiling the imported UNet's update: a minute of CPU
 def test_main_distills_an_imported_teacher_and_evaluate_scores_it(tmp_path):
   """Two stages (4 -> 2 -> 1 steps) from ddpm_like on the digits, then the
   digits metric of every model: offline, end to end."""
