@@ -228,9 +228,10 @@ def import_folder(folder, mean_type, shape, classes):
   return model, diffusers_folder.load_params(folder)
 
 
-def test_export_then_import_is_the_same_function(tmp_path):
-  """Ours -> diffusers -> the import: on the exported student's grid (and
-  on every one of the T timesteps) the same network and noise levels.
+def test_export_then_import_is_the_same_function(golden, tmp_path):
+  """Ours -> diffusers -> the import: the same noise levels at every one of
+  the T timesteps, and the imported student's DDIM gives diffusers' images
+  (so ours) from the golden's noise.
 
   What survives: the function at diffusers' integer timesteps (float32
   rounding apart), mean_type (as prediction_type), the image shape, the
@@ -240,25 +241,23 @@ def test_export_then_import_is_the_same_function(tmp_path):
   there, and the import's schedule is linear in t between timesteps), and a
   guided model's "no class" label shift (`num_class_embeds` = classes + 1:
   the import refuses it as a class count mismatch)."""
-  model, params, steps = variant('eps_resblock_classes')
+  name = 'eps_resblock_classes'  # ResNet-block resampling, classes, heads
+  model, params, steps = variant(name)
   folder = write_folder(tmp_path / 'out', diffusers_export.folder(
       model, params, num_steps=steps, distilled=True))
   back, back_params = import_folder(folder, 'eps', (8, 8, 1), 10)
-  num_timesteps = diffusers_export.num_train_timesteps(steps)
   # diffusers holds alpha^2 in float32: the same noise levels, though near
   # t = 0 (alpha^2 ~ 1) float32 resolves the logSNR to 0.004 only.
-  logsnrs = np.asarray(back.timestep_logsnrs)
+  num_timesteps = diffusers_export.num_train_timesteps(steps)
   np.testing.assert_allclose(
-      1 / (1 + np.exp(-logsnrs)),
+      1 / (1 + np.exp(-np.asarray(back.timestep_logsnrs))),
       diffusers_export.alphas_cumprod(model, num_timesteps), rtol=1e-6)
-  z = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1)))
-  labels = np.arange(4, dtype=np.int32)
-  grid = np.arange(steps, 0, -1, dtype=np.float32) / steps
-  ours, theirs = (jax.jit(jax.vmap(
-      lambda t, m=m, p=p: m.bind(p, labels)(
-          z, jax.numpy.full((4,), m.logsnr_schedule('eval')(t)))))(grid)
-                  for m, p in ((model, params), (back, back_params)))
-  np.testing.assert_allclose(theirs, ours, atol=ATOL)
+  images = jax.jit(lambda p, z, y: sampling.sample_loop(
+      back.bind(p, y), z, num_steps=steps,
+      logsnr_schedule_fn=back.logsnr_schedule('eval'), mean_type='eps',
+      clip_x=back.clip_x))(back_params, golden[f'{name}/noise'],
+                           golden[f'{name}/labels'])
+  np.testing.assert_allclose(images, golden[f'{name}/images'], atol=ATOL)
   with pytest.raises(Exception, match='num_class_embeds = 11'):
     guided, guided_params, _ = variant('x_linear_guided')
     import_folder(write_folder(tmp_path / 'guided', diffusers_export.folder(
