@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import files
+from diffusion_distillation.evaluation import comparison
 from diffusion_distillation.evaluation import evaluate
 from diffusion_distillation.evaluation import report
 from diffusion_distillation.evaluation import scorers
@@ -267,6 +268,34 @@ def test_one_evaluation_at_a_time(digits_workdir, cache_dir):
         '.*; wait for it or stop it$')):
       evaluate.run_evaluation(digits_workdir, samplers='ddim',
                               teacher_steps='none', cache_dir=cache_dir)
+
+
+def test_compare_puts_the_students_of_other_workdirs_in_one_table(
+    digits_workdir, cache_dir, tmp_path):
+  """`evaluate --compare`: another run distilled from this workdir's teacher
+  (here its students are other random parameters) joins the table; a
+  column's name that two workdirs share ends in its workdir's name."""
+  config = eval_config()
+  config.distillation.teacher_checkpoint_path = str(digits_workdir)
+  other = make_finished_workdir(tmp_path / 'other', config, (8, 8, 1), 1)
+  kwargs = dict(samplers='ddim', teacher_steps='1', num_samples=8,
+                cache_dir=cache_dir, print_table=False)
+  combined = comparison.run_comparison(digits_workdir, [str(other)], **kwargs)
+  alone = evaluate.run_evaluation(digits_workdir, **kwargs)
+  theirs = evaluate.run_evaluation(other, **{**kwargs, 'teacher_steps': 'none'})
+  untimed = lambda rows: [{k: v for k, v in r.items() if 'seconds' not in k}
+                          for r in rows]
+  assert untimed(combined['rows']) == untimed(alone['rows'] + [
+      dict(r, workdir=str(other)) for r in theirs['rows']])
+  assert combined['same_teacher'] and combined['compared'] == [str(other)]
+  assert [r['method'] for r in theirs['rows']] == ['progressive'] * 2
+  table = (Path(digits_workdir) / 'eval' / 'comparison.md').read_text()
+  assert '| NFE | distilled | teacher DDIM | distilled (other) |' in table
+  assert 'with the students of ' + str(other) + ', from the same teacher' in (
+      table)
+  assert (Path(digits_workdir) / 'eval' / 'comparison.png').stat().st_size
+  with pytest.raises(settings.EvalError, match='already the evaluated'):
+    comparison.run_comparison(digits_workdir, [str(digits_workdir)], **kwargs)
 
 
 def test_a_deleted_stage_is_reported(digits_workdir, cache_dir, tmp_path,

@@ -4,7 +4,7 @@ r"""Sample quality against sampler steps: distilled students vs. the teacher.
         [--num_samples=500] [--samplers=ddim,ancestral] \
         [--teacher_steps=1,2,4,8] [--metric=digits|inception] \
         [--inception_path=/path/classify_image_graph_def.pb] [--seed=0] \
-        [--batch_size=500] [--cache_dir=...]
+        [--batch_size=500] [--cache_dir=...] [--compare=DIR,DIR]
 
 Every finished distilled student is sampled with DDIM at its own step count;
 the teacher with each of `--samplers` at 1, 2, 4, ... steps up to
@@ -23,6 +23,10 @@ evaluation keeps the previous complete results. Metric caches live in
 `--cache_dir`, else `$DD_CACHE_DIR`, else
 `$XDG_CACHE_HOME/diffusion_distillation` (default
 `~/.cache/diffusion_distillation`); delete a file to recompute it.
+
+`--compare=DIR,...` adds the students of other workdirs (e.g. TRACT and
+consistency runs distilled from the same teacher) to one table and plot,
+WORKDIR/eval/comparison.{md,json,png} (evaluation/comparison.py).
 """
 
 from absl import flags
@@ -31,6 +35,7 @@ from diffusion_distillation import config as config_lib
 from diffusion_distillation import paths
 from diffusion_distillation.cli import common
 from diffusion_distillation.cli import ending
+from diffusion_distillation.evaluation import comparison
 from diffusion_distillation.evaluation import evaluate
 from diffusion_distillation.evaluation import settings
 
@@ -83,6 +88,10 @@ def define_flags():
   flags.DEFINE_integer('batch_size', None,
                        'Samples per compiled call (default: '
                        'config.eval.batch_size).', lower_bound=1)
+  flags.DEFINE_list('compare', [],
+                    'Other workdirs whose students join this one\'s in one '
+                    'table (WORKDIR/eval/comparison.md, .json, .png), e.g. '
+                    'the TRACT and consistency runs of the same teacher.')
   common.DEFINE_path('cache_dir', None,
                      f'Metric caches (default: ${paths.CACHE_ENV} or '
                      '~/.cache/diffusion_distillation).')
@@ -90,11 +99,15 @@ def define_flags():
 
 def main(argv):
   del argv  # checked by ending.run
-  evaluate.run_evaluation(
-      FLAGS.workdir, num_samples=FLAGS.num_samples, samplers=FLAGS.samplers,
+  options = dict(
+      num_samples=FLAGS.num_samples, samplers=FLAGS.samplers,
       teacher_steps=FLAGS.teacher_steps, metric=FLAGS.metric,
       inception_path=FLAGS.inception_path, seed=FLAGS.seed,
       batch_size=FLAGS.batch_size, cache_dir=FLAGS.cache_dir)
+  if FLAGS.compare:
+    comparison.run_comparison(FLAGS.workdir, FLAGS.compare, **options)
+  else:
+    evaluate.run_evaluation(FLAGS.workdir, **options)
 
 
 def run():

@@ -31,7 +31,7 @@ from diffusion_distillation.pipeline import summaries
 def series_name(row) -> str:
   """The run of a results row: its column ('teacher_ddim', 'distilled_w2')."""
   column = report.column_name(row['model'], row['sampler'],
-                              row.get('guidance'))
+                              row.get('guidance'), row.get('method'))
   return column.lower().replace(' ', '_').replace('=', '').replace(':', '_')
 
 

@@ -248,6 +248,8 @@ def _evaluate_row(loaded, params, spec, settings, scorer, where: str):
                  spec.sampler, spec.steps, guided_teacher=(
                      spec.model == 'teacher' and spec.guidance is not None
                      and not loaded.model.w_teacher)))
+  if spec.model == 'distilled':
+    row['method'] = loaded.method
   if spec.guidance is not None:
     row['guidance'] = spec.guidance
   row.update({k: _finite_or_none(v) for k, v in values.items()})

@@ -30,18 +30,40 @@ PARTIAL_MD = 'results.partial.md'
 _LOG_Y_SPREAD = 20.0
 
 
-def column_name(model: str, sampler: str, guidance=None) -> str:
+# A distilled row's method (`distillation.method`) as its columns name it:
+# progressive distillation's students, the paper's, are 'distilled' (also
+# rows recorded before methods were).
+METHOD_LABELS = {'progressive': 'distilled', 'tract': 'TRACT',
+                 'consistency': 'CD'}
+
+
+def column_name(model: str, sampler: str, guidance=None,
+                method: str = 'progressive') -> str:
   """The table column (and plot label) of a (model, sampler) pair, and of
-  its guidance strength w in a guided run."""
+  its guidance strength w in a guided run: a student by its method
+  ('distilled stochastic', 'TRACT', 'CD'), the teacher by its sampler."""
   if model == 'distilled':
-    name = 'distilled' if sampler == 'ddim' else f'distilled {sampler}'
+    name = METHOD_LABELS[method or 'progressive']
+    name = name if sampler == 'ddim' else f'{name} {sampler}'
   else:
     name = f'teacher {"DDIM" if sampler == "ddim" else sampler}'
   return name if guidance is None else f'{name} w={guidance:g}'
 
 
 def _key(row) -> tuple:
-  return (row['model'], row['sampler'], row.get('guidance'))
+  """(model, sampler, guidance, method, workdir): a row's column, and its
+  guidance strength. `workdir` only for the rows of a compared workdir."""
+  return (row['model'], row['sampler'], row.get('guidance'),
+          row.get('method'), row.get('workdir'))
+
+
+def _labels(keys) -> dict:
+  """Each column key's name; a compared workdir's column whose name another
+  column has too ends in its workdir's name."""
+  names = {k: column_name(*k[:4]) for k in keys}
+  taken = list(names.values())
+  return {k: (f'{n} ({epath.Path(k[4]).name})'
+              if k[4] and taken.count(n) > 1 else n) for k, n in names.items()}
 
 
 def nfe(row) -> int:
@@ -51,13 +73,18 @@ def nfe(row) -> int:
 
 
 def _columns(rows) -> list[tuple]:
-  """The (model, sampler, guidance) of `rows`, in order of appearance."""
+  """The keys (`_key`) of `rows`, in order of appearance."""
   return list(dict.fromkeys(_key(r) for r in rows))
 
 
-def _pairs(rows) -> list[tuple[str, str]]:
-  """The (model, sampler) pairs of `rows`, in order of appearance."""
-  return list(dict.fromkeys((r['model'], r['sampler']) for r in rows))
+def _unguided(key: tuple) -> tuple:
+  return (*key[:2], None, *key[3:])
+
+
+def _pairs(rows) -> list[tuple]:
+  """The keys of `rows` with their guidance left out (one table column per
+  model and sampler), in order of appearance."""
+  return list(dict.fromkeys(_unguided(_key(r)) for r in rows))
 
 
 def format_value(value) -> str:
@@ -73,22 +100,25 @@ def _table(rows, value: str, best=None) -> list[str]:
   last column names the best a user can have for that cost: the best cell at
   this many NFE or fewer."""
   pairs = _pairs(rows)
-  cells = {(*_key(r), nfe(r)): r.get(value) for r in rows}
+  labels = _labels(pairs)
+  cells = {(_key(r), nfe(r)): r.get(value) for r in rows}
   lines = sorted({(r.get('guidance'), nfe(r)) for r in rows},
                  key=lambda k: (k[0] or 0., k[1]))
   guided = any(w is not None for w, _ in lines)
   out = ['| ' + ('w | ' if guided else '') + 'NFE | ' +
-         ' | '.join(column_name(*p) for p in pairs) +
+         ' | '.join(labels[p] for p in pairs) +
          (' | best within this NFE' if best else '') + ' |',
          '|' + '---:|' * (len(pairs) + 1 + guided) + ('---|' if best else '')]
   for w, n in lines:
-    row = ' | '.join(format_value(cells[(*p, w, n)]) if (*p, w, n) in cells
-                     else '' for p in pairs)
+    at = lambda p: ((*p[:2], w, *p[3:]), n)  # pylint: disable=cell-var-from-loop
+    row = ' | '.join(format_value(cells[at(p)]) if at(p) in cells else ''
+                     for p in pairs)
     if best:
-      within = {(m, s, g, k): v for (m, s, g, k), v in cells.items()
-                if g == w and k <= n and v is not None and math.isfinite(v)}
+      within = {(key, k): v for (key, k), v in cells.items()
+                if key[2] == w and k <= n and v is not None and
+                math.isfinite(v)}
       winner = best(within, key=within.get) if within else None
-      row += ' | ' + (f'{column_name(*winner[:2])} ({winner[3]})'
+      row += ' | ' + (f'{labels[_unguided(winner[0])]} ({winner[1]})'
                       if winner else '')
     out.append('| ' + (f'{w:g} | ' if guided else '') + f'{n} | ' + row + ' |')
   return out
@@ -105,6 +135,11 @@ def format_markdown(results: dict) -> str:
             "per step; Heun's 2N - 1; a guided teacher's twice that)")
   if not results.get('complete', True):
     header += ' | INCOMPLETE (evaluation still running or interrupted)'
+  if results.get('compared'):
+    header += (f" | with the students of {', '.join(results['compared'])}"
+               + (', from the same teacher' if results['same_teacher'] else
+                  ' | NOTE: the workdirs\' teachers differ (their students '
+                  'were not distilled from the same model)'))
   if results.get('missing_students'):
     header += (' | NOT EVALUATED: the student(s) for '
                f"{', '.join(map(str, results['missing_students']))} steps "
@@ -128,20 +163,23 @@ def _plot_lines(ax, results: dict, main: str):
   columns = _columns(results['rows'])
   pairs = _pairs(results['rows'])
   strengths = list(dict.fromkeys(c[2] for c in columns))
-  for model, sampler, guidance in columns:
+  labels = _labels(pairs)
+  for key in columns:
+    model, _, guidance, *_ = key
     pts = sorted((nfe(r), r[main]) for r in results['rows']
-                 if _key(r) == (model, sampler, guidance)
-                 and r.get(main) is not None)
+                 if _key(r) == key and r.get(main) is not None)
     if not pts:
       continue
     xs, ys = zip(*pts)
     values += ys
     steps.update(xs)
+    label = labels[_unguided(key)]
     style = {} if guidance is None else dict(
         color=f'C{strengths.index(guidance) % 10}',
-        linestyle=('-', '--', ':', '-.')[pairs.index((model, sampler)) % 4])
+        linestyle=('-', '--', ':', '-.')[pairs.index(_unguided(key)) % 4])
     ax.plot(xs, ys, marker='o', linewidth=2.2 if model == 'distilled' else 1.5,
-            label=column_name(model, sampler, guidance), **style)
+            label=label if guidance is None else f'{label} w={guidance:g}',
+            **style)
   return values, steps
 
 
@@ -175,24 +213,29 @@ def plot_png(results: dict) -> bytes:
   return buf.getvalue()
 
 
-def write_results(workdir, results: dict) -> dict[str, epath.Path]:
+def write_results(workdir, results: dict,
+                  name: str = '') -> dict[str, epath.Path]:
   """The files of `results` under WORKDIR/eval: the partial ones while it is
-  not complete, else the final ones (and the partial ones removed)."""
+  not complete, else the final ones (and the partial ones removed). With a
+  `name`: NAME.json, NAME.md and NAME.png instead (e.g. a comparison)."""
   out = epath.Path(workdir) / 'eval'
   out.mkdir(parents=True, exist_ok=True)
   text = lambda: json.dumps(results, indent=2) + '\n'
-  if not results.get('complete'):
+  if not results.get('complete') and not name:
     paths = dict(json=out / PARTIAL_JSON, markdown=out / PARTIAL_MD)
     files.write_bytes(paths['json'], text().encode())
     files.write_bytes(paths['markdown'], format_markdown(results).encode())
     return paths
-  paths = dict(json=out / RESULTS_JSON, markdown=out / RESULTS_MD,
-               plot=out / PLOT_PNG)
+  paths = (dict(json=out / RESULTS_JSON, markdown=out / RESULTS_MD,
+                plot=out / PLOT_PNG) if not name else
+           dict(json=out / f'{name}.json', markdown=out / f'{name}.md',
+                plot=out / f'{name}.png'))
   data = {paths['json']: text().encode(),
           paths['markdown']: format_markdown(results).encode(),
           paths['plot']: plot_png(results)}  # all made before any is written
   for path, content in data.items():
     files.write_bytes(path, content)
-  for name in (PARTIAL_JSON, PARTIAL_MD):
-    (out / name).unlink(missing_ok=True)
+  if not name:
+    for partial in (PARTIAL_JSON, PARTIAL_MD):
+      (out / partial).unlink(missing_ok=True)
   return paths

@@ -49,6 +49,13 @@ class LoadedWorkdir:
   def mesh(self):
     return self.ctx.mesh
 
+  @property
+  def method(self):
+    """How its students were distilled (`distillation.method`); None for a
+    teacher-only run."""
+    config = self.config
+    return config.distillation.method if 'distillation' in config else None
+
   def student_steps(self) -> list[int]:
     """Step counts of the finished distilled students, ascending."""
     return sorted(s.num_sample_steps for s in self.stages if s.trains_student)
