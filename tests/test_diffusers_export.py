@@ -52,10 +52,18 @@ VARIANTS = {
 ATOL = 1e-4
 
 
+# The learned timestep table is our embedding evaluated on the grid: sin
+# and cos of arguments up to about 1e3 round differently between XLA
+# compilations (1.2e-4 with and without its optimizations), so the digest
+# leaves it out; the round trip below checks it as part of the function.
+COMPUTED = ('time_proj.weight',)
+
+
 def weights_digest(state: dict) -> str:
-  """make_golden.py's digest: sha256 over sorted names, shapes and bytes."""
+  """make_golden.py's digest: sha256 over sorted names, shapes and bytes,
+  but for the computed timestep table."""
   digest = hashlib.sha256()
-  for name in sorted(state):
+  for name in sorted(set(state) - set(COMPUTED)):
     value = np.ascontiguousarray(state[name], np.float32)
     digest.update(f'{name}{value.shape}'.encode())
     digest.update(value.tobytes())
