@@ -1,0 +1,159 @@
+"""TRACT (distillation.method = 'tract'): its target against apple/ml-tract,
+its reduction to progressive distillation, its config errors and stages.
+
+golden.npz (tests/data/tract/) holds ml-tract's targets, made once by
+tests/data/tract/make_golden.py: it runs the target statements of ml-tract's
+`tc_distill.py` `train_op` (torch, float64) and its `ModuleEMA` on the same
+closed-form networks and draws that the tests here give ours (JAX, float32).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_distillation import config as config_lib
+from diffusion_distillation import objectives
+from diffusion_distillation.config.schema import ConfigError
+from diffusion_distillation.diffusion import process
+from diffusion_distillation.diffusion import schedules
+from diffusion_distillation.diffusion import tract
+from diffusion_distillation.models import diffusion_model as model_lib
+from diffusion_distillation.pipeline import stages
+from diffusion_distillation.pipeline import train_state
+
+import helpers
+
+GOLDEN = np.load(os.path.join(helpers.REPO, 'tests', 'data', 'tract',
+                              'golden.npz'))
+SCHEDULE_FN = lambda t: schedules.cosine_logsnr(t, logsnr_min=-20.,
+                                                logsnr_max=20.)
+
+pytestmark = pytest.mark.filterwarnings('ignore:the load_module')
+
+
+def golden_network(name):
+  """make_golden.py's closed-form x predictor `name`, in JAX."""
+  a, b = GOLDEN[f'net_{name}']
+  bias = jnp.asarray(GOLDEN[f'bias_{name}'])
+  return lambda z, logsnr: (a * z + b * process.broadcast_from_left(
+      jnp.tanh(logsnr / 8), z.shape) + bias)
+
+
+@pytest.mark.parametrize('phase', [0, 1])
+def test_target_is_ml_tracts_on_the_same_networks_and_draws(phase):
+  teacher_steps, num_steps = (int(s) for s in GOLDEN['schedule'][phase:
+                                                                 phase + 2])
+  get = lambda key: jnp.asarray(GOLDEN[f'phase{phase}_{key}'])
+  k, j = get('k'), get('j')
+  u, _, _ = tract.segment_times(k, j, num_steps, teacher_steps)
+  z = process.diffuse(get('x'), get('eps'), SCHEDULE_FN(u))
+  ours = np.asarray(tract.tract_target(
+      golden_network('teacher'), golden_network('self_teacher'), z, k, j,
+      num_steps, teacher_steps, logsnr_schedule_fn=SCHEDULE_FN,
+      mean_type='x'))
+  final = np.asarray(k == 0)
+  target, x_last = GOLDEN[f'phase{phase}_target'], GOLDEN[f'phase{phase}_x_last']
+  assert final.any() and (phase == 1 or not final.all())
+  # Inside the time axis: ml-tract's inverted chain, at float32 noise.
+  np.testing.assert_allclose(ours[~final], target[~final], rtol=1e-4,
+                             atol=1e-4)
+  # The last segment: the chain's last x (ours; our sampler's last step
+  # outputs x), which ml-tract's inversion to logSNR 20 is within 1e-3 of.
+  np.testing.assert_allclose(ours[final], x_last[final], rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(target[final], x_last[final], atol=1e-3)
+
+
+def test_self_teacher_is_ml_tracts_bias_corrected_ema():
+  decay = tract.self_teacher_decay(0.5)
+  average, values = jnp.zeros(()), []
+  for step in range(len(GOLDEN['ema'])):
+    average = train_state.follow(average, jnp.float32((step + 1) ** 2),
+                                 decay(step))
+    values.append(float(average))
+  np.testing.assert_allclose(values, GOLDEN['ema'], rtol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def tiny_model():
+  config = helpers.tiny_config()
+  model = model_lib.DiffusionModel.from_config(config, (8, 8, 1), 10,
+                                               dropout=0.)
+  return model, helpers.random_params(model, 0), helpers.random_params(
+      model, 1)
+
+
+def test_halving_phases_with_the_teacher_as_self_teacher_are_pd(tiny_model):
+  """TRACT with R = 2 and t at segment starts (j = 0), unclipped, with its
+  self-teacher still the teacher (the first update: the target starts as the
+  student's initial parameters, the teacher's): PD's loss and gradient, so
+  the same update. (TRACT also draws j = 1, where the target is one teacher
+  step, clips, and its self-teacher then moves: docs/methods.md.)"""
+  model, teacher, student = tiny_model
+  num_steps, batch_size = 4, 8
+  rng = jax.random.PRNGKey(3)
+  batch = {'image': jax.random.randint(rng, (batch_size, 8, 8, 1), 0, 256),
+           'label': jnp.arange(batch_size) % 10}
+  pd = objectives.make('progressive', model)
+  ours = objectives.make('tract', model, teacher_steps=2 * num_steps,
+                         clip_x=False)
+  draws = pd.draw(rng, batch, num_steps)
+  tract_draws = dict(k=draws['i'], j=jnp.zeros_like(draws['i']),
+                     eps=draws['eps'], dropout=draws['dropout'])
+  assert set(tract_draws) == set(ours.draw(rng, batch, num_steps))
+  assert int(jnp.min(draws['i'])) == 0  # the last segment is covered
+
+  def value_and_grad(objective, draws):
+    return jax.value_and_grad(lambda p: objective.loss(
+        p, teacher, batch, draws, num_steps=num_steps, train=False,
+        target_params=teacher).mean())(student)
+
+  want, got = value_and_grad(pd, draws), value_and_grad(ours, tract_draws)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def tract_config(phases=(4, 1), **fields):
+  config = helpers.tiny_config(distillation__method='tract')
+  config_lib.add_section(config, 'tract', phases=phases, updates_per_phase=2)
+  return helpers.set_fields(config, fields)
+
+
+def validate(config):
+  config_lib.validate_config(config_lib.complete(config), device_count=1,
+                             process_count=1)
+
+
+def test_phases_are_stages_each_distilling_the_one_before():
+  planned = stages.plan_stages(tract_config((4, 2, 1)))
+  assert [(s.name, s.num_sample_steps, dict(s.options)['teacher_steps'])
+          for s in planned[1:]] == [('tract_4', 4, 8), ('tract_2', 2, 4),
+                                    ('tract_1', 1, 2)]
+  assert {s.objective for s in planned[1:]} == {'tract'}
+  validate(tract_config((4, 2, 1)))
+
+
+@pytest.mark.parametrize('phases, fields, field', [
+    ((3, 1), {}, 'tract.phases'),  # 3 does not divide the teacher's 8
+    ((4, 8), {}, 'tract.phases'),  # not decreasing
+    ((8,), {}, 'tract.phases'),  # not fewer than the teacher's
+    ((4, 1), {'distillation.method': 'progressive'}, 'distillation.method'),
+    ((), {}, 'tract.phases'),
+])
+def test_bad_phases_are_one_line_naming_the_field(phases, fields, field):
+  config = tract_config(phases, **fields)
+  before = config.to_dict()
+  with pytest.raises(ConfigError) as error:
+    validate(config)
+  message = str(error.value)
+  assert f'config.{field}:' in message and '\n' not in message, message
+  assert config.to_dict() == before
+
+
+def test_method_tract_needs_its_section():
+  config = helpers.tiny_config(distillation__method='tract')
+  with pytest.raises(ConfigError, match='config.distillation.method:'):
+    validate(config)
