@@ -20,7 +20,6 @@ from diffusion_distillation.config.schema import ConfigError
 from diffusion_distillation.diffusion import process
 from diffusion_distillation.diffusion import schedules
 from diffusion_distillation.diffusion import tract
-from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import train_state
 
@@ -46,15 +45,19 @@ def golden_network(name):
 def test_target_is_ml_tracts_on_the_same_networks_and_draws(phase):
   teacher_steps, num_steps = (int(s) for s in GOLDEN['schedule'][phase:
                                                                  phase + 2])
-  get = lambda key: jnp.asarray(GOLDEN[f'phase{phase}_{key}'])
-  k, j = get('k'), get('j')
-  u, _, _ = tract.segment_times(k, j, num_steps, teacher_steps)
-  z = process.diffuse(get('x'), get('eps'), SCHEDULE_FN(u))
-  ours = np.asarray(tract.tract_target(
-      golden_network('teacher'), golden_network('self_teacher'), z, k, j,
-      num_steps, teacher_steps, logsnr_schedule_fn=SCHEDULE_FN,
-      mean_type='x'))
-  final = np.asarray(k == 0)
+  get = lambda key: GOLDEN[f'phase{phase}_{key}']
+
+  @jax.jit
+  def target(k, j, x, eps):
+    u, _, _ = tract.segment_times(k, j, num_steps, teacher_steps)
+    z = process.diffuse(x, eps, SCHEDULE_FN(u))
+    return tract.tract_target(
+        golden_network('teacher'), golden_network('self_teacher'), z, k, j,
+        num_steps, teacher_steps, logsnr_schedule_fn=SCHEDULE_FN,
+        mean_type='x')
+
+  ours = np.asarray(target(get('k'), get('j'), get('x'), get('eps')))
+  final = get('k') == 0
   target, x_last = GOLDEN[f'phase{phase}_target'], GOLDEN[f'phase{phase}_x_last']
   assert final.any() and (phase == 1 or not final.all())
   # Inside the time axis: ml-tract's inverted chain, at float32 noise.
@@ -77,43 +80,57 @@ def test_self_teacher_is_ml_tracts_bias_corrected_ema():
   np.testing.assert_allclose(values, GOLDEN['ema'], rtol=1e-6)
 
 
-@pytest.fixture(scope='module')
-def tiny_model():
-  config = helpers.tiny_config()
-  model = model_lib.DiffusionModel.from_config(config, (8, 8, 1), 10,
-                                               dropout=0.)
-  return model, helpers.random_params(model, 0), helpers.random_params(
-      model, 1)
+class LinearModel:
+  """A stand-in for `DiffusionModel` whose network is affine in z and
+  tanh(logsnr): what the objectives call of a model, compiled in
+  milliseconds."""
+  mean_type, weight_type = 'v', 'snr_trunc'
+
+  def logsnr_schedule(self, which):
+    assert which == 'train'
+    return SCHEDULE_FN
+
+  def bind(self, params, labels, *, train=False, dropout=None):
+    del labels, train, dropout
+    return lambda z, logsnr: (params['a'] * z + params['b'] * (
+        process.broadcast_from_left(jnp.tanh(logsnr / 8), z.shape)))
 
 
-def test_halving_phases_with_the_teacher_as_self_teacher_are_pd(tiny_model):
+def linear_params(seed):
+  rng = np.random.default_rng(seed)
+  return {'a': jnp.asarray(rng.uniform(0.5, 1.5, (8, 8, 1)), jnp.float32),
+          'b': jnp.asarray(rng.uniform(-1, 1, (8, 8, 1)), jnp.float32)}
+
+
+def test_halving_phases_with_the_teacher_as_self_teacher_are_pd():
   """TRACT with R = 2 and t at segment starts (j = 0), unclipped, with its
   self-teacher still the teacher (the first update: the target starts as the
-  student's initial parameters, the teacher's): PD's loss and gradient, so
-  the same update. (TRACT also draws j = 1, where the target is one teacher
-  step, clips, and its self-teacher then moves: docs/methods.md.)"""
-  model, teacher, student = tiny_model
-  num_steps, batch_size = 4, 8
+  student's initial parameters, the teacher's): PD's loss and gradient, bit
+  for bit, so the same update. (TRACT also draws j = 1, where the target is
+  one teacher step, clips, and its self-teacher then moves: docs/methods.md.)"""
+  model, teacher, student = LinearModel(), linear_params(0), linear_params(1)
+  num_steps, batch_size = 4, 16
   rng = jax.random.PRNGKey(3)
-  batch = {'image': jax.random.randint(rng, (batch_size, 8, 8, 1), 0, 256),
-           'label': jnp.arange(batch_size) % 10}
+  batch = {'image': np.random.default_rng(0).integers(
+      0, 256, (batch_size, 8, 8, 1)), 'label': np.arange(batch_size) % 10}
   pd = objectives.make('progressive', model)
   ours = objectives.make('tract', model, teacher_steps=2 * num_steps,
                          clip_x=False)
-  draws = pd.draw(rng, batch, num_steps)
+  draws = jax.jit(pd.draw, static_argnums=2)(rng, batch, num_steps)
   tract_draws = dict(k=draws['i'], j=jnp.zeros_like(draws['i']),
                      eps=draws['eps'], dropout=draws['dropout'])
-  assert set(tract_draws) == set(ours.draw(rng, batch, num_steps))
+  assert set(tract_draws) == set(jax.eval_shape(ours.draw, rng, batch,
+                                                num_steps))
   assert int(jnp.min(draws['i'])) == 0  # the last segment is covered
 
   def value_and_grad(objective, draws):
-    return jax.value_and_grad(lambda p: objective.loss(
+    return jax.jit(jax.value_and_grad(lambda p: objective.loss(
         p, teacher, batch, draws, num_steps=num_steps, train=False,
-        target_params=teacher).mean())(student)
+        target_params=teacher).mean()))(student)
 
   want, got = value_and_grad(pd, draws), value_and_grad(ours, tract_draws)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(a, b)  # bit for bit
 
 
 def tract_config(phases=(4, 1), **fields):
