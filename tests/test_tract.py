@@ -8,6 +8,7 @@ closed-form networks and draws that the tests here give ours (JAX, float32).
 """
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -174,3 +175,31 @@ def test_method_tract_needs_its_section():
   config = helpers.tiny_config(distillation__method='tract')
   with pytest.raises(ConfigError, match='config.distillation.method:'):
     validate(config)
+
+
+@pytest.mark.heavy
+def test_phases_train_from_a_teacher_workdir_and_resume_exactly(
+    finished_workdir, tmp_path):
+  """Two phases (8 -> 4 -> 1) from the tiny pipeline's teacher: each a
+  stage with checkpoints, the second resumed from its middle checkpoint
+  ends where the uninterrupted run ended."""
+  from diffusion_distillation.pipeline import checkpoints  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top
+  from diffusion_distillation.pipeline import workdirs  # pylint: disable=g-import-not-at-top
+  teacher, _ = finished_workdir
+  config = tract_config((4, 1), **{
+      'distillation.teacher_checkpoint_path': str(teacher),
+      'train.num_train_steps': 0, 'tract.updates_per_phase': 4})
+  workdir = tmp_path / 'tract'
+  loop.run(config, str(workdir))
+  finished = workdirs.open_workdir(str(workdir))
+  assert finished.student_steps() == [1, 4]
+  want = finished.student_params(1)
+
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(checkpoints.stage_dir(resumed, 'tract_1') / '4')
+  loop.run(config, str(resumed))  # tract_1 resumes at step 2
+  got = workdirs.open_workdir(str(resumed)).student_params(1)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

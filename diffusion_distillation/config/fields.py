@@ -297,22 +297,17 @@ FIELDS = {
     'guidance.ema_decay': F(Same('distillation.ema_decay'), "stage one's EMA",
                             fraction(), FUTURE),
     # --- tract (optional): TRACT, distillation.method = 'tract' ----------
+    # (apple/ml-tract's flags for each: docs/methods.md)
     'tract.phases': F((1,), "each phase's student steps, decreasing (each "
                       "divides the one before, the first the teacher's)",
-                      Check('ints', lo=1, nonempty=True),
-                      official='ml-tract time_schedule without its first'),
-    'tract.updates_per_phase': F(50_000, 'updates per phase', _COUNT,
-                                 official='ml-tract train_len / (batch * '
-                                 'phases)'),
+                      Check('ints', lo=1, nonempty=True)),
+    'tract.updates_per_phase': F(50_000, 'updates per phase', _COUNT),
     'tract.self_teacher_ema': F(0.5, "the self-teacher's EMA momentum "
-                                '(bias-corrected)', fraction(), FUTURE,
-                                'ml-tract sema'),
+                                '(bias-corrected)', fraction(), FUTURE),
     'tract.clip_x': F(True, "clip the teacher's and self-teacher's x "
-                      'predictions in the target', BOOL,
-                      official="ml-tract's post_xt_x0 clips"),
+                      'predictions in the target', BOOL),
     'tract.learning_rate': F(Same('distillation.learning_rate'),
-                             "TRACT students' learning rate", _RATE, FUTURE,
-                             'ml-tract lr'),
+                             "TRACT students' learning rate", _RATE, FUTURE),
     'tract.learning_rate_anneal_type': F(
         'none', 'decay to 0 within each phase (ml-tract: none)',
         one_of(*ANNEAL_TYPES), FUTURE),
