@@ -1,10 +1,12 @@
-r"""TRACT on the embedded digits: the digits teacher, then phases 128 -> 16 -> 1.
+r"""TRACT on the embedded digits: the digits teacher, then 128 -> 16 -> 1 steps.
 
-Runs offline on 2 CPU cores in about 10 minutes: trains the teacher of
-configs/digits.py (the same fields, so the same teacher bit for bit), then
-distills its 128-step DDIM sampler with TRACT (docs/methods.md) in two
-phases of 500 updates, to 16 steps and then to 1, writing a sample grid and
-the digits metric for every stage:
+Runs offline on 2 CPU cores: trains the teacher of configs/digits.py (the
+same fields, so the same teacher bit for bit), then distills its 128-step
+DDIM sampler with TRACT (docs/methods.md) in two phases of 500 updates, to
+16 steps and then to 1, writing a sample grid per stage, then evaluates
+every stage with the digits metric. Its training took 28 minutes on 2 cores
+shared with three other jobs (the teacher 13.5, each phase 7); each phase
+costs what 500 progressive-distillation updates cost.
 
     python -m diffusion_distillation.main --config=configs/digits_tract.py \
         --workdir=workdirs/digits_tract

@@ -21,8 +21,11 @@ from diffusion_distillation.config.schema import ConfigError
 from diffusion_distillation.diffusion import process
 from diffusion_distillation.diffusion import schedules
 from diffusion_distillation.diffusion import tract
+from diffusion_distillation.pipeline import checkpoints
+from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import stages
 from diffusion_distillation.pipeline import train_state
+from diffusion_distillation.pipeline import workdirs
 
 import helpers
 
@@ -59,7 +62,7 @@ def test_target_is_ml_tracts_on_the_same_networks_and_draws(phase):
 
   ours = np.asarray(target(get('k'), get('j'), get('x'), get('eps')))
   final = get('k') == 0
-  target, x_last = GOLDEN[f'phase{phase}_target'], GOLDEN[f'phase{phase}_x_last']
+  target, x_last = get('target'), get('x_last')
   assert final.any() and (phase == 1 or not final.all())
   # Inside the time axis: ml-tract's inverted chain, at float32 noise.
   np.testing.assert_allclose(ours[~final], target[~final], rtol=1e-4,
@@ -183,9 +186,6 @@ def test_phases_train_from_a_teacher_workdir_and_resume_exactly(
   """Two phases (8 -> 4 -> 1) from the tiny pipeline's teacher: each a
   stage with checkpoints, the second resumed from its middle checkpoint
   ends where the uninterrupted run ended."""
-  from diffusion_distillation.pipeline import checkpoints  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation.pipeline import loop  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation.pipeline import workdirs  # pylint: disable=g-import-not-at-top
   teacher, _ = finished_workdir
   config = tract_config((4, 1), **{
       'distillation.teacher_checkpoint_path': str(teacher),
@@ -203,3 +203,16 @@ def test_phases_train_from_a_teacher_workdir_and_resume_exactly(
   got = workdirs.open_workdir(str(resumed)).student_params(1)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_digits_tract_trains_the_digits_teacher():
+  """configs/digits_tract.py differs from configs/digits.py only in its
+  students: the same base stage (index, so its random key) and every other
+  field the same, so the same teacher."""
+  digits, ours = (helpers.load_config(n) for n in ('digits', 'digits_tract'))
+  assert stages.plan_stages(ours)[0] == stages.plan_stages(digits)[0]
+  digits, ours = digits.to_dict(), ours.to_dict()
+  assert ours.pop('tract')['phases'] == (16, 1)
+  assert ours.pop('distillation')['method'] == 'tract'
+  digits.pop('distillation')
+  assert ours == digits

@@ -1,4 +1,4 @@
-"""TRACT's target: transitive closure time-distillation (Berthelot et al., 2023).
+"""TRACT's target: transitive closure time-distillation (Berthelot et al.).
 
 A phase distills a teacher of T DDIM steps into a student of S steps. The
 time axis splits into S segments of R = T / S teacher steps each; the
