@@ -34,7 +34,7 @@ WEIGHT_TYPES = ('constant', 'snr', 'snr_trunc', 'v_mse')
 # objective (objectives/, 'guided_' + it with a guidance section).
 DISTILLATION_TARGETS = ('progressive', 'two_step')
 # How students are distilled from the teacher (pipeline/stages.py `METHODS`).
-DISTILLATION_METHODS = ('progressive',)
+DISTILLATION_METHODS = ('progressive', 'tract')
 # How the UNet embeds logSNR (and w): models/unet.py.
 LOGSNR_INPUT_TYPES = ('linear', 'sigmoid', 'inv_cos')
 # What `remat` keeps for the backward pass (jax.checkpoint_policies names):

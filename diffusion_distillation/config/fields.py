@@ -30,7 +30,7 @@ METRIC_VALUES = {'digits': ('digits_fd', 'digits_is'), 'inception': ('fid',
 PATH_FIELDS = ('distillation.teacher_checkpoint_path', 'eval.inception_path',
                'dataset.data_dir', 'dataset.path')
 # Sections a config may leave out as a whole.
-OPTIONAL_SECTIONS = ('distillation', 'guidance')
+OPTIONAL_SECTIONS = ('distillation', 'guidance', 'tract')
 
 _SAMPLER = choices.SAMPLER
 _SAMPLERS = choices.SAMPLER_LIST
@@ -267,7 +267,8 @@ FIELDS = {
     'distillation.dropout': F(0., "students' dropout", fraction(), FUTURE),
     'distillation.method': F(
         'progressive', 'how students are distilled: progressive (halving the '
-        'steps, stage by stage)', one_of(*choices.DISTILLATION_METHODS)),
+        'steps, stage by stage) or tract (the phases of the tract section)',
+        one_of(*choices.DISTILLATION_METHODS)),
     'distillation.target': F(
         'progressive', "the students' target: progressive (two teacher "
         'steps of 1/(2N), for DDIM) or two_step (two of 1/N: the 2/N jump of '
@@ -299,6 +300,24 @@ FIELDS = {
         one_of(*ANNEAL_TYPES), FUTURE),
     'guidance.ema_decay': F(Same('distillation.ema_decay'), "stage one's EMA",
                             fraction(), FUTURE),
+    # --- tract (optional): TRACT, distillation.method = 'tract' ----------
+    # (apple/ml-tract's flags for each: docs/methods.md)
+    'tract.phases': F((1,), "each phase's student steps, decreasing (each "
+                      "divides the one before, the first the teacher's)",
+                      Check('ints', lo=1, nonempty=True)),
+    'tract.updates_per_phase': F(50_000, 'updates per phase', _COUNT),
+    'tract.self_teacher_ema': F(0.5, "the self-teacher's EMA momentum "
+                                '(bias-corrected)', fraction(), FUTURE),
+    'tract.clip_x': F(True, "clip the teacher's and self-teacher's x "
+                      'predictions in the target', BOOL),
+    'tract.learning_rate': F(Same('distillation.learning_rate'),
+                             "TRACT students' learning rate", _RATE, FUTURE),
+    'tract.learning_rate_anneal_type': F(
+        'none', 'decay to 0 within each phase (ml-tract: none)',
+        one_of(*ANNEAL_TYPES), FUTURE),
+    'tract.ema_decay': F(Same('distillation.ema_decay'), "TRACT students' "
+                         'EMA (ml-tract: 1e-3 ** (1 / updates per phase))',
+                         fraction(), FUTURE),
     # --- eval ------------------------------------------------------------
     'eval.run_after_training': F(True, 'evaluate every stage after training',
                                  BOOL, FREE),

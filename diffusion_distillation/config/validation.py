@@ -209,6 +209,8 @@ def _training_relations(config, device_count: int, process_count: int):
   distill = config.distillation
   start, end = distill.start_num_steps, distill.end_num_steps
   stage_one = 'guidance' in config and config.guidance.num_updates > 0
+  if _tract_relations(config, require):
+    end = start // 2  # TRACT's phases replace the halvings to end_num_steps
   require(start > end or (stage_one and start == end),
           'distillation.start_num_steps',
           f'must exceed end_num_steps ({end}), got {start}' + (
@@ -228,6 +230,27 @@ def _training_relations(config, device_count: int, process_count: int):
           'distillation.teacher_checkpoint_path, e.g. a stage-one '
           "workdir's checkpoints/guided_<N>")
   return problems
+
+
+def _tract_relations(config, require) -> bool:
+  """Whether the students are TRACT's, which needs a `tract` section (and
+  the section the method); its phases must each divide the steps before."""
+  tract = config.distillation.method == 'tract'
+  require(tract == ('tract' in config), 'distillation.method',
+          f"{config.distillation.method!r} with{'out' if tract else ''} a "
+          "tract section: TRACT needs one, the other methods read none")
+  if not (tract and 'tract' in config):
+    return tract
+  require('guidance' not in config, 'guidance',
+          'guided distillation has no TRACT phases (progressive only)')
+  teacher = config.distillation.start_num_steps
+  for phase, steps in enumerate(config.tract.phases):
+    require(steps < teacher and teacher % steps == 0, 'tract.phases',
+            f'phase {phase}: {steps} steps must be fewer than and divide its '
+            f"teacher's {teacher} (the previous phase's, the first "
+            'distillation.start_num_steps)')
+    teacher = steps
+  return tract
 
 
 def validate_config(config, device_count=None, process_count=None):

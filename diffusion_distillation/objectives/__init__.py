@@ -11,6 +11,7 @@ from diffusion_distillation.objectives import guided_distillation
 from diffusion_distillation.objectives import guided_stage_one
 from diffusion_distillation.objectives import progressive
 from diffusion_distillation.objectives import teacher
+from diffusion_distillation.objectives import tract
 from diffusion_distillation.objectives import two_step
 from diffusion_distillation.objectives.objective import Objective
 
@@ -22,6 +23,7 @@ OBJECTIVES = {
     'guided_stage_one': guided_stage_one.GuidedStageOne,
     'guided_progressive': guided_distillation.GuidedProgressive,
     'guided_two_step': guided_distillation.GuidedTwoStep,
+    'tract': tract.Tract,
 }
 
 

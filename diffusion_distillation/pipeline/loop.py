@@ -215,13 +215,15 @@ def _log(writer, guard, state, step, metrics, skipped) -> float:
 
 
 def _compiled_update(ctx: Context, stage: Stage, opt):
-  """The stage's compiled update, shared by every stage of its objective.
+  """The stage's compiled update, shared by every stage of its objective
+  and options.
 
   Its key (`stage_key`) and sampler step count (in the state) are data, so
   base + N distillation stages compile two programs. `optimization_for`
-  reads only the objective and the number of updates of a stage.
+  reads only the objective and the number of updates of a stage; the
+  options (e.g. a TRACT phase's teacher steps) are its objective's.
   """
-  program = (stage.objective, stage.num_updates)
+  program = (stage.objective, stage.num_updates, stage.options)
   if program not in ctx.programs:
     objective = stage.objective_for(optimization.stage_model(ctx, opt))
     ctx.programs[program] = update.compile_train_steps(

@@ -11,6 +11,9 @@ teacher's N steps; the `distill_<N/2>` ... stages then distill it as usual
 (stage two), with w drawn per example. With `guidance.num_updates` = 0 there
 is no stage one: the external teacher is a stage-one student already (the
 authors' stage-two configs are runs of their own).
+
+`distillation.method = 'tract'` (TRACT, Berthelot et al., 2023) replaces the
+halvings by one stage `tract_<S>` per phase of `tract.phases`.
 """
 
 import dataclasses
@@ -105,10 +108,24 @@ def progressive_stages(config) -> list[tuple]:
   return plan
 
 
+def tract_stages(config) -> list[tuple]:
+  """TRACT: one stage per phase of `tract.phases` (student steps), each
+  distilling the previous phase's student (the first, the teacher's
+  `distillation.start_num_steps`)."""
+  section, plan = config.tract, []
+  teacher = config.distillation.start_num_steps
+  for steps in section.phases:
+    plan.append((f'tract_{steps}', section.updates_per_phase, steps, 'tract',
+                 (('teacher_steps', teacher),
+                  ('clip_x', bool(section.clip_x)))))
+    teacher = steps
+  return plan
+
+
 # `distillation.method` -> its students' stages after the teacher (and stage
 # one of guided distillation): (name, updates, sampler steps, objective[,
 # options]) each, in order; each stage distills the one before it.
-METHODS = {'progressive': progressive_stages}
+METHODS = {'progressive': progressive_stages, 'tract': tract_stages}
 
 
 def distill_stage_name(num_steps: int) -> str:
@@ -146,7 +163,7 @@ def grid_steps(config, stage: Stage) -> int:
 
 def stage_hparams(config, stage: Stage) -> dict:
   """What tells a stage apart in TensorBoard's HParams table."""
-  section = config.distillation if stage.trains_student else config.train
+  section = config[stage.settings]
   return {'stage': stage.name, 'sampler_steps': grid_steps(config, stage),
           'learning_rate': float(section.learning_rate),
           'objective': stage.objective}
