@@ -9,7 +9,8 @@ beside the teacher's samplers and solvers. Each workdir is evaluated as
 `evaluate` does it alone (its own WORKDIR/eval, with the same settings, so
 every row shares its seed and initial noise); the first workdir's rows and
 the other workdirs' student rows are then written together as
-WORKDIR/eval/comparison.{json,md,png}.
+WORKDIR/eval/comparison.{json,md,png}. A workdir whose results.json has
+the same settings and models already is not sampled again.
 """
 
 from typing import Sequence
@@ -39,10 +40,11 @@ def run_comparison(workdir, compare: Sequence[str], *,
     raise EvalError('--compare: name at least one other workdir')
   if any(_same_path(w, workdir) for w in compare):
     raise EvalError(f'--compare: {workdir} is already the evaluated workdir')
-  first = evaluate.run_evaluation(workdir, print_table=False, **options)
-  # Students only; unchanged since their last comparison: not sampled again.
-  options = dict(options, teacher_steps='none', only_if_changed=True)
-  others = [evaluate.run_evaluation(w, print_table=False, **options)
+  # A workdir evaluated before with the same settings and models is not
+  # sampled again; the other workdirs' students only.
+  options = dict(options, print_table=False, only_if_changed=True)
+  first = evaluate.run_evaluation(workdir, **options)
+  others = [evaluate.run_evaluation(w, **dict(options, teacher_steps='none'))
             for w in compare]
   combined = combine(first, others,
                      same_teacher=_same_teacher([workdir, *compare]))
