@@ -55,6 +55,12 @@ class Stage:
     return objectives.OBJECTIVES[self.objective].target_decay(config)
 
   @property
+  def any_steps(self) -> bool:
+    """Its student samples in any number of steps (a consistency model),
+    not only its own `num_sample_steps`."""
+    return objectives.OBJECTIVES[self.objective].any_steps
+
+  @property
   def w_conditioned(self) -> bool:
     """Its model takes the guidance strength w."""
     return objectives.OBJECTIVES[self.objective].w_conditioned
@@ -105,10 +111,22 @@ def progressive_stages(config) -> list[tuple]:
   return plan
 
 
+def consistency_stages(config) -> list[tuple]:
+  """Consistency distillation: one student, stage `consistency`, that
+  samples in any number of steps (its grid: one step)."""
+  c = config.consistency
+  options = (('num_scales', int(c.num_scales)),
+             ('sigma_min', float(c.sigma_min)),
+             ('sigma_max', float(c.sigma_max)), ('solver', c.solver),
+             ('distance', c.distance))
+  return [('consistency', c.num_updates, 1, 'consistency', options)]
+
+
 # `distillation.method` -> its students' stages after the teacher (and stage
 # one of guided distillation): (name, updates, sampler steps, objective[,
 # options]) each, in order; each stage distills the one before it.
-METHODS = {'progressive': progressive_stages}
+METHODS = {'progressive': progressive_stages,
+           'consistency': consistency_stages}
 
 
 def distill_stage_name(num_steps: int) -> str:
@@ -146,7 +164,7 @@ def grid_steps(config, stage: Stage) -> int:
 
 def stage_hparams(config, stage: Stage) -> dict:
   """What tells a stage apart in TensorBoard's HParams table."""
-  section = config.distillation if stage.trains_student else config.train
+  section = config[stage.settings]
   return {'stage': stage.name, 'sampler_steps': grid_steps(config, stage),
           'learning_rate': float(section.learning_rate),
           'objective': stage.objective}
