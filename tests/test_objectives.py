@@ -50,6 +50,7 @@ def test_every_planned_objective_has_a_row():
   names = {'teacher', 'guided_teacher', 'guided_stage_one'}
   names |= {prefix + target for target in choices.DISTILLATION_TARGETS
             for prefix in ('', 'guided_')}
+  names.add('consistency')
   assert set(objectives.OBJECTIVES) == names
 
 
