@@ -1,10 +1,11 @@
 """Every config field, declared once: default, check, doc, rerun rule.
 
 The defaults are the embedded default, `configs/digits.py`'s teacher (8x8
-digits, minutes on a CPU); the `distillation` and `guidance` sections are
-optional (present or absent as a whole; a present one is completed with these
-defaults). `official`: 'yes' where the field is the official configs' own
-(google-research/diffusion_distillation, `config/*.py`), else what differs.
+digits, minutes on a CPU); the `distillation`, `guidance` and `consistency`
+sections are optional (present or absent as a whole; a present one is
+completed with these defaults). `official`: 'yes' where the field is the
+official configs' own (google-research/diffusion_distillation,
+`config/*.py`), else what differs.
 The table of all of them is docs/config_fields.md (`python -m
 diffusion_distillation.config.table`).
 """
