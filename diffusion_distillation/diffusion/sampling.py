@@ -75,10 +75,7 @@ def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
   """
   choices.require(choices.SAMPLER, 'sampler', sampler, ValueError)
   if consistency is not None:
-    if sampler != 'ddim':
-      raise ValueError(f'a consistency student samples with ddim (multistep '
-                       f'consistency sampling), not {sampler!r}')
-    return consistency_loop(model_fn, z_init, num_steps=num_steps,
+    return consistency_loop(model_fn, z_init, sampler, num_steps=num_steps,
                             mean_type=mean_type, sigmas=consistency,
                             clip_x=clip_x, rng=rng)
   sampler, grid = choices.split_sampler(sampler)
@@ -117,12 +114,16 @@ def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
   return jax.lax.fori_loop(0, num_steps, body, z_init)
 
 
-def consistency_loop(model_fn: ModelFn, z_init, *, num_steps, mean_type: str,
-                     sigmas: tuple, clip_x: bool, rng: jax.Array):
+def consistency_loop(model_fn: ModelFn, z_init, sampler: str, *, num_steps,
+                     mean_type: str, sigmas: tuple, clip_x: bool,
+                     rng: jax.Array):
   """Multistep consistency sampling (`consistency.sample`) of a consistency
-  student's network between `sigmas` = (sigma_min, sigma_max); the noise of
-  step j of an image is drawn from fold_in(its key, j), as the noisy
-  samplers'."""
+  student's network between `sigmas` = (sigma_min, sigma_max), its only
+  sampler (named 'ddim'); the noise of step j of an image is drawn from
+  fold_in(its key, j), as the noisy samplers'."""
+  if sampler != 'ddim':
+    raise ValueError('a consistency student samples with ddim (multistep '
+                     f'consistency sampling), not {sampler!r}')
   sigma_min, sigma_max = sigmas
   f = consistency_lib.consistency_model_fn(model_fn, mean_type, sigma_min,
                                            clip_x)
