@@ -19,7 +19,7 @@ schedule); its distance is LPIPS, which needs VGG weights this package
 cannot ship, so the l2 distance here (`consistency.distance=pseudo_huber`
 for iCT's); its optimizer is RAdam with a 10M-image warm-up, here Adam at a
 constant rate. Evaluate (off by default) scores the student at 1, 2 and 4
-steps, and the teacher's DDIM rows up to 1024 steps (limit them with
+steps, and the teacher's DDIM rows up to 8192 steps (limit them with
 `--teacher_steps`).
 """
 
@@ -33,7 +33,7 @@ def get_config():
       cifar10_base.get_config(),
       teacher_checkpoint_path=(
           'gs://gresearch/diffusion-distillation/cifar_original'),
-      start_num_steps=1024,
+      start_num_steps=8192,  # as configs/cifar10_distill.py (the same teacher)
       learning_rate=4e-4,
   )
   config.distillation.method = 'consistency'

@@ -29,6 +29,7 @@ from diffusion_distillation.parallel.microbatches import BatchKey
 from diffusion_distillation.pipeline import loop
 from diffusion_distillation.pipeline import stages
 
+from helpers import load_config
 from helpers import tiny_config
 
 GOLDEN = os.path.join(os.path.dirname(__file__), 'data', 'consistency',
@@ -159,6 +160,16 @@ def test_one_consistency_stage_after_the_teacher():
   assert [(s.name, s.num_updates, s.objective) for s in plan] == [
       ('base', 4, 'teacher'), ('consistency', 7, 'consistency')]
   assert plan[1].any_steps and plan[1].settings == 'consistency'
+
+
+def test_digits_consistency_trains_the_digits_teacher():
+  """Same seed, data, model and training fields: the same teacher."""
+  digits = load_config('digits').to_dict()
+  cd = load_config('digits_consistency').to_dict()
+  for section in ('seed', 'dataset', 'model', 'train'):
+    assert cd[section] == digits[section], section
+  assert stages.plan_stages(load_config('digits_consistency'))[0] == (
+      stages.plan_stages(load_config('digits'))[0])
 
 
 @pytest.mark.heavy  # trains and samples
