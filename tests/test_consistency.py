@@ -22,8 +22,6 @@ import diffusion_distillation as dd
 from diffusion_distillation import config as config_lib
 from diffusion_distillation.config.schema import ConfigError
 from diffusion_distillation.diffusion import consistency
-from diffusion_distillation.diffusion import process
-from diffusion_distillation.models import diffusion_model as model_lib
 from diffusion_distillation.objectives.consistency import Consistency
 from diffusion_distillation.parallel.microbatches import BatchKey
 from diffusion_distillation.pipeline import loop
