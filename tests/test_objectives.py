@@ -51,6 +51,7 @@ def test_every_planned_objective_has_a_row():
   names |= {prefix + target for target in choices.DISTILLATION_TARGETS
             for prefix in ('', 'guided_')}
   names.add('tract')
+  names.add('consistency')
   assert set(objectives.OBJECTIVES) == names
 
 

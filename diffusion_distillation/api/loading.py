@@ -241,7 +241,9 @@ def _file_steps(file, kind, num_steps, recorded, config,
       raise ModelError(f'{file} does not record the step count it was '
                        'distilled for; pass num_steps')
     return recorded
-  if recorded is not None and num_steps != recorded:
+  # (A consistency student samples in any step count.)
+  if recorded is not None and num_steps != recorded and (
+      'consistency' not in config):
     raise ModelError(
         f'{file} holds the {recorded}-step distilled student, not a '
         f'{num_steps}-step one; pass num_steps={recorded} (or leave it out)' +

@@ -101,12 +101,18 @@ class Model:
     if num_steps is None:
       return self.num_steps
     num_steps = steps_argument(num_steps)
-    if self.kind == 'distilled' and num_steps != self.num_steps:
+    if (self.kind == 'distilled' and num_steps != self.num_steps and
+        not self._consistency_student()):
       raise ModelError(
           f'this is the {self.num_steps}-step distilled student: it samples '
           f'with {self.num_steps} steps only, not {num_steps}; load the '
           "teacher (model='teacher') for other step counts")
     return num_steps
+
+  def _consistency_student(self) -> bool:
+    """A consistency-distilled student: it samples in any step count."""
+    return self.kind == 'distilled' and self.diffusion_model.sampled(
+        True).consistency
 
   def guidance_for(self, guidance=None):
     """The guidance strength w `sample(guidance=...)` uses (checked).
@@ -142,6 +148,10 @@ class Model:
           f"sampler='stochastic', not {sampler!r}: a student was trained "
           'for the DDIM steps of its own grid (the solvers and grids are '
           "for a teacher's ODE)")
+    if self._consistency_student() and name != 'ddim':
+      raise generation.SampleError(
+          "a consistency student samples with sampler='ddim' (for it: "
+          f'multistep consistency sampling), not {sampler!r}')
     if name == 'stochastic' and num_steps == 1:
       raise generation.SampleError(
           "sampler='stochastic' needs 2 or more steps (each step jumps two "
@@ -164,12 +174,14 @@ class Model:
       labels: one class id per image for a class-conditional model (default:
         0, 1, 2, ... cycling over the classes); None for an unconditional one.
       num_steps: a teacher's step count for this call (default: the model's
-        own); a distilled student samples with its own step count only.
+        own); a distilled student samples with its own step count only,
+        a consistency student with any.
       sampler: 'ddim' (deterministic); for a teacher also 'ancestral' and
         the ODE solvers 'dpmpp_2m', 'dpmpp_3m', 'unipc', 'ipndm', 'heun'
         (Heun: 2 * num_steps - 1 network evaluations), each optionally on
         another step grid, e.g. 'unipc:logsnr_uniform' or 'heun:karras';
-        for a student 'stochastic' (Meng et al., 2023).
+        for a student 'stochastic' (Meng et al., 2023); a consistency
+        student's 'ddim' is multistep consistency sampling.
       batch_size: images per compiled call, split over all devices.
       guidance: the classifier-free guidance strength w of a guided model:
         a guided teacher takes any w (two evaluations per step), the

@@ -34,7 +34,12 @@ WEIGHT_TYPES = ('constant', 'snr', 'snr_trunc', 'v_mse')
 # objective (objectives/, 'guided_' + it with a guidance section).
 DISTILLATION_TARGETS = ('progressive', 'two_step')
 # How students are distilled from the teacher (pipeline/stages.py `METHODS`).
-DISTILLATION_METHODS = ('progressive', 'tract')
+DISTILLATION_METHODS = ('progressive', 'tract', 'consistency')
+# Consistency distillation (diffusion/consistency.py): the teacher's one-step
+# ODE solver, and the distance between the two consistency outputs ('lpips'
+# is refused: it needs VGG weights this package cannot ship).
+CONSISTENCY_SOLVERS = ('ddim', 'heun')
+CONSISTENCY_DISTANCES = ('l2', 'pseudo_huber')
 # How the UNet embeds logSNR (and w): models/unet.py.
 LOGSNR_INPUT_TYPES = ('linear', 'sigmoid', 'inv_cos')
 # What `remat` keeps for the backward pass (jax.checkpoint_policies names):
@@ -86,6 +91,20 @@ SAMPLER = _SamplerCheck('choice', choices=SAMPLERS)
 SAMPLER_LIST = _SamplerCheck('choices', choices=SAMPLERS, nonempty=True)
 STUDENT_SAMPLER_LIST = _SamplerCheck('choices', choices=STUDENT_SAMPLERS,
                                      nonempty=True, grids=GRIDS[:1])
+
+
+@dataclasses.dataclass(frozen=True)
+class _DistanceCheck(Check):
+  """A consistency distance; 'lpips' is refused with its reason."""
+
+  def _scalar_problem(self, value):
+    if value == 'lpips':
+      return (f"'lpips' is not available: it needs LPIPS's VGG weights, "
+              f'which this package cannot ship; use {self.describe()}')
+    return super()._scalar_problem(value)
+
+
+CONSISTENCY_DISTANCE = _DistanceCheck('choice', choices=CONSISTENCY_DISTANCES)
 
 
 def require(check: Check, what: str, value, error: type[Exception]):

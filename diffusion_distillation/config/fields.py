@@ -1,10 +1,11 @@
 """Every config field, declared once: default, check, doc, rerun rule.
 
 The defaults are the embedded default, `configs/digits.py`'s teacher (8x8
-digits, minutes on a CPU); the `distillation` and `guidance` sections are
-optional (present or absent as a whole; a present one is completed with these
-defaults). `official`: 'yes' where the field is the official configs' own
-(google-research/diffusion_distillation, `config/*.py`), else what differs.
+digits, minutes on a CPU); the `distillation`, `guidance` and `consistency`
+sections are optional (present or absent as a whole; a present one is
+completed with these defaults). `official`: 'yes' where the field is the
+official configs' own (google-research/diffusion_distillation,
+`config/*.py`), else what differs.
 The table of all of them is docs/config_fields.md (`python -m
 diffusion_distillation.config.table`).
 """
@@ -30,7 +31,7 @@ METRIC_VALUES = {'digits': ('digits_fd', 'digits_is'), 'inception': ('fid',
 PATH_FIELDS = ('distillation.teacher_checkpoint_path', 'eval.inception_path',
                'dataset.data_dir', 'dataset.path')
 # Sections a config may leave out as a whole.
-OPTIONAL_SECTIONS = ('distillation', 'guidance', 'tract')
+OPTIONAL_SECTIONS = ('distillation', 'guidance', 'tract', 'consistency')
 
 _SAMPLER = choices.SAMPLER
 _SAMPLERS = choices.SAMPLER_LIST
@@ -267,8 +268,9 @@ FIELDS = {
     'distillation.dropout': F(0., "students' dropout", fraction(), FUTURE),
     'distillation.method': F(
         'progressive', 'how students are distilled: progressive (halving the '
-        'steps, stage by stage) or tract (the phases of the tract section)',
-        one_of(*choices.DISTILLATION_METHODS)),
+        'steps, stage by stage), tract (the phases of the tract section) '
+        'or consistency (one student for any steps; the consistency '
+        'section)', one_of(*choices.DISTILLATION_METHODS)),
     'distillation.target': F(
         'progressive', "the students' target: progressive (two teacher "
         'steps of 1/(2N), for DDIM) or two_step (two of 1/N: the 2/N jump of '
@@ -318,6 +320,32 @@ FIELDS = {
     'tract.ema_decay': F(Same('distillation.ema_decay'), "TRACT students' "
                          'EMA (ml-tract: 1e-3 ** (1 / updates per phase))',
                          fraction(), FUTURE),
+    # --- consistency (optional): consistency distillation --------------------
+    'consistency.num_updates': F(800_000, 'updates of the consistency student',
+                                 _COUNT),
+    'consistency.num_scales': F(18, 'N: points of the Karras grid it is '
+                                'trained on', integer(2)),
+    'consistency.solver': F('heun', "the teacher's ODE step: ddim (Euler) or "
+                            'heun', one_of(*choices.CONSISTENCY_SOLVERS)),
+    'consistency.distance': F('l2', 'the distance of the two consistency '
+                              'outputs', choices.CONSISTENCY_DISTANCE, FUTURE),
+    'consistency.target_ema': F(0., "mu: the target network's EMA of the "
+                                'student (0: the student, stop_gradient)',
+                                fraction(), FUTURE),
+    'consistency.sigma_min': F(0.002, 'sigma = exp(-logsnr / 2) where the '
+                               'student is the identity', _RATE),
+    'consistency.sigma_max': F(80., 'sigma of the noisiest grid point, where '
+                               'sampling starts', _RATE),
+    'consistency.learning_rate': F(Same('distillation.learning_rate'),
+                                   "the student's peak learning rate", _RATE,
+                                   FUTURE),
+    'consistency.learning_rate_anneal_type': F(
+        'none', "the student's decay", one_of(*ANNEAL_TYPES), FUTURE),
+    'consistency.ema_decay': F(0.9999, "the EMA the student samples with",
+                               fraction(), FUTURE),
+    'consistency.eval_steps': F((1, 2, 4), 'the step counts its rows are '
+                                'evaluated at', Check('ints', lo=1,
+                                                      nonempty=True), FREE),
     # --- eval ------------------------------------------------------------
     'eval.run_after_training': F(True, 'evaluate every stage after training',
                                  BOOL, FREE),

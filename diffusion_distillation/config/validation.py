@@ -6,6 +6,8 @@ a bad command-line override fails with one readable line instead of a
 traceback deep inside a jitted step.
 """
 
+import math
+
 import jax
 
 from diffusion_distillation.config import choices
@@ -15,7 +17,8 @@ from diffusion_distillation.config.schema import ConfigError
 
 FIELDS = fields_lib.FIELDS
 # The sections `validate_model` checks: what sampling a model needs.
-MODEL_SECTIONS = ('seed', 'sampler', 'dataset', 'model', 'guidance', 'eval')
+MODEL_SECTIONS = ('seed', 'sampler', 'dataset', 'model', 'guidance',
+                  'consistency', 'eval')
 
 
 def _raise_if(problems: list):
@@ -66,7 +69,39 @@ def _model_relations(config) -> list:
   else:
     _levels_relation(config, require)
   _guidance_relations(config, require)
+  _consistency_relations(config, require)
   return problems
+
+
+def _consistency_relations(config, require):
+  """Consistency distillation: its section goes with its method, alone
+  (no guided distillation), and its noise levels lie inside the teacher's
+  logSNR range (logsnr = -2 log sigma)."""
+  method = (config.distillation.method if 'distillation' in config else
+            None)
+  present = 'consistency' in config
+  require(present or method != 'consistency', 'distillation.method',
+          "'consistency' needs a consistency section (config_lib."
+          "add_section(config, 'consistency'))")
+  if not present:
+    return
+  require(method == 'consistency', 'consistency',
+          "is read only with distillation.method = 'consistency', got "
+          f'{method!r}')
+  require('guidance' not in config, 'guidance',
+          'guided distillation is not implemented for consistency '
+          'distillation: remove the guidance section')
+  lo, hi = config.consistency.sigma_min, config.consistency.sigma_max
+  require(lo < hi, 'consistency.sigma_min',
+          f'must be below consistency.sigma_max = {hi}, got {lo}')
+  schedule = config.model.train_logsnr_schedule
+  logsnr = lambda sigma: -2. * math.log(sigma)
+  require(logsnr(hi) >= schedule.logsnr_min, 'consistency.sigma_max',
+          f'{hi} is logSNR {logsnr(hi):.3g}, below the teacher\'s '
+          f'model.train_logsnr_schedule.logsnr_min = {schedule.logsnr_min}')
+  require(logsnr(lo) <= schedule.logsnr_max, 'consistency.sigma_min',
+          f'{lo} is logSNR {logsnr(lo):.3g}, above the teacher\'s '
+          f'model.train_logsnr_schedule.logsnr_max = {schedule.logsnr_max}')
 
 
 # The fields of one data set kind, refused with another (they would be

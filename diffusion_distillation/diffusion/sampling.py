@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from diffusion_distillation.config import choices
 from diffusion_distillation.config.choices import NOISY_SAMPLERS
+from diffusion_distillation.diffusion import consistency as consistency_lib
 from diffusion_distillation.diffusion import grids
 from diffusion_distillation.diffusion import process
 from diffusion_distillation.diffusion import solvers
@@ -54,7 +55,8 @@ def network_evaluations(sampler: str, num_steps: int,
 def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
                 mean_type: str, sampler: str = 'ddim', clip_x: bool = True,
                 variance: str = 'fixed_large',
-                rng: Optional[jax.Array] = None):
+                rng: Optional[jax.Array] = None,
+                consistency: Optional[tuple] = None):
   """Runs `num_steps` sampler steps from pure noise `z_init` to data.
 
   `sampler` is `<name>[:<grid>]` (config/choices.py); the grid (grids.py)
@@ -68,8 +70,14 @@ def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
   point i - 1 and renoises to i (`stochastic_step`). The noisy samplers need
   `rng`: one key per example, [B] (typed) or [B, 2] (raw), so that an
   image's noise depends on its own key only, never on the batch it is in.
+  `consistency`: the (sigma_min, sigma_max) of a consistency student, whose
+  'ddim' is multistep consistency sampling (`consistency_loop`).
   """
   choices.require(choices.SAMPLER, 'sampler', sampler, ValueError)
+  if consistency is not None:
+    return consistency_loop(model_fn, z_init, sampler, num_steps=num_steps,
+                            mean_type=mean_type, sigmas=consistency,
+                            clip_x=clip_x, rng=rng)
   sampler, grid = choices.split_sampler(sampler)
   if sampler in choices.SOLVERS:
     return solvers.solve(model_fn, z_init, num_steps=num_steps,
@@ -104,3 +112,25 @@ def sample_loop(model_fn: ModelFn, z_init, *, num_steps, logsnr_schedule_fn,
     return jnp.where(i == 0, pred.x, z_s)
 
   return jax.lax.fori_loop(0, num_steps, body, z_init)
+
+
+def consistency_loop(model_fn: ModelFn, z_init, sampler: str, *, num_steps,
+                     mean_type: str, sigmas: tuple, clip_x: bool,
+                     rng: jax.Array):
+  """Multistep consistency sampling (`consistency.sample`) of a consistency
+  student's network between `sigmas` = (sigma_min, sigma_max), its only
+  sampler (named 'ddim'); the noise of step j of an image is drawn from
+  fold_in(its key, j), as the noisy samplers'."""
+  if sampler != 'ddim':
+    raise ValueError('a consistency student samples with ddim (multistep '
+                     f'consistency sampling), not {sampler!r}')
+  sigma_min, sigma_max = sigmas
+  f = consistency_lib.consistency_model_fn(model_fn, mean_type, sigma_min,
+                                           clip_x)
+
+  def noise(j):
+    return jax.vmap(lambda key: jax.random.normal(
+        jax.random.fold_in(key, j), z_init.shape[1:], z_init.dtype))(rng)
+
+  return consistency_lib.sample(f, z_init, noise, num_steps=num_steps,
+                                sigma_min=sigma_min, sigma_max=sigma_max)

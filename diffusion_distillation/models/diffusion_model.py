@@ -105,6 +105,10 @@ class DiffusionModel:
   # An imported diffusers teacher's discrete noise levels (logSNR at each
   # of its timesteps): then they are the schedule, train and eval.
   timestep_logsnrs: Optional[tuple] = None
+  # Consistency distillation: the run's (sigma_min, sigma_max), and whether
+  # these parameters are its student's, a consistency model (see `student`).
+  consistency_sigmas: Optional[tuple] = None
+  consistency: bool = False
 
   @classmethod
   def from_config(cls, config, data_shape, num_classes,
@@ -134,7 +138,10 @@ class DiffusionModel:
         w_range=w_range,
         w_const=w_const,
         w_teacher=w_teacher,
-        timestep_logsnrs=getattr(network, 'logsnrs', None))
+        timestep_logsnrs=getattr(network, 'logsnrs', None),
+        consistency_sigmas=(float(config.consistency.sigma_min),
+                            float(config.consistency.sigma_max))
+        if 'consistency' in config else None)
 
   @property
   def null_label(self) -> int:
@@ -143,8 +150,11 @@ class DiffusionModel:
     return -1
 
   def student(self) -> 'DiffusionModel':
-    """The model of this run's distilled students: w-conditioned if guided."""
-    return dataclasses.replace(self, w_conditioned=self.w_range is not None)
+    """The model of this run's distilled students: w-conditioned if guided,
+    a consistency model if consistency-distilled."""
+    return dataclasses.replace(
+        self, w_conditioned=self.w_range is not None,
+        consistency=self.consistency_sigmas is not None)
 
   def sampled(self, distilled: bool) -> 'DiffusionModel':
     """The model that samples a student's (`distilled`) or the teacher's
@@ -246,5 +256,6 @@ class DiffusionModel:
         self.bind(params, labels, guidance=guidance), z, num_steps=num_steps,
         logsnr_schedule_fn=self.logsnr_schedule('eval'),
         mean_type=self.mean_type, sampler=sampler, clip_x=self.clip_x,
-        variance=self.variance, rng=keys_loop)
+        variance=self.variance, rng=keys_loop,
+        consistency=self.consistency_sigmas if self.consistency else None)
     return unnormalize_images(x)

@@ -7,6 +7,7 @@ new module and one row here (and its name among the config's choices,
 config/choices.py, when a config field selects it).
 """
 
+from diffusion_distillation.objectives import consistency
 from diffusion_distillation.objectives import guided_distillation
 from diffusion_distillation.objectives import guided_stage_one
 from diffusion_distillation.objectives import progressive
@@ -24,6 +25,7 @@ OBJECTIVES = {
     'guided_progressive': guided_distillation.GuidedProgressive,
     'guided_two_step': guided_distillation.GuidedTwoStep,
     'tract': tract.Tract,
+    'consistency': consistency.Consistency,
 }
 
 

@@ -46,6 +46,9 @@ class Objective(abc.ABC):
   settings = 'distillation'
   # Its model takes the guidance strength w as an input.
   w_conditioned = False
+  # Its student samples in any number of steps (consistency models), not
+  # only in the steps of its stage.
+  any_steps = False
 
   def __init__(self, model: model_lib.DiffusionModel):
     self.model = model

@@ -58,6 +58,12 @@ class Stage:
     return objectives.OBJECTIVES[self.objective].target_decay(config)
 
   @property
+  def any_steps(self) -> bool:
+    """Its student samples in any number of steps (a consistency model),
+    not only its own `num_sample_steps`."""
+    return objectives.OBJECTIVES[self.objective].any_steps
+
+  @property
   def w_conditioned(self) -> bool:
     """Its model takes the guidance strength w."""
     return objectives.OBJECTIVES[self.objective].w_conditioned
@@ -122,10 +128,22 @@ def tract_stages(config) -> list[tuple]:
   return plan
 
 
+def consistency_stages(config) -> list[tuple]:
+  """Consistency distillation: one student, stage `consistency`, that
+  samples in any number of steps (its grid: one step)."""
+  c = config.consistency
+  options = (('num_scales', int(c.num_scales)),
+             ('sigma_min', float(c.sigma_min)),
+             ('sigma_max', float(c.sigma_max)), ('solver', c.solver),
+             ('distance', c.distance))
+  return [('consistency', c.num_updates, 1, 'consistency', options)]
+
+
 # `distillation.method` -> its students' stages after the teacher (and stage
 # one of guided distillation): (name, updates, sampler steps, objective[,
 # options]) each, in order; each stage distills the one before it.
-METHODS = {'progressive': progressive_stages, 'tract': tract_stages}
+METHODS = {'progressive': progressive_stages, 'tract': tract_stages,
+           'consistency': consistency_stages}
 
 
 def distill_stage_name(num_steps: int) -> str:

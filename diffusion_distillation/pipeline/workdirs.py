@@ -57,12 +57,19 @@ class LoadedWorkdir:
     return config.distillation.method if 'distillation' in config else None
 
   def student_steps(self) -> list[int]:
-    """Step counts of the finished distilled students, ascending."""
-    return sorted(s.num_sample_steps for s in self.stages if s.trains_student)
+    """Step counts of the finished distilled students, ascending; a
+    consistency student's: its `consistency.eval_steps`."""
+    steps = set()
+    for s in self.stages:
+      if s.trains_student:
+        steps.update(self.config.consistency.eval_steps if s.any_steps else
+                     (s.num_sample_steps,))
+    return sorted(steps)
 
   def student_params(self, num_steps: int):
     for stage in self.stages:
-      if stage.trains_student and stage.num_sample_steps == num_steps:
+      if stage.trains_student and (stage.any_steps or
+                                   stage.num_sample_steps == num_steps):
         return finished_stages.final_params(self.ctx, stage)
     available = ', '.join(map(str, self.student_steps())) or 'none yet'
     gone = ('; its checkpoints are missing (deleted after the run?)'
