@@ -4,9 +4,9 @@ Runs offline on 2 CPU cores: trains the teacher of configs/digits.py (the
 same fields, so the same teacher bit for bit), then distills its 128-step
 DDIM sampler with TRACT (docs/methods.md) in two phases of 500 updates, to
 16 steps and then to 1, writing a sample grid per stage, then evaluates
-every stage with the digits metric. Its training took 28 minutes on 2 cores
-shared with three other jobs (the teacher 13.5, each phase 7); each phase
-costs what 500 progressive-distillation updates cost.
+every stage with the digits metric (the teacher with DDIM only: the other
+samplers are configs/digits.py's to compare, `evaluate --compare`). Each
+phase costs what 500 progressive-distillation updates cost.
 
     python -m diffusion_distillation.main --config=configs/digits_tract.py \
         --workdir=workdirs/digits_tract
@@ -31,6 +31,7 @@ UPDATES_PER_PHASE = 500
 def get_config():
   """The digits teacher plus distillation by TRACT 128 -> 16 -> 1."""
   config = config_lib.default_config()
+  config.eval.samplers = ('ddim',)
   config_lib.add_section(config, 'distillation', method='tract',
                          learning_rate=1e-3)
   return config_lib.add_section(

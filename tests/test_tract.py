@@ -215,4 +215,6 @@ def test_digits_tract_trains_the_digits_teacher():
   assert ours.pop('tract')['phases'] == (16, 1)
   assert ours.pop('distillation')['method'] == 'tract'
   digits.pop('distillation')
+  assert ours['eval'].pop('samplers') == ('ddim',)  # not the teacher's
+  digits['eval'].pop('samplers')
   assert ours == digits
