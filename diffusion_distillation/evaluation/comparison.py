@@ -56,11 +56,14 @@ def run_comparison(workdir, compare: Sequence[str], *,
 
 
 def combine(first: dict, others: Sequence[dict], *, same_teacher: bool):
-  """`first`'s results with the distilled rows of `others` appended."""
-  rows = list(first['rows'])
+  """`first`'s results with the distilled rows of `others`: every workdir's
+  students (so the table's first columns), then `first`'s teacher rows."""
+  students = lambda results: [r for r in results['rows']
+                              if r['model'] == 'distilled']
+  rows = students(first)
   for results in others:
-    rows += [dict(r, workdir=results['workdir']) for r in results['rows']
-             if r['model'] == 'distilled']
+    rows += [dict(r, workdir=results['workdir']) for r in students(results)]
+  rows += [r for r in first['rows'] if r['model'] != 'distilled']
   return dict(first, rows=rows, compared=[r['workdir'] for r in others],
               same_teacher=same_teacher,
               complete=all(r['complete'] for r in (first, *others)))

@@ -130,9 +130,10 @@ def format_markdown(results: dict) -> str:
   (model, sampler), and which is best at that cost."""
   main, score = results['metric_names'][:2]
   header = (f"{results['dataset']} | {results['num_samples']} samples per "
-            f"cell | seed {results['seed']} | distilled students sample with "
-            'DDIM at their own step count | NFE: network evaluations (one '
-            "per step; Heun's 2N - 1; a guided teacher's twice that)")
+            f"cell | seed {results['seed']} | students sample with DDIM at "
+            'their own step count (CD: multistep consistency sampling) | '
+            "NFE: network evaluations (one per step; Heun's 2N - 1; a guided "
+            "teacher's twice that)")
   if not results.get('complete', True):
     header += ' | INCOMPLETE (evaluation still running or interrupted)'
   if results.get('compared'):
