@@ -18,7 +18,7 @@ from diffusion_distillation import objectives
 from diffusion_distillation.config import choices
 from diffusion_distillation.config import fields
 from diffusion_distillation.config.schema import one_of
-from diffusion_distillation.diffusion import guidance
+from diffusion_distillation.diffusion import process
 from diffusion_distillation.diffusion import losses
 from diffusion_distillation.pipeline import finished_stages
 from diffusion_distillation.pipeline import loop
@@ -30,7 +30,9 @@ from helpers import tiny_config
 
 
 class Matching(objectives.Objective):
-  """Toy: regress the student's x onto its teacher's at z_t, t ~ U[0, 1]."""
+  """Toy: the student's x at z_t, t ~ U[0, 1], regresses onto its teacher's
+  x from the less noisy z_{t/2} of the same data and noise (so a student
+  that starts as its teacher has a loss, and a gradient, from step 0)."""
 
   def draw(self, rng, batch, num_steps):
     del num_steps  # continuous time
@@ -40,10 +42,18 @@ class Matching(objectives.Objective):
   def loss(self, params, teacher_params, batch, draws, *, num_steps,
            step=None, train=True, target_params=None):
     labels, x = self.labels_and_x(batch)
-    return guidance.matching_loss(
-        self.model.bind(params, labels),
-        self.model.bind(teacher_params, labels), x, draws['u'], draws['eps'],
-        **self.weighting())
+    weighting = self.weighting()
+    schedule, mean_type = weighting['logsnr_schedule_fn'], self.model.mean_type
+    logsnr, logsnr_half = schedule(draws['u']), schedule(draws['u'] / 2)
+    z = process.diffuse(x, draws['eps'], logsnr)
+    z_half = process.diffuse(x, draws['eps'], logsnr_half)
+    target = jax.lax.stop_gradient(process.interpret_output(
+        self.model.bind(teacher_params, labels)(z_half, logsnr_half), z_half,
+        logsnr_half, mean_type).x)
+    pred = process.interpret_output(
+        self.model.bind(params, labels)(z, logsnr), z, logsnr, mean_type)
+    return losses.weighted_mse(pred, target, z, logsnr,
+                               weighting['weight_type'])
 
 
 def test_every_planned_objective_has_a_row():

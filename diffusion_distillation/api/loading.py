@@ -257,10 +257,10 @@ def from_checkpoint(path, num_steps=None, model=None, config=None) -> Model:
   """An exported file (no config), a released checkpoint (with config) or
   a diffusers folder (config optional)."""
   _check_args(model, num_steps)
-  if diffusers_folder.is_diffusers_folder(paths.absolute_path(path)):
+  path = _reachable(paths.absolute_path(path))
+  if diffusers_folder.is_diffusers_folder(path):
     return from_diffusers(path, num_steps=num_steps, model=model,
                           config=config)
-  path = _reachable(paths.absolute_path(path))
   with _reading(path):
     file, state = official_checkpoints.read_official_state(path)
   description = state.get(exporting.DESCRIPTION_KEY)

@@ -29,6 +29,10 @@ class DivergenceError(UserError):
 # last losses logged (a student's loss starts small).
 DIVERGED_FACTOR = 1e4
 _RECENT_LOSSES = 8
+# Growth counts only above one unit-scale squared error: a loss that starts
+# near zero (stage one of guided distillation, whose student is its teacher
+# at w = 0, logs ~1e-9) grows by orders of magnitude while training well.
+_GROWTH_FLOOR = 1.
 
 
 class Guard:
@@ -55,7 +59,8 @@ class Guard:
     elif loss > self._bound:
       raise self._error(step, f'the loss is {loss:.3g}, far above any '
                         f'training loss (bound {self._bound:.3g})')
-    elif self._recent and 0 < DIVERGED_FACTOR * self._median() < loss:
+    elif (self._recent and loss > _GROWTH_FLOOR and
+          0 < DIVERGED_FACTOR * self._median() < loss):
       raise self._error(step, f'the loss grew over {DIVERGED_FACTOR:g}-fold, '
                         f'to {loss:.3g}')
     else:
