@@ -9,7 +9,7 @@ output and final images. No test imports torch or diffusers.
 """
 
 import functools
-import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,40 +34,25 @@ from helpers import subprocess_env
 from helpers import tiny_config
 
 DATA = os.path.join(os.path.dirname(__file__), 'data', 'diffusers_export')
-# name: (tiny_config overrides, classes, num_steps), as make_golden.py.
-VARIANTS = {
-    'v_conv': (dict(model__args__ch_mult=(1, 2), model__args__emb_ch=48,
-                    model__args__attn_resolutions=(4,)), 1, 4),
-    'eps_resblock_classes': (dict(
-        model__args__ch_mult=(1, 2), model__args__resblock_resample=True,
-        model__args__attn_resolutions=(8, 4), model__args__num_heads=None,
-        model__args__head_dim=32, model__mean_type='eps'), 10, 2),
-    'x_linear_guided': (dict(
-        model__args__ch_mult=(1, 1), model__args__attn_resolutions=(8,),
-        model__args__logsnr_input_type='linear', model__mean_type='x',
-        model__cond_drop_prob=0.1), 10, 8),
-}
+
+
+def _make_golden():
+  """make_golden.py (it imports torch only inside its functions): its
+  VARIANTS (name: tiny_config overrides, classes, num_steps) and its digest
+  of the exported weights, which leaves out the computed timestep table."""
+  spec = importlib.util.spec_from_file_location(
+      'make_golden', os.path.join(DATA, 'make_golden.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+_GOLDEN_SCRIPT = _make_golden()
+VARIANTS = _GOLDEN_SCRIPT.VARIANTS
+weights_digest = _GOLDEN_SCRIPT.weights_digest
 # Float32 rounding apart (torch and XLA reduce in different orders): the
 # measured differences were below 2e-5.
 ATOL = 1e-4
-
-
-# The learned timestep table is our embedding evaluated on the grid: sin
-# and cos of arguments up to about 1e3 round differently between XLA
-# compilations (1.2e-4 with and without its optimizations), so the digest
-# leaves it out; the round trip below checks it as part of the function.
-COMPUTED = ('time_proj.weight',)
-
-
-def weights_digest(state: dict) -> str:
-  """make_golden.py's digest: sha256 over sorted names, shapes and bytes,
-  but for the computed timestep table."""
-  digest = hashlib.sha256()
-  for name in sorted(set(state) - set(COMPUTED)):
-    value = np.ascontiguousarray(state[name], np.float32)
-    digest.update(f'{name}{value.shape}'.encode())
-    digest.update(value.tobytes())
-  return digest.hexdigest()
 
 
 def variant(name):
